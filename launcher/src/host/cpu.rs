@@ -1,0 +1,90 @@
+//! Usable CPUs: the host's online CPUs, narrowed by affinity and by a cgroup CPU quota.
+
+use std::path::Path;
+
+use super::cgroup::{Hierarchy, Version};
+use super::{procfs, smallest, Reading, Snapshot};
+
+pub(super) fn read(
+    snapshot: &Snapshot,
+    hierarchies: &[Hierarchy],
+    notes: &mut Vec<String>,
+) -> Reading<u32> {
+    let mut readings = Vec::new();
+    let online = Path::new("/sys/devices/system/cpu/online");
+    match snapshot
+        .read(online)
+        .map(|text| procfs::count_cpu_list(&text))
+    {
+        Ok(Some(count)) if count > 0 => readings.push(Reading {
+            value: count,
+            source: online.display().to_string(),
+        }),
+        Ok(_) => notes.push(format!("ignored {}: not a CPU list", online.display())),
+        Err(err) => notes.push(format!("cannot read {}: {err}", online.display())),
+    }
+    readings.extend(affinity(snapshot));
+    for hierarchy in hierarchies {
+        for dir in hierarchy.levels() {
+            readings.extend(quota(snapshot, &dir, hierarchy.version, notes));
+        }
+    }
+    smallest(readings).unwrap_or_else(|| Reading {
+        value: 1,
+        source: "default 1 CPU (no CPU information readable)".to_owned(),
+    })
+}
+
+fn affinity(snapshot: &Snapshot) -> Option<Reading<u32>> {
+    let status = snapshot.read(Path::new("/proc/self/status")).ok()?;
+    let list = procfs::status_field(&status, "Cpus_allowed_list")?;
+    let count = procfs::count_cpu_list(list).filter(|count| *count > 0)?;
+    Some(Reading {
+        value: count,
+        source: "/proc/self/status Cpus_allowed_list".to_owned(),
+    })
+}
+
+/// A CPU quota in one cgroup directory, as whole CPUs (a fractional quota rounds up).
+fn quota(
+    snapshot: &Snapshot,
+    dir: &Path,
+    version: Version,
+    notes: &mut Vec<String>,
+) -> Option<Reading<u32>> {
+    let (shown, quota, period) = match version {
+        Version::V2 => {
+            let path = dir.join("cpu.max");
+            let text = snapshot.read(&path).ok()?;
+            let mut fields = text.split_whitespace();
+            let quota = fields.next()?.to_owned();
+            let period = fields.next().unwrap_or("100000").to_owned();
+            (path.display().to_string(), quota, period)
+        }
+        Version::V1 => {
+            let path = dir.join("cpu.cfs_quota_us");
+            let quota = snapshot.read(&path).ok()?.trim().to_owned();
+            let period = snapshot.read(&dir.join("cpu.cfs_period_us")).ok()?;
+            (path.display().to_string(), quota, period.trim().to_owned())
+        }
+    };
+    if quota == "max" || quota == "-1" {
+        return None;
+    }
+    let (Ok(quota), Ok(period)) = (quota.parse::<u64>(), period.parse::<u64>()) else {
+        notes.push(format!("ignored {shown}: not a CPU quota"));
+        return None;
+    };
+    if quota == 0 || period == 0 {
+        notes.push(format!("ignored {shown}: a quota or period of 0"));
+        return None;
+    }
+    let cpus = u32::try_from(quota.div_ceil(period)).unwrap_or(u32::MAX);
+    Some(Reading {
+        value: cpus,
+        source: format!(
+            "{} {shown} (quota {quota}/{period}, rounded up)",
+            version.label()
+        ),
+    })
+}

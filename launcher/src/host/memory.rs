@@ -1,0 +1,126 @@
+//! The memory limit: cgroup files up the hierarchy, Heroku's well-known path, MemTotal, a default.
+
+use std::path::Path;
+
+use super::cgroup::{Hierarchy, Version};
+use super::{procfs, smallest, Reading, Snapshot, MIB};
+
+/// The fallback when nothing at all is readable.
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
+
+/// cgroup v1 reports "no limit" as LONG_MAX rounded down to a page (9223372036854771712 with 4 KiB
+/// pages); anything this large is no limit, whatever the page size.
+const NO_LIMIT_THRESHOLD: u64 = 1 << 62;
+
+/// Read directly when the hierarchy yields nothing: on Heroku's Cedar dynos no cgroup filesystem is
+/// mounted, yet the dyno's limit is a plain file at the v1 path.
+const WELL_KNOWN: [(&str, Version); 2] = [
+    ("/sys/fs/cgroup/memory.max", Version::V2),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", Version::V1),
+];
+
+fn limit_files(version: Version) -> &'static [&'static str] {
+    match version {
+        Version::V1 => &["memory.limit_in_bytes"],
+        Version::V2 => &["memory.max", "memory.high"],
+    }
+}
+
+pub(super) fn read(
+    snapshot: &Snapshot,
+    hierarchies: &[Hierarchy],
+    notes: &mut Vec<String>,
+) -> Reading<u64> {
+    let host_total = snapshot
+        .read(Path::new("/proc/meminfo"))
+        .ok()
+        .and_then(|text| procfs::meminfo_total_bytes(&text));
+    let mut limits = Vec::new();
+    for hierarchy in hierarchies {
+        for dir in hierarchy.levels() {
+            for file in limit_files(hierarchy.version) {
+                let path = dir.join(file);
+                limits.extend(read_limit(
+                    snapshot,
+                    &path,
+                    hierarchy.version,
+                    host_total,
+                    notes,
+                ));
+            }
+        }
+    }
+    if limits.is_empty() {
+        for (path, version) in WELL_KNOWN {
+            limits.extend(read_limit(
+                snapshot,
+                Path::new(path),
+                version,
+                host_total,
+                notes,
+            ));
+        }
+    }
+    if let Some(limit) = smallest(limits) {
+        return limit;
+    }
+    match host_total {
+        Some(bytes) => Reading {
+            value: bytes,
+            source: "/proc/meminfo MemTotal (no cgroup memory limit)".to_owned(),
+        },
+        None => {
+            notes.push("cannot read MemTotal from /proc/meminfo".to_owned());
+            Reading {
+                value: DEFAULT_MEMORY_BYTES,
+                source: "default 512 MB (no memory information readable)".to_owned(),
+            }
+        }
+    }
+}
+
+/// One limit file. Missing files and "no limit" values are silent; values that are present but
+/// unusable are noted, so `launcher size` can say why they were passed over.
+fn read_limit(
+    snapshot: &Snapshot,
+    path: &Path,
+    version: Version,
+    host_total: Option<u64>,
+    notes: &mut Vec<String>,
+) -> Option<Reading<u64>> {
+    let text = snapshot.read(path).ok()?;
+    let text = text.trim();
+    let shown = path.display();
+    if text == "max" {
+        return None;
+    }
+    let Ok(bytes) = text.parse::<u64>() else {
+        notes.push(format!("ignored {shown}: not a number ({})", clip(text)));
+        return None;
+    };
+    if bytes >= NO_LIMIT_THRESHOLD {
+        return None;
+    }
+    if bytes == 0 {
+        notes.push(format!("ignored {shown}: a limit of 0 bytes"));
+        return None;
+    }
+    if let Some(total) = host_total.filter(|total| bytes > *total) {
+        notes.push(format!(
+            "ignored {shown}: {} MB is more than the host's {} MB",
+            bytes / MIB,
+            total / MIB
+        ));
+        return None;
+    }
+    Some(Reading {
+        value: bytes,
+        source: format!("{} {shown}", version.label()),
+    })
+}
+
+/// A file's text as shown in a note: one line, at most 40 characters.
+fn clip(text: &str) -> String {
+    let line: String = text.chars().take(40).collect();
+    format!("{line:?}")
+}

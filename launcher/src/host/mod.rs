@@ -1,0 +1,101 @@
+//! Reading the size of the machine (memory limit and usable CPUs) from /proc and cgroup files.
+//!
+//! Every path is read relative to a root directory, `/` on a live machine, so that a snapshot of
+//! another host (`launcher size --root DIR`) and the tests' fake trees are read the same way.
+
+mod cgroup;
+mod cpu;
+mod memory;
+mod procfs;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// What the machine offers this process, each figure with the place it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub memory_bytes: u64,
+    pub memory_source: String,
+    pub cpus: u32,
+    pub cpus_source: String,
+    /// Values that were present but ignored, and files that could not be read, for `launcher size`.
+    pub notes: Vec<String>,
+}
+
+impl Host {
+    /// Memory in MiB, rounded down.
+    pub fn memory_mb(&self) -> u64 {
+        self.memory_bytes / MIB
+    }
+}
+
+/// A host's files seen through a root directory.
+pub struct Snapshot {
+    root: PathBuf,
+}
+
+impl Snapshot {
+    pub fn new(root: &Path) -> Self {
+        Snapshot {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// Reads the file that the host knows as `host_path` (an absolute path).
+    pub fn read(&self, host_path: &Path) -> io::Result<String> {
+        let relative = host_path.strip_prefix("/").unwrap_or(host_path);
+        std::fs::read_to_string(self.root.join(relative))
+    }
+}
+
+/// Reads memory and CPUs. Never fails: what cannot be read falls back, and the source says so.
+pub fn read(root: &Path) -> Host {
+    let snapshot = Snapshot::new(root);
+    let mut notes = Vec::new();
+    let membership = match snapshot.read(Path::new("/proc/self/cgroup")) {
+        Ok(text) => procfs::parse_cgroup_membership(&text),
+        Err(err) => {
+            notes.push(format!("cannot read /proc/self/cgroup: {err}"));
+            Vec::new()
+        }
+    };
+    let mounts = match snapshot.read(Path::new("/proc/self/mountinfo")) {
+        Ok(text) => procfs::parse_mountinfo(&text),
+        Err(err) => {
+            notes.push(format!("cannot read /proc/self/mountinfo: {err}"));
+            Vec::new()
+        }
+    };
+    let memory_hierarchies = cgroup::hierarchies(&membership, &mounts, "memory");
+    let memory = memory::read(&snapshot, &memory_hierarchies, &mut notes);
+    let cpu_hierarchies = cgroup::hierarchies(&membership, &mounts, "cpu");
+    let cpus = cpu::read(&snapshot, &cpu_hierarchies, &mut notes);
+    notes.dedup();
+    Host {
+        memory_bytes: memory.value,
+        memory_source: memory.source,
+        cpus: cpus.value,
+        cpus_source: cpus.source,
+        notes,
+    }
+}
+
+/// A value and the place it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reading<T> {
+    value: T,
+    source: String,
+}
+
+/// Of several readings, the smallest; on a tie, the first (callers list the broadest source first,
+/// so that a limit equal to the whole machine is not named as the reason).
+fn smallest<T: Ord + Copy>(readings: Vec<Reading<T>>) -> Option<Reading<T>> {
+    readings
+        .into_iter()
+        .reduce(|best, next| if next.value < best.value { next } else { best })
+}
+
+#[cfg(test)]
+mod tests;

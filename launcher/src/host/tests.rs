@@ -1,0 +1,372 @@
+//! Host reading over fake host trees: each test writes the files one kind of machine has.
+
+use std::fs;
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use super::{read, Host, MIB};
+
+const GIB: u64 = 1024 * MIB;
+
+struct FakeHost {
+    dir: TempDir,
+}
+
+impl FakeHost {
+    /// A machine with 8 online CPUs, 16 GiB of RAM and no cgroup at all.
+    fn new() -> Self {
+        let host = FakeHost {
+            dir: TempDir::new().expect("temp dir"),
+        };
+        host.write("/sys/devices/system/cpu/online", "0-7\n");
+        host.write(
+            "/proc/meminfo",
+            &format!("MemTotal: {} kB\n", 16 * GIB / 1024),
+        );
+        host.write(
+            "/proc/self/status",
+            "Name:\tlauncher\nCpus_allowed_list:\t0-7\n",
+        );
+        host
+    }
+
+    /// Nothing at all: no /proc, no /sys.
+    fn empty() -> Self {
+        FakeHost {
+            dir: TempDir::new().expect("temp dir"),
+        }
+    }
+
+    fn write(&self, host_path: &str, text: &str) -> &Self {
+        let path = self.dir.path().join(host_path.trim_start_matches('/'));
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, text).expect("write");
+        self
+    }
+
+    /// cgroup v1 with the memory and cpu controllers mounted, the process in `path` of both.
+    fn cgroup_v1(&self, path: &str) -> &Self {
+        self.write(
+            "/proc/self/cgroup",
+            &format!("5:memory:{path}\n3:cpu,cpuacct:{path}\n0::/\n"),
+        )
+        .write(
+            "/proc/self/mountinfo",
+            "\
+25 1 0:22 / / rw - ext4 /dev/vda rw
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+",
+        )
+    }
+
+    /// cgroup v2 unified hierarchy at /sys/fs/cgroup, the process in `path`.
+    fn cgroup_v2(&self, path: &str) -> &Self {
+        self.write("/proc/self/cgroup", &format!("0::{path}\n")).write(
+            "/proc/self/mountinfo",
+            "25 1 0:22 / / rw - ext4 /dev/vda rw\n30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+        )
+    }
+
+    fn read(&self) -> Host {
+        read(self.dir.path())
+    }
+}
+
+fn bytes(n: u64) -> String {
+    format!("{n}\n")
+}
+
+#[test]
+fn cgroup_v1_limit_in_own_cgroup() {
+    let host = FakeHost::new();
+    host.cgroup_v1("/app")
+        .write(
+            "/sys/fs/cgroup/memory/app/memory.limit_in_bytes",
+            &bytes(512 * MIB),
+        )
+        .write(
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+    let read = host.read();
+    assert_eq!(read.memory_mb(), 512);
+    assert_eq!(
+        read.memory_source,
+        "cgroup v1 /sys/fs/cgroup/memory/app/memory.limit_in_bytes"
+    );
+    assert_eq!(read.cpus, 8);
+}
+
+#[test]
+fn cgroup_v2_takes_the_lower_of_max_and_high() {
+    let host = FakeHost::new();
+    host.cgroup_v2("/web.slice/app.scope")
+        .write("/sys/fs/cgroup/web.slice/app.scope/memory.max", &bytes(GIB))
+        .write(
+            "/sys/fs/cgroup/web.slice/app.scope/memory.high",
+            &bytes(768 * MIB),
+        );
+    let read = host.read();
+    assert_eq!(read.memory_mb(), 768);
+    assert_eq!(
+        read.memory_source,
+        "cgroup v2 /sys/fs/cgroup/web.slice/app.scope/memory.high"
+    );
+}
+
+#[test]
+fn cgroup_v2_max_means_no_limit() {
+    let host = FakeHost::new();
+    host.cgroup_v2("/")
+        .write("/sys/fs/cgroup/memory.max", "max\n")
+        .write("/sys/fs/cgroup/memory.high", "max\n");
+    let read = host.read();
+    assert_eq!(read.memory_bytes, 16 * GIB);
+    assert_eq!(
+        read.memory_source,
+        "/proc/meminfo MemTotal (no cgroup memory limit)"
+    );
+    assert!(read.notes.is_empty(), "{:?}", read.notes);
+}
+
+#[test]
+fn hybrid_host_reads_v1_memory_beside_a_v2_unified_mount() {
+    let host = FakeHost::new();
+    host.write("/proc/self/cgroup", "9:memory:/dyno\n1:cpu:/\n0::/dyno\n")
+        .write(
+            "/proc/self/mountinfo",
+            "\
+32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+",
+        )
+        .write(
+            "/sys/fs/cgroup/memory/dyno/memory.limit_in_bytes",
+            &bytes(GIB),
+        )
+        .write("/sys/fs/cgroup/unified/dyno/cgroup.procs", "1\n");
+    let read = host.read();
+    assert_eq!(read.memory_mb(), 1024);
+    assert!(
+        read.memory_source.starts_with("cgroup v1 "),
+        "{}",
+        read.memory_source
+    );
+}
+
+#[test]
+fn limit_on_a_parent_only_applies_to_the_child() {
+    let host = FakeHost::new();
+    host.cgroup_v1("/parent/child")
+        .write(
+            "/sys/fs/cgroup/memory/parent/memory.limit_in_bytes",
+            &bytes(512 * MIB),
+        )
+        .write(
+            "/sys/fs/cgroup/memory/parent/child/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+    let read = host.read();
+    assert_eq!(read.memory_mb(), 512);
+    assert_eq!(
+        read.memory_source,
+        "cgroup v1 /sys/fs/cgroup/memory/parent/memory.limit_in_bytes"
+    );
+}
+
+#[test]
+fn the_smallest_limit_up_the_hierarchy_wins() {
+    let host = FakeHost::new();
+    host.cgroup_v2("/a/b")
+        .write("/sys/fs/cgroup/a/memory.max", &bytes(2 * GIB))
+        .write("/sys/fs/cgroup/a/b/memory.max", &bytes(3 * GIB));
+    assert_eq!(host.read().memory_mb(), 2048);
+}
+
+#[test]
+fn heroku_cedar_layout_plain_limit_file_and_no_cgroup_mount() {
+    let host = FakeHost::new();
+    host.write("/proc/self/cgroup", "0::/\n")
+        .write(
+            "/proc/self/mountinfo",
+            "20 1 0:5 / /proc rw - proc proc rw\n",
+        )
+        .write("/sys/fs/cgroup/memory/memory.limit_in_bytes", "536870912\n");
+    let read = host.read();
+    assert_eq!(read.memory_mb(), 512);
+    assert_eq!(
+        read.memory_source,
+        "cgroup v1 /sys/fs/cgroup/memory/memory.limit_in_bytes"
+    );
+    assert_eq!(read.cpus, 8);
+    assert_eq!(read.cpus_source, "/sys/devices/system/cpu/online");
+}
+
+#[test]
+fn missing_cgroup_files_fall_back_to_memtotal() {
+    let host = FakeHost::new();
+    host.cgroup_v1("/app");
+    let read = host.read();
+    assert_eq!(read.memory_bytes, 16 * GIB);
+    assert!(read.memory_source.contains("MemTotal"));
+}
+
+#[test]
+fn garbage_files_are_noted_and_passed_over() {
+    let host = FakeHost::new();
+    host.cgroup_v2("/")
+        .write("/sys/fs/cgroup/memory.max", "lots\n")
+        .write("/sys/fs/cgroup/memory.high", "0\n")
+        .write("/sys/fs/cgroup/cpu.max", "half 100000\n")
+        .write("/sys/devices/system/cpu/online", "zero-seven\n");
+    let read = host.read();
+    assert!(read.memory_source.contains("MemTotal"));
+    assert_eq!(read.cpus, 8, "affinity still counts");
+    let notes = read.notes.join("\n");
+    assert!(
+        notes.contains("/sys/fs/cgroup/memory.max: not a number (\"lots\")"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("/sys/fs/cgroup/memory.high: a limit of 0 bytes"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("/sys/fs/cgroup/cpu.max: not a CPU quota"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("/sys/devices/system/cpu/online: not a CPU list"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn unreadable_proc_and_sys_fall_back_to_512_mb_and_1_cpu() {
+    let read = FakeHost::empty().read();
+    assert_eq!(read.memory_mb(), 512);
+    assert_eq!(
+        read.memory_source,
+        "default 512 MB (no memory information readable)"
+    );
+    assert_eq!(read.cpus, 1);
+    assert_eq!(
+        read.cpus_source,
+        "default 1 CPU (no CPU information readable)"
+    );
+    assert!(read
+        .notes
+        .iter()
+        .any(|n| n.starts_with("cannot read /proc/self/cgroup")));
+}
+
+#[test]
+fn unreadable_proc_still_finds_the_well_known_limit_file() {
+    let host = FakeHost::empty();
+    host.write("/sys/fs/cgroup/memory.max", &bytes(GIB));
+    let read = host.read();
+    assert_eq!(read.memory_mb(), 1024);
+    assert_eq!(read.memory_source, "cgroup v2 /sys/fs/cgroup/memory.max");
+}
+
+#[test]
+fn huge_values_are_no_limit_and_more_than_the_host_is_rejected() {
+    let host = FakeHost::new();
+    host.cgroup_v1("/a/b")
+        .write(
+            "/sys/fs/cgroup/memory/a/b/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        )
+        .write(
+            "/sys/fs/cgroup/memory/a/memory.limit_in_bytes",
+            &bytes(64 * GIB),
+        )
+        .write(
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "99999999999999999999999\n",
+        );
+    let read = host.read();
+    assert_eq!(read.memory_bytes, 16 * GIB);
+    let notes = read.notes.join("\n");
+    assert!(
+        notes.contains("65536 MB is more than the host's 16384 MB"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("not a number"),
+        "a value past u64 is garbage: {notes}"
+    );
+}
+
+#[test]
+fn fractional_cpu_max_rounds_up() {
+    let host = FakeHost::new();
+    host.cgroup_v2("/")
+        .write("/sys/fs/cgroup/cpu.max", "150000 100000\n");
+    let read = host.read();
+    assert_eq!(read.cpus, 2);
+    assert_eq!(
+        read.cpus_source,
+        "cgroup v2 /sys/fs/cgroup/cpu.max (quota 150000/100000, rounded up)"
+    );
+}
+
+#[test]
+fn cpu_max_without_a_quota_is_no_limit() {
+    let host = FakeHost::new();
+    host.cgroup_v2("/")
+        .write("/sys/fs/cgroup/cpu.max", "max 100000\n");
+    assert_eq!(host.read().cpus, 8);
+}
+
+#[test]
+fn cgroup_v1_cfs_quota_on_a_parent() {
+    let host = FakeHost::new();
+    host.cgroup_v1("/app/web")
+        .write(
+            "/sys/fs/cgroup/cpu,cpuacct/app/web/cpu.cfs_quota_us",
+            "-1\n",
+        )
+        .write(
+            "/sys/fs/cgroup/cpu,cpuacct/app/web/cpu.cfs_period_us",
+            "100000\n",
+        )
+        .write(
+            "/sys/fs/cgroup/cpu,cpuacct/app/cpu.cfs_quota_us",
+            "250000\n",
+        )
+        .write(
+            "/sys/fs/cgroup/cpu,cpuacct/app/cpu.cfs_period_us",
+            "100000\n",
+        );
+    let read = host.read();
+    assert_eq!(read.cpus, 3);
+    assert!(read
+        .cpus_source
+        .starts_with("cgroup v1 /sys/fs/cgroup/cpu,cpuacct/app/cpu.cfs_quota_us"));
+}
+
+#[test]
+fn restricted_affinity_narrows_the_cpus() {
+    let host = FakeHost::new();
+    host.write("/proc/self/status", "Cpus_allowed_list:\t2-3\n");
+    let read = host.read();
+    assert_eq!(read.cpus, 2);
+    assert_eq!(read.cpus_source, "/proc/self/status Cpus_allowed_list");
+}
+
+#[test]
+fn equal_limits_name_the_broadest_source() {
+    // Affinity 0-7 on an 8-CPU host restricts nothing: the host count is the reason.
+    let read = FakeHost::new().read();
+    assert_eq!(read.cpus_source, "/sys/devices/system/cpu/online");
+}
+
+#[test]
+fn the_live_machine_reads_without_panicking() {
+    let read = read(Path::new("/"));
+    assert!(read.memory_bytes > 0 && read.cpus > 0);
+}

@@ -1,0 +1,103 @@
+//! `launcher`: sizes WEB_CONCURRENCY from the machine's real size and explains every number.
+
+mod config;
+mod dynos;
+mod host;
+mod profile;
+mod report;
+mod sizing;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use config::Env;
+use report::Report;
+
+#[derive(Parser)]
+#[command(
+    name = "launcher",
+    version,
+    about = "Runs web apps with the right concurrency"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the machine's memory and CPUs, where each was read, and the WEB_CONCURRENCY chosen.
+    Size {
+        /// Read /proc and /sys under this directory instead of / (a captured host snapshot).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The app's root, where launcher.toml is looked for (default: the current directory).
+        #[arg(long)]
+        app_dir: Option<PathBuf>,
+    },
+    /// Print the `export` lines the .profile.d script applies at dyno boot.
+    Profile {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long)]
+        app_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("launcher: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let env = Env::from_process();
+    match cli.command {
+        Command::Size {
+            root,
+            json,
+            app_dir,
+        } => {
+            let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
+            let report = Report::gather(&root, &env, app_dir.as_deref());
+            let text = if json {
+                report.to_json() + "\n"
+            } else {
+                report.to_text()
+            };
+            write_stdout(&text)
+        }
+        Command::Profile { root, app_dir } => {
+            let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
+            let report = Report::gather(&root, &env, app_dir.as_deref());
+            let mut stderr = std::io::stderr().lock();
+            for warning in report.warnings() {
+                // Best effort: a closed stderr must not cost the dyno its sizing.
+                let _ = writeln!(stderr, "launcher: warning: {warning}");
+            }
+            if profile::is_web_dyno(env.get("DYNO")) {
+                let _ = writeln!(stderr, "{}", profile::boot_line(&report));
+            }
+            write_stdout(&profile::render(&profile::exports(&report)))
+        }
+    }
+}
+
+fn write_stdout(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write to standard output")
+}

@@ -1,0 +1,113 @@
+//! `launcher size`: every input with its source, and the result with its reason.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{self, Env, Settings};
+use crate::host::{self, Host};
+use crate::sizing::{self, Decision, Formula, Incoming};
+
+/// Everything the sizing looked at and decided, for one environment on one host.
+pub struct Report {
+    pub host: Host,
+    pub settings: Settings,
+    pub formula: Formula,
+    pub decision: Decision,
+}
+
+impl Report {
+    pub fn gather(root: &Path, env: &Env, app_dir: Option<&Path>) -> Self {
+        let host = host::read(root);
+        let settings = config::load(env, app_dir);
+        let formula = Formula::new(
+            host.memory_mb(),
+            host.cpus,
+            settings.web_memory_mb,
+            settings.max_workers,
+        );
+        let incoming = Incoming {
+            web_concurrency: env.get("WEB_CONCURRENCY"),
+            set_by: env.get("WEB_CONCURRENCY_SET_BY"),
+            launcher_value: env.get("LAUNCHER_WEB_CONCURRENCY"),
+        };
+        let decision = sizing::decide(incoming, &formula, settings.disable);
+        Report {
+            host,
+            settings,
+            formula,
+            decision,
+        }
+    }
+
+    /// Warnings for stderr: config values that were replaced or ignored.
+    pub fn warnings(&self) -> impl Iterator<Item = &String> {
+        self.settings.warnings.iter().chain(&self.decision.warnings)
+    }
+
+    /// The reason, then warnings, then what the host reading passed over.
+    fn notes(&self) -> Vec<String> {
+        std::iter::once(&self.decision.reason)
+            .chain(self.warnings())
+            .chain(&self.host.notes)
+            .cloned()
+            .collect()
+    }
+
+    pub fn to_json(&self) -> String {
+        let json = Json {
+            memory_mb: self.host.memory_mb(),
+            memory_source: &self.host.memory_source,
+            cpus: self.host.cpus,
+            cpus_source: &self.host.cpus_source,
+            web_memory_mb: self.settings.web_memory_mb,
+            web_concurrency: self.decision.outcome.web_concurrency(),
+            set_by: self.decision.outcome.set_by(),
+            notes: self.notes(),
+        };
+        serde_json::to_string_pretty(&json).unwrap_or_default()
+    }
+
+    pub fn to_text(&self) -> String {
+        let outcome = &self.decision.outcome;
+        let value = outcome
+            .web_concurrency()
+            .map_or("unset".to_owned(), |n| n.to_string());
+        let set_by = match outcome.set_by() {
+            Some(sizing::SET_BY) => sizing::SET_BY.to_owned(),
+            Some(id) => config::shown(id),
+            None if outcome.web_concurrency().is_some() => "the user".to_owned(),
+            None => "nobody".to_owned(),
+        };
+        let mut text = format!(
+            "memory           {:>7} MB  {}\n\
+             cpus             {:>7}     {}\n\
+             per worker       {:>7} MB  {}\n\
+             WEB_CONCURRENCY  {:>7}     set by {set_by}: {}\n",
+            self.host.memory_mb(),
+            self.host.memory_source,
+            self.host.cpus,
+            self.host.cpus_source,
+            self.settings.web_memory_mb,
+            self.settings.web_memory_source,
+            value,
+            self.decision.reason,
+        );
+        for note in self.warnings().chain(&self.host.notes) {
+            text.push_str(&format!("note: {note}\n"));
+        }
+        text
+    }
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    memory_mb: u64,
+    memory_source: &'a str,
+    cpus: u32,
+    cpus_source: &'a str,
+    web_memory_mb: u64,
+    web_concurrency: Option<u32>,
+    set_by: Option<&'a str>,
+    notes: Vec<String>,
+}
