@@ -5,6 +5,8 @@ pub struct Dyno {
     pub name: &'static str,
     pub memory_mb: u64,
     pub cpus: u32,
+    /// What the formula must give with 256 MB per worker (asserted by the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub web_concurrency: u32,
 }
 

@@ -1,8 +1,10 @@
 //! `launcher`: sizes WEB_CONCURRENCY from the machine's real size and explains every number.
 
+mod build_report;
 mod config;
 mod dynos;
 mod host;
+mod pinning;
 mod profile;
 mod report;
 mod sizing;
@@ -48,6 +50,19 @@ enum Command {
         root: PathBuf,
         #[arg(long)]
         app_dir: Option<PathBuf>,
+        /// Print the .profile.d script that applies these lines, instead of the lines.
+        #[arg(long)]
+        script: bool,
+    },
+    /// Print the build log's sizing step: WEB_CONCURRENCY per dyno size, and warnings when the
+    /// app pins its worker count. Used by bin/compile.
+    BuildReport {
+        /// The app being built (BUILD_DIR).
+        #[arg(long)]
+        app_dir: PathBuf,
+        /// Heroku's ENV_DIR: one file per config var.
+        #[arg(long)]
+        env_dir: Option<PathBuf>,
     },
 }
 
@@ -78,7 +93,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             write_stdout(&text)
         }
-        Command::Profile { root, app_dir } => {
+        Command::Profile { script: true, .. } => write_stdout(profile::SCRIPT),
+        Command::BuildReport { app_dir, env_dir } => {
+            build_report::print(&app_dir, env_dir.as_deref())
+        }
+        Command::Profile { root, app_dir, .. } => {
             let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
             let report = Report::gather(&root, &env, app_dir.as_deref());
             let mut stderr = std::io::stderr().lock();

@@ -6,6 +6,27 @@
 use crate::report::Report;
 use crate::sizing::{Outcome, SET_BY};
 
+/// The `.profile.d` script `bin/compile` installs as `zzz-launcher.sh` (sorting after language
+/// buildpacks' `WEB_CONCURRENCY.sh` in C and en_US collation). Sourced by bash at every dyno boot, so:
+/// no `exit`, no `set -e`, no `eval`; each line of the binary's output must match the `export`
+/// pattern before it is applied; if the binary is missing or fails, only PATH has changed.
+pub const SCRIPT: &str = r#"# Written by the launcher buildpack: sets WEB_CONCURRENCY from this dyno's real size.
+# Sourced at every dyno boot. Run `launcher size` on the dyno to see every number and its source.
+case ":${PATH:-}:" in
+  *":${HOME:-}/.launcher/bin:"*) ;;
+  *) export PATH="${HOME:-}/.launcher/bin${PATH:+:$PATH}" ;;
+esac
+if [ -x "${HOME:-}/.launcher/bin/launcher" ] &&
+  __launcher_exports="$("${HOME:-}/.launcher/bin/launcher" profile --app-dir "${HOME:-.}")"; then
+  while IFS= read -r __launcher_line; do
+    if [[ "$__launcher_line" =~ ^export\ ([A-Z][A-Z0-9_]*)=([A-Za-z0-9_./-]+)$ ]]; then
+      export "${BASH_REMATCH[1]}=${BASH_REMATCH[2]}"
+    fi
+  done <<<"$__launcher_exports"
+fi
+unset __launcher_exports __launcher_line
+"#;
+
 /// The variables to export, in order.
 pub fn exports(report: &Report) -> Vec<(&'static str, String)> {
     let computed = report.formula.value.to_string();

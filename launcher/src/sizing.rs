@@ -197,12 +197,9 @@ mod tests {
     #[test]
     fn at_least_one_worker_and_at_most_the_cap() {
         assert_eq!(Formula::new(100, 8, 256, None).value, 1);
-        assert_eq!(
-            Formula::new(100, 8, 256, None)
-                .explain()
-                .ends_with("at least 1"),
-            true
-        );
+        assert!(Formula::new(100, 8, 256, None)
+            .explain()
+            .ends_with("at least 1"));
         assert_eq!(
             Formula::new(1 << 20, 1024, 1, None).value,
             MAX_WEB_CONCURRENCY
