@@ -8,8 +8,8 @@ use crate::sizing::{Outcome, SET_BY};
 
 /// The `.profile.d` script `bin/compile` installs as `zzz-launcher.sh` (sorting after language
 /// buildpacks' `WEB_CONCURRENCY.sh` in C and en_US collation). Sourced by bash at every dyno boot, so:
-/// no `exit`, no `set -e`, no `eval`; each line of the binary's output must match the `export`
-/// pattern before it is applied; if the binary is missing or fails, only PATH has changed.
+/// no `exit`, no `set -e`, no `eval`; a line of the binary's output is applied only if it exports one
+/// of our four names with an integer or `launcher`; if the binary is missing or fails, only PATH has changed.
 pub const SCRIPT: &str = r#"# Written by the launcher buildpack: sets WEB_CONCURRENCY from this dyno's real size.
 # Sourced at every dyno boot. Run `launcher size` on the dyno to see every number and its source.
 case ":${PATH:-}:" in
@@ -19,7 +19,7 @@ esac
 if [ -x "${HOME:-}/.launcher/bin/launcher" ] &&
   __launcher_exports="$("${HOME:-}/.launcher/bin/launcher" profile --app-dir "${HOME:-.}")"; then
   while IFS= read -r __launcher_line; do
-    if [[ "$__launcher_line" =~ ^export\ ([A-Z][A-Z0-9_]*)=([A-Za-z0-9_./-]+)$ ]]; then
+    if [[ "$__launcher_line" =~ ^export\ (WEB_CONCURRENCY|WEB_CONCURRENCY_SET_BY|LAUNCHER_WEB_CONCURRENCY|DYNO_RAM)=([0-9]+|launcher)$ ]]; then
       export "${BASH_REMATCH[1]}=${BASH_REMATCH[2]}"
     fi
   done <<<"$__launcher_exports"
