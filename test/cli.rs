@@ -505,15 +505,19 @@ fn lines_that_are_not_plain_exports_are_never_applied() {
     fs::write(
         slug.path().join(".launcher/bin/launcher"),
         format!(
-            "#!/bin/sh\necho 'export WEB_CONCURRENCY=$(touch {0})'\necho 'touch {0}'\necho 'export PATH=/evil'\necho 'export WEB_CONCURRENCY=4'\n",
+            "#!/bin/sh\necho 'export WEB_CONCURRENCY=$(touch {0})'\necho 'touch {0}'\necho 'export PATH=/evil'\necho 'export DYNO_RAM=1abc9'\necho 'export LAUNCHER_WEB_CONCURRENCY=04'\necho 'export WEB_CONCURRENCY=4'\n",
             marker.display()
         ),
     )
     .expect("write");
     make_executable(&slug.path().join(".launcher/bin/launcher"));
-    let output = slug.boot("set -eu", &[], "echo \"$WEB_CONCURRENCY $PATH\"");
+    let output = slug.boot(
+        "set -eu",
+        &[],
+        "echo \"$WEB_CONCURRENCY ${DYNO_RAM:-unset} ${LAUNCHER_WEB_CONCURRENCY:-unset} $PATH\"",
+    );
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.starts_with("4 "), "{text}");
+    assert!(text.starts_with("4 unset unset "), "{text}");
     assert!(!text.contains("/evil"), "{text}");
     assert!(!marker.exists());
 }

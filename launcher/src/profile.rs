@@ -18,13 +18,25 @@ case ":${PATH:-}:" in
 esac
 if [ -x "${HOME:-}/.launcher/bin/launcher" ] &&
   __launcher_exports="$("${HOME:-}/.launcher/bin/launcher" profile --app-dir "${HOME:-.}")"; then
-  while IFS= read -r __launcher_line; do
-    if [[ "$__launcher_line" =~ ^export\ (WEB_CONCURRENCY|WEB_CONCURRENCY_SET_BY|LAUNCHER_WEB_CONCURRENCY|DYNO_RAM)=([0-9]+|launcher)$ ]]; then
-      export "${BASH_REMATCH[1]}=${BASH_REMATCH[2]}"
-    fi
-  done <<<"$__launcher_exports"
+  # Apply only our four names, each with a whole number or `launcher`: no eval, nothing else.
+  __launcher_exports="${__launcher_exports}"$'\n'
+  while [ -n "$__launcher_exports" ]; do
+    __launcher_line="${__launcher_exports%%$'\n'*}"
+    __launcher_exports="${__launcher_exports#*$'\n'}"
+    __launcher_value="${__launcher_line#*=}"
+    case "$__launcher_value" in
+      launcher) ;;
+      "" | 0* | *[!0-9]*) continue ;;
+    esac
+    case "$__launcher_line" in
+      "export WEB_CONCURRENCY=$__launcher_value") export WEB_CONCURRENCY="$__launcher_value" ;;
+      "export WEB_CONCURRENCY_SET_BY=$__launcher_value") export WEB_CONCURRENCY_SET_BY="$__launcher_value" ;;
+      "export LAUNCHER_WEB_CONCURRENCY=$__launcher_value") export LAUNCHER_WEB_CONCURRENCY="$__launcher_value" ;;
+      "export DYNO_RAM=$__launcher_value") export DYNO_RAM="$__launcher_value" ;;
+    esac
+  done
 fi
-unset __launcher_exports __launcher_line
+unset __launcher_exports __launcher_line __launcher_value
 "#;
 
 /// The variables to export, in order.
