@@ -49,10 +49,12 @@ pub struct Mount {
     pub super_options: Vec<String>,
 }
 
-/// Parses /proc/self/mountinfo (proc(5)): fields 4 and 5 are root and mount point, then optional
-/// fields up to a lone `-`, then filesystem type, source and super options.
+/// Parses the cgroup mounts of /proc/self/mountinfo (proc(5)): fields 4 and 5 are root and mount
+/// point, then optional fields up to a lone `-`, then filesystem type, source and super options.
+/// Other filesystems are skipped before anything is allocated for them: this runs at every boot.
 pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines()
+        .filter(|line| line.contains(" - cgroup"))
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let separator = fields.iter().position(|f| *f == "-")?;
