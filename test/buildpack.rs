@@ -8,8 +8,8 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -59,7 +59,11 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn cp(args: &[&Path]) {
-    let status = Command::new("cp").arg("-a").args(args).status().expect("cp");
+    let status = Command::new("cp")
+        .arg("-a")
+        .args(args)
+        .status()
+        .expect("cp");
     assert!(status.success(), "cp -a {args:?} failed");
 }
 
@@ -98,7 +102,10 @@ fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Opt
         if let Some(value) = condition() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -367,7 +374,12 @@ fn cold_cache_runs_cargo_once_and_warm_cache_runs_none() {
 fn every_fixture_compiles_and_pinned_worker_counts_are_warned_about() {
     let shared = shared();
     // (app, config var, what the warning names)
-    let cases: [(&str, Option<(&str, &str)>, Option<&str>); 6] = [
+    type Case = (
+        &'static str,
+        Option<(&'static str, &'static str)>,
+        Option<&'static str>,
+    );
+    let cases: [Case; 6] = [
         ("flask", None, None),
         ("no-procfile", None, None),
         ("pinned-procfile", None, Some("Procfile")),
@@ -387,16 +399,26 @@ fn every_fixture_compiles_and_pinned_worker_counts_are_warned_about() {
         let output = build.compile(&shared.buildpack, true);
         assert_success(&output);
         let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
-        assert!(stdout.contains("-----> Installing launcher"), "{app}: {stdout}");
+        assert!(
+            stdout.contains("-----> Installing launcher"),
+            "{app}: {stdout}"
+        );
         assert!(stdout.contains("-----> Sizing"), "{app}: {stdout}");
-        assert!(stdout.contains("       ") && stdout.contains("cached"), "{app}: {stdout}");
+        assert!(
+            stdout.contains("       ") && stdout.contains("cached"),
+            "{app}: {stdout}"
+        );
         assert_eq!(build.cargo_calls(), None, "{app}: the warm build ran cargo");
         match warning {
             Some(source) => {
                 let warned = stderr
                     .lines()
                     .any(|line| line.starts_with(" !     ") && line.contains(source));
-                assert!(warned, "{app}: no warning naming {source}\n{}", log(&output));
+                assert!(
+                    warned,
+                    "{app}: no warning naming {source}\n{}",
+                    log(&output)
+                );
             }
             None => assert!(!stderr.contains(" !     "), "{app}: {}", log(&output)),
         }
@@ -419,8 +441,16 @@ fn env_dir_is_read_safely() {
     build.set_config_var("WEB_CONCURRENCY", "3\nexport X=1");
     let output = build.compile(&shared.buildpack, true);
     assert_success(&output);
-    assert!(!marker.exists(), "a config var's shell code ran\n{}", log(&output));
-    assert!(text(&output.stdout).contains("Standard-1X"), "{}", log(&output));
+    assert!(
+        !marker.exists(),
+        "a config var's shell code ran\n{}",
+        log(&output)
+    );
+    assert!(
+        text(&output.stdout).contains("Standard-1X"),
+        "{}",
+        log(&output)
+    );
 }
 
 #[test]
@@ -459,21 +489,32 @@ fn path_a_the_packaged_prebuilt_binary_is_verified_and_used() {
     let binary = out.path().join(format!("launcher-linux-{ARCH}"));
     let sha = sha256(&binary);
     let stanza = format!("[metadata.release.{ARCH}]");
-    assert!(text(&packaged.stdout).contains(&stanza), "{}", log(&packaged));
+    assert!(
+        text(&packaged.stdout).contains(&stanza),
+        "{}",
+        log(&packaged)
+    );
     assert!(text(&packaged.stdout).contains(&format!("sha256 = \"{sha}\"")));
     let listing = run(Command::new("tar")
         .arg("tzf")
         .arg(out.path().join("launcher-buildpack-0.1.0.tgz")));
     let listing = text(&listing.stdout);
     assert!(listing.contains(&format!("./bin/prebuilt/launcher-linux-{ARCH}.sha256")));
-    assert!(!listing.contains("./test/") && !listing.contains("./target/"), "{listing}");
+    assert!(
+        !listing.contains("./test/") && !listing.contains("./target/"),
+        "{listing}"
+    );
 
     // No toolchain at all: the prebuilt binary is all it needs.
     let tree = out.path().join("launcher-buildpack-0.1.0");
     let build = Build::new("flask");
     let output = build.compile(&tree, false);
     assert_success(&output);
-    assert!(text(&output.stdout).contains("prebuilt"), "{}", log(&output));
+    assert!(
+        text(&output.stdout).contains("prebuilt"),
+        "{}",
+        log(&output)
+    );
     assert_eq!(sha256(&build.installed()), sha);
 
     // A damaged or tampered prebuilt binary stops the build.
@@ -606,7 +647,11 @@ fn path_b_the_release_binary_is_downloaded_and_verified() {
     let build = Build::new("flask");
     let output = build.compile(&buildpack, false);
     assert_success(&output);
-    assert!(text(&output.stdout).contains("Downloaded the release binary"), "{}", log(&output));
+    assert!(
+        text(&output.stdout).contains("Downloaded the release binary"),
+        "{}",
+        log(&output)
+    );
     assert_eq!(fs::read(build.installed()).expect("installed"), good);
 
     // LAUNCHER_BINARY_URL pointing at a tampered binary: the build stops, nothing is installed.
@@ -615,7 +660,11 @@ fn path_b_the_release_binary_is_downloaded_and_verified() {
     let output = build.compile(&buildpack, false);
     assert!(!output.status.success(), "{}", log(&output));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("does not match its SHA-256"), "{}", log(&output));
+    assert!(
+        stderr.contains("does not match its SHA-256"),
+        "{}",
+        log(&output)
+    );
     assert!(stderr.contains("tampered"), "{}", log(&output));
     assert!(!build.installed().exists());
 
@@ -624,7 +673,11 @@ fn path_b_the_release_binary_is_downloaded_and_verified() {
     build.set_config_var("LAUNCHER_BINARY_URL", &server.url("/missing"));
     let output = build.compile(&buildpack, true);
     assert_success(&output);
-    assert!(text(&output.stderr).contains("Could not download"), "{}", log(&output));
+    assert!(
+        text(&output.stderr).contains("Could not download"),
+        "{}",
+        log(&output)
+    );
     assert!(text(&output.stdout).contains("cached"), "{}", log(&output));
     assert_eq!(
         server.requests(),
@@ -663,25 +716,49 @@ fn path_c_installs_a_toolchain_into_the_cache_when_there_is_no_cargo() {
     let stub = rustup_init_stub();
     let stub_file = TempDir::new().expect("temp dir");
     fs::write(stub_file.path().join("rustup-init"), &stub).expect("write stub");
-    let sha_line = format!("{}  *rustup-init\n", sha256(&stub_file.path().join("rustup-init")));
+    let sha_line = format!(
+        "{}  *rustup-init\n",
+        sha256(&stub_file.path().join("rustup-init"))
+    );
     let server = Server::start(vec![
         ("/rustup-init".to_owned(), stub.clone()),
-        ("/rustup-init.sha256".to_owned(), sha_line.clone().into_bytes()),
+        (
+            "/rustup-init.sha256".to_owned(),
+            sha_line.clone().into_bytes(),
+        ),
         ("/bad/rustup-init".to_owned(), stub),
-        ("/bad/rustup-init.sha256".to_owned(), format!("{}  *rustup-init\n", "0".repeat(64)).into_bytes()),
+        (
+            "/bad/rustup-init.sha256".to_owned(),
+            format!("{}  *rustup-init\n", "0".repeat(64)).into_bytes(),
+        ),
     ]);
 
     // A CACHE_DIR with cargo's target dir but no binary and no toolchain, and no cargo on PATH.
     let build = Build::new("flask");
     fs::create_dir_all(build.cache().join("launcher")).expect("mkdir");
-    cp(&[&shared.cache.join("launcher/target"), &build.cache().join("launcher/target")]);
+    cp(&[
+        &shared.cache.join("launcher/target"),
+        &build.cache().join("launcher/target"),
+    ]);
     build.set_config_var("LAUNCHER_RUSTUP_INIT_URL", &server.url("/rustup-init"));
     let output = build.compile(&shared.buildpack, false);
     assert_success(&output);
     let stdout = text(&output.stdout);
-    assert!(stdout.contains("No cargo found; installing a Rust toolchain"), "{}", log(&output));
-    assert!(stdout.contains("Installed the Rust toolchain"), "{}", log(&output));
-    assert!(stdout.contains("Built from source with cargo"), "{}", log(&output));
+    assert!(
+        stdout.contains("No cargo found; installing a Rust toolchain"),
+        "{}",
+        log(&output)
+    );
+    assert!(
+        stdout.contains("Installed the Rust toolchain"),
+        "{}",
+        log(&output)
+    );
+    assert!(
+        stdout.contains("Built from source with cargo"),
+        "{}",
+        log(&output)
+    );
     let calls_file = build.cache().join("launcher/cargo-home/calls");
     let calls = fs::read_to_string(&calls_file).expect("the stub's cargo ran");
     assert!(calls.contains("build --release --locked"), "{calls}");
@@ -691,14 +768,21 @@ fn path_c_installs_a_toolchain_into_the_cache_when_there_is_no_cargo() {
     assert_success(&output);
     assert!(text(&output.stdout).contains("cached"), "{}", log(&output));
     assert_eq!(fs::read_to_string(&calls_file).expect("calls"), calls);
-    assert_eq!(server.requests(), ["/rustup-init", "/rustup-init.sha256"].map(str::to_owned));
+    assert_eq!(
+        server.requests(),
+        ["/rustup-init", "/rustup-init.sha256"].map(str::to_owned)
+    );
 
     // A rustup-init that does not match its published SHA-256 is never run.
     let build = Build::new("flask");
     build.set_config_var("LAUNCHER_RUSTUP_INIT_URL", &server.url("/bad/rustup-init"));
     let output = build.compile(&shared.buildpack, false);
     assert!(!output.status.success(), "{}", log(&output));
-    assert!(text(&output.stderr).contains("does not match its SHA-256"), "{}", log(&output));
+    assert!(
+        text(&output.stderr).contains("does not match its SHA-256"),
+        "{}",
+        log(&output)
+    );
     assert!(!build.cache().join("launcher/cargo-home/bin/cargo").exists());
 }
 
@@ -755,21 +839,42 @@ fn var(output: &Output, name: &str) -> Option<String> {
 fn dyno_boot_our_value_wins_over_the_language_buildpacks_and_the_users_over_both() {
     let build = compiled_slug("flask");
     let slug = build.app();
-    let size = run(Command::new(build.installed()).args(["size", "--json"]).env_clear());
+    let size = run(Command::new(build.installed())
+        .args(["size", "--json"])
+        .env_clear());
     let ours = json_number(&text(&size.stdout), "web_concurrency").to_string();
     assert_ne!(ours, "99");
 
     for locale in [("LC_ALL", "C"), ("LANG", "en_US.UTF-8")] {
         let output = boot(&slug, &[locale], &["env"]);
         assert!(output.status.success(), "{}", log(&output));
-        assert_eq!(var(&output, "WEB_CONCURRENCY").as_deref(), Some(ours.as_str()), "{locale:?}");
-        assert_eq!(var(&output, "WEB_CONCURRENCY_SET_BY").as_deref(), Some("launcher"));
-        assert!(text(&output.stderr).contains("launcher: WEB_CONCURRENCY="), "{}", log(&output));
+        assert_eq!(
+            var(&output, "WEB_CONCURRENCY").as_deref(),
+            Some(ours.as_str()),
+            "{locale:?}"
+        );
+        assert_eq!(
+            var(&output, "WEB_CONCURRENCY_SET_BY").as_deref(),
+            Some("launcher")
+        );
+        assert!(
+            text(&output.stderr).contains("launcher: WEB_CONCURRENCY="),
+            "{}",
+            log(&output)
+        );
     }
 
     let output = boot(&slug, &[("WEB_CONCURRENCY", "3")], &["env"]);
-    assert_eq!(var(&output, "WEB_CONCURRENCY").as_deref(), Some("3"), "{}", log(&output));
-    assert_ne!(var(&output, "WEB_CONCURRENCY_SET_BY").as_deref(), Some("launcher"));
+    assert_eq!(
+        var(&output, "WEB_CONCURRENCY").as_deref(),
+        Some("3"),
+        "{}",
+        log(&output)
+    );
+    assert_ne!(
+        var(&output, "WEB_CONCURRENCY_SET_BY").as_deref(),
+        Some("launcher")
+    );
 }
 
 #[test]
@@ -785,9 +890,16 @@ fn dyno_boot_config_vars_holding_shell_code_run_nothing() {
     ];
     let output = boot(&build.app(), &env, &["env"]);
     assert!(output.status.success(), "{}", log(&output));
-    assert!(!marker.exists(), "shell code from a config var ran\n{}", log(&output));
+    assert!(
+        !marker.exists(),
+        "shell code from a config var ran\n{}",
+        log(&output)
+    );
     let value = var(&output, "WEB_CONCURRENCY").expect("WEB_CONCURRENCY");
-    assert!(value.parse::<u32>().is_ok(), "the bad value was not replaced: {value:?}");
+    assert!(
+        value.parse::<u32>().is_ok(),
+        "the bad value was not replaced: {value:?}"
+    );
 }
 
 #[test]
@@ -817,7 +929,10 @@ fn dyno_boot_without_the_binary_still_runs_the_command_with_the_environment_unch
     assert_eq!(without_path(&output), without_path(&reference));
     assert_eq!(var(&output, "WEB_CONCURRENCY").as_deref(), Some("99"));
     let path = var(&output, "PATH").expect("PATH");
-    assert_eq!(path, format!("{}/.launcher/bin:{PLATFORM_PATH}", slug.display()));
+    assert_eq!(
+        path,
+        format!("{}/.launcher/bin:{PLATFORM_PATH}", slug.display())
+    );
 }
 
 // ---- End to end: gunicorn in a real 512 MB memory cgroup -------------------------------------------
@@ -858,7 +973,9 @@ impl Drop for MemoryCgroup {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             for pid in self.pids() {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
             }
             if fs::remove_dir(&self.dir).is_ok() {
                 return;
@@ -883,7 +1000,10 @@ impl Drop for Dyno {
 }
 
 fn children(pid: u32) -> Vec<u32> {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    let tasks = fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
     tasks
         .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
         .flat_map(|list| {
@@ -955,7 +1075,11 @@ fn serve_in_cgroup(cgroup: &MemoryCgroup) {
     );
     let path = format!("{}:{PLATFORM_PATH}", venv().join("bin").display());
     let child = Command::new("sh")
-        .args(["-c", r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#, "sh"])
+        .args([
+            "-c",
+            r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
+            "sh",
+        ])
         .arg(&cgroup.dir)
         .args(["bash", "-c", &boot])
         .env_clear()
@@ -970,12 +1094,17 @@ fn serve_in_cgroup(cgroup: &MemoryCgroup) {
     let dyno = Dyno { child };
     let master = dyno.child.id();
 
-    let body = wait_for("gunicorn to answer", Duration::from_secs(60), || http_get(port));
+    let body = wait_for("gunicorn to answer", Duration::from_secs(60), || {
+        http_get(port)
+    });
     let size = fs::read_to_string(build.dir.path().join("size.json")).expect("size.json");
     assert_eq!(json_number(&size, "memory_mb"), 512, "{size}");
     let expected = json_number(&size, "web_concurrency") as usize;
     assert_eq!(expected, 2, "512 MB / 256 MB per worker: {size}");
-    assert!(body.contains(&format!("\"web_concurrency\":\"{expected}\"")), "{body}");
+    assert!(
+        body.contains(&format!("\"web_concurrency\":\"{expected}\"")),
+        "{body}"
+    );
 
     // Exactly that many workers, all children of the master, all inside the cgroup.
     let workers = wait_for("the workers to boot", Duration::from_secs(30), || {
@@ -984,14 +1113,22 @@ fn serve_in_cgroup(cgroup: &MemoryCgroup) {
     });
     assert_eq!(workers.len(), expected, "workers {workers:?}");
     let in_cgroup = cgroup.pids();
-    assert!(in_cgroup.contains(&master), "master {master} not in {in_cgroup:?}");
+    assert!(
+        in_cgroup.contains(&master),
+        "master {master} not in {in_cgroup:?}"
+    );
     for worker in &workers {
-        assert!(in_cgroup.contains(worker), "worker {worker} not in {in_cgroup:?}");
+        assert!(
+            in_cgroup.contains(worker),
+            "worker {worker} not in {in_cgroup:?}"
+        );
     }
     for _ in 0..10 {
         let body = http_get(port).expect("a request");
         assert!(
-            workers.iter().any(|pid| body.contains(&format!("\"pid\":{pid},"))),
+            workers
+                .iter()
+                .any(|pid| body.contains(&format!("\"pid\":{pid},"))),
             "answered by a process that is not a worker: {body}"
         );
     }
