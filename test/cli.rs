@@ -141,10 +141,7 @@ fn human_form_names_each_source_and_the_reason() {
         text.contains("8     /sys/devices/system/cpu/online"),
         "{text}"
     );
-    assert!(
-        text.contains("256 MB  default (WEB_MEMORY unset)"),
-        "{text}"
-    );
+    assert!(text.contains("256 MB  default, WEB_MEMORY unset"), "{text}");
     assert!(
         text.contains("set by launcher: memory 512 MB / 256 MB per worker = 2, CPUs 2*8+1 = 17: memory decides"),
         "{text}"

@@ -27,7 +27,7 @@ pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
         return (details, warnings);
     }
     details.push(format!(
-        "WEB_CONCURRENCY by dyno size ({} MB per worker, {}):",
+        "WEB_CONCURRENCY by dyno size at {} MB per worker ({}):",
         settings.web_memory_mb, settings.web_memory_source
     ));
     let incoming = Incoming {
@@ -141,7 +141,7 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(
             details[0],
-            "WEB_CONCURRENCY by dyno size (256 MB per worker, default (WEB_MEMORY unset)):"
+            "WEB_CONCURRENCY by dyno size at 256 MB per worker (default, WEB_MEMORY unset):"
         );
         assert_eq!(
             details[1],

@@ -102,7 +102,7 @@ fn web_memory(env: &Env, warnings: &mut Vec<String>) -> (u64, String) {
     let Some(text) = env.get("WEB_MEMORY") else {
         return (
             DEFAULT_WEB_MEMORY_MB,
-            "default (WEB_MEMORY unset)".to_owned(),
+            "default, WEB_MEMORY unset".to_owned(),
         );
     };
     match whole_number(text, MAX_WEB_MEMORY_MB) {
@@ -114,7 +114,7 @@ fn web_memory(env: &Env, warnings: &mut Vec<String>) -> (u64, String) {
             ));
             (
                 DEFAULT_WEB_MEMORY_MB,
-                "default (WEB_MEMORY invalid)".to_owned(),
+                "default, WEB_MEMORY invalid".to_owned(),
             )
         }
     }
@@ -234,7 +234,7 @@ mod tests {
     fn defaults() {
         let settings = load(&Env::default(), None);
         assert_eq!(settings.web_memory_mb, 256);
-        assert_eq!(settings.web_memory_source, "default (WEB_MEMORY unset)");
+        assert_eq!(settings.web_memory_source, "default, WEB_MEMORY unset");
         assert!(!settings.disable);
         assert_eq!(settings.max_workers, None);
         assert!(settings.warnings.is_empty());
