@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+mod support;
+use support::{make_executable, needs_machine, MemoryCgroup};
+
 const ARCH: &str = std::env::consts::ARCH;
 const PLATFORM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const BUILDPACK_FILES: [&str; 9] = [
@@ -88,11 +91,6 @@ fn sha256(path: &Path) -> String {
         .next()
         .expect("sha256sum output")
         .to_owned()
-}
-
-fn make_executable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 /// Waits for `condition` with a deadline, polling; never a fixed sleep.
@@ -939,53 +937,6 @@ fn dyno_boot_without_the_binary_still_runs_the_command_with_the_environment_unch
 
 const LIMIT_BYTES: u64 = 512 * 1024 * 1024;
 
-/// A cgroup v1 memory cgroup for one test; on drop its processes are killed and it is removed.
-struct MemoryCgroup {
-    dir: PathBuf,
-}
-
-impl MemoryCgroup {
-    fn create(limit_bytes: u64) -> Result<Self, String> {
-        let mount = Path::new("/sys/fs/cgroup/memory");
-        if !mount.join("cgroup.procs").exists() {
-            return Err("no cgroup v1 memory controller at /sys/fs/cgroup/memory".to_owned());
-        }
-        let dir = mount.join(format!("launcher-buildpack-test-{}", std::process::id()));
-        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let cgroup = MemoryCgroup { dir };
-        let limit = cgroup.dir.join("memory.limit_in_bytes");
-        fs::write(&limit, limit_bytes.to_string())
-            .map_err(|e| format!("cannot write {}: {e}", limit.display()))?;
-        Ok(cgroup)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| line.trim().parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            for pid in self.pids() {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-            if fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("could not remove {}", self.dir.display());
-    }
-}
-
 /// A process group that is killed on drop.
 struct Dyno {
     child: Child,
@@ -1032,17 +983,6 @@ fn venv() -> PathBuf {
     std::env::var_os("LAUNCHER_TEST_VENV").map_or_else(|| repo().join(".venv"), PathBuf::from)
 }
 
-/// Runs a test that needs the machine's help, or says plainly why it cannot; under CI that fails.
-fn needs_machine(test: impl FnOnce() -> Result<(), String>) {
-    if let Err(why) = test() {
-        let message = format!("end-to-end test could not run: {why}");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{message}; CI must be able to run it");
-        }
-        eprintln!("SKIPPED: {message}");
-    }
-}
-
 #[test]
 fn flask_fixture_served_by_gunicorn_in_a_512_mb_cgroup_runs_the_sized_worker_count() {
     needs_machine(|| {
@@ -1053,7 +993,7 @@ fn flask_fixture_served_by_gunicorn_in_a_512_mb_cgroup_runs_the_sized_worker_cou
                 gunicorn.display()
             ));
         }
-        let cgroup = MemoryCgroup::create(LIMIT_BYTES)?;
+        let cgroup = MemoryCgroup::create(&["launcher-buildpack-test"], LIMIT_BYTES)?;
         serve_in_cgroup(&cgroup);
         Ok(())
     });
@@ -1080,7 +1020,7 @@ fn serve_in_cgroup(cgroup: &MemoryCgroup) {
             r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
             "sh",
         ])
-        .arg(&cgroup.dir)
+        .arg(cgroup.dir())
         .args(["bash", "-c", &boot])
         .env_clear()
         .env("HOME", &slug)

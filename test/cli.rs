@@ -2,10 +2,13 @@
 //! trees for machines that cannot exist here (Heroku dynos), and real cgroups where they can.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use tempfile::TempDir;
+
+mod support;
+use support::{make_executable, needs_machine, MemoryCgroup};
 
 const LAUNCHER: &str = env!("CARGO_BIN_EXE_launcher");
 
@@ -572,97 +575,30 @@ fn script_name_sorts_after_language_buildpack_scripts() {
     }
 }
 
-fn make_executable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
 // ---- Real cgroups ---------------------------------------------------------------------------------
 
-/// A cgroup v1 memory cgroup made for one test, removed on drop.
-struct MemoryCgroup {
-    dirs: Vec<PathBuf>,
-}
-
-impl MemoryCgroup {
-    /// Makes `<own memory cgroup>/<name>/<child...>`; the first dir gets `limit_bytes` if given.
-    fn create(path: &[&str], limit_bytes: Option<u64>) -> Result<Self, String> {
-        let base = own_memory_cgroup()?;
-        let mut dirs = Vec::new();
-        let mut dir = base;
-        for part in path {
-            dir = dir.join(format!("{part}-{}", std::process::id()));
-            fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            dirs.push(dir.clone());
-        }
-        let cgroup = MemoryCgroup { dirs };
-        if let Some(limit) = limit_bytes {
-            let file = cgroup.dirs[0].join("memory.limit_in_bytes");
-            fs::write(&file, limit.to_string())
-                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-        }
-        Ok(cgroup)
-    }
-
-    /// Runs the launcher inside the innermost cgroup.
-    fn run_launcher(&self, args: &str) -> Output {
-        let procs = self.dirs.last().expect("dir").join("cgroup.procs");
-        Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "echo $$ > '{}' && exec '{LAUNCHER}' {args}",
-                    procs.display()
-                ),
-            ])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .expect("run in cgroup")
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        for dir in self.dirs.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
-}
-
-/// This process's own cgroup v1 memory directory, so test cgroups nest under it.
-fn own_memory_cgroup() -> Result<PathBuf, String> {
-    let mount = Path::new("/sys/fs/cgroup/memory");
-    if !mount.join("memory.limit_in_bytes").exists() {
-        return Err("no cgroup v1 memory controller at /sys/fs/cgroup/memory".to_owned());
-    }
-    let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-    let own = text
-        .lines()
-        .find_map(|l| {
-            l.split_once(":memory:")
-                .map(|(_, p)| p.trim_start_matches('/').to_owned())
-        })
-        .unwrap_or_default();
-    Ok(mount.join(own))
-}
-
-/// Runs a real-cgroup test, or explains why it cannot run here; under CI that is a failure.
-fn with_real_cgroup(test: impl FnOnce() -> Result<(), String>) {
-    if let Err(why) = test() {
-        let message = format!("real cgroup test could not run: {why} (needs root and a writable cgroup v1 memory controller)");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{message}; CI must be able to run it");
-        }
-        eprintln!("SKIPPED: {message}");
-    }
+/// Runs the launcher inside the cgroup's innermost directory.
+fn run_launcher_in(cgroup: &MemoryCgroup, args: &str) -> Output {
+    let procs = cgroup.dir().join("cgroup.procs");
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > '{}' && exec '{LAUNCHER}' {args}",
+                procs.display()
+            ),
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("run in cgroup")
 }
 
 #[test]
 fn real_cgroup_of_512_mb() {
-    with_real_cgroup(|| {
-        let cgroup = MemoryCgroup::create(&["launcher-test-512"], Some(512 * 1024 * 1024))?;
-        let report = json(&cgroup.run_launcher("size --json"));
+    needs_machine(|| {
+        let cgroup = MemoryCgroup::create(&["launcher-test-512"], 512 * 1024 * 1024)?;
+        let report = json(&run_launcher_in(&cgroup, "size --json"));
         assert_eq!(report["memory_mb"], 512, "{report}");
         let source = report["memory_source"].as_str().expect("str");
         let own_dir = format!(
@@ -680,10 +616,9 @@ fn real_cgroup_of_512_mb() {
 
 #[test]
 fn real_nested_cgroup_gets_the_parents_limit() {
-    with_real_cgroup(|| {
-        let cgroup =
-            MemoryCgroup::create(&["launcher-test-parent", "child"], Some(512 * 1024 * 1024))?;
-        let report = json(&cgroup.run_launcher("size --json"));
+    needs_machine(|| {
+        let cgroup = MemoryCgroup::create(&["launcher-test-parent", "child"], 512 * 1024 * 1024)?;
+        let report = json(&run_launcher_in(&cgroup, "size --json"));
         assert_eq!(report["memory_mb"], 512, "{report}");
         let source = report["memory_source"].as_str().expect("str");
         assert!(

@@ -1,0 +1,102 @@
+//! Helpers shared by the black-box test files (each file is its own crate and uses a part).
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A cgroup v1 memory cgroup made for one test, nested under this process's own memory cgroup.
+/// On drop, the processes left in it are killed and its directories removed.
+pub struct MemoryCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl MemoryCgroup {
+    /// Makes `<own cgroup>/<first>-<pid>/<second>-<pid>...`, with `limit_bytes` on the first
+    /// directory only (so the others inherit it, as a child of a limited parent does).
+    pub fn create(names: &[&str], limit_bytes: u64) -> Result<Self, String> {
+        let mut cgroup = MemoryCgroup { dirs: Vec::new() };
+        let mut dir = own_memory_cgroup()?;
+        for name in names {
+            dir = dir.join(format!("{name}-{}", std::process::id()));
+            fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            cgroup.dirs.push(dir.clone());
+        }
+        let limit = cgroup.dirs[0].join("memory.limit_in_bytes");
+        fs::write(&limit, limit_bytes.to_string())
+            .map_err(|e| format!("cannot write {}: {e}", limit.display()))?;
+        Ok(cgroup)
+    }
+
+    /// The directory processes are put in: the innermost one.
+    pub fn dir(&self) -> &Path {
+        self.dirs.last().expect("at least one directory")
+    }
+
+    /// The processes in the innermost directory.
+    pub fn pids(&self) -> Vec<u32> {
+        pids_in(self.dir())
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for dir in self.dirs.iter().rev() {
+            while fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                for pid in pids_in(dir) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if dir.exists() {
+                eprintln!("could not remove {}", dir.display());
+            }
+        }
+    }
+}
+
+fn pids_in(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+/// This process's own cgroup v1 memory directory, so that test cgroups nest under it.
+fn own_memory_cgroup() -> Result<PathBuf, String> {
+    let mount = Path::new("/sys/fs/cgroup/memory");
+    if !mount.join("memory.limit_in_bytes").exists() {
+        return Err("no cgroup v1 memory controller at /sys/fs/cgroup/memory".to_owned());
+    }
+    let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let own = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(":memory:")
+                .map(|(_, p)| p.trim_start_matches('/').to_owned())
+        })
+        .unwrap_or_default();
+    Ok(mount.join(own))
+}
+
+/// Runs a test that needs the machine's help (root, a cgroup, the venv), or says plainly why it
+/// cannot run here. Under CI (`CI=true`) not being able to run is a failure, never a skip.
+pub fn needs_machine(test: impl FnOnce() -> Result<(), String>) {
+    if let Err(why) = test() {
+        let message = format!("this test could not run: {why}");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{message}; CI must be able to run it");
+        }
+        eprintln!("SKIPPED: {message}");
+    }
+}
+
+pub fn make_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
