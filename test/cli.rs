@@ -263,7 +263,9 @@ fn the_boot_line_is_logged_on_web_dynos_only() {
     let line = stderr(&web);
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(
-        line.starts_with("launcher: WEB_CONCURRENCY=2 (memory 512 MB / 256 MB per worker = 2"),
+        line.starts_with(
+            "launcher: WEB_CONCURRENCY=2 set by launcher (memory 512 MB / 256 MB per worker = 2"
+        ),
         "{line}"
     );
     for quiet in ["worker.1", "run.1234", "release.1"] {

@@ -65,16 +65,16 @@ pub fn render(exports: &[(&'static str, String)]) -> String {
 /// The one line a web dyno logs at boot.
 pub fn boot_line(report: &Report) -> String {
     let outcome = &report.decision.outcome;
-    match outcome.web_concurrency() {
-        Some(value) => format!(
-            "launcher: WEB_CONCURRENCY={value} ({}; {} MB from {}, {} CPUs from {})",
+    match (outcome.web_concurrency(), outcome.owner()) {
+        (Some(value), Some(who)) => format!(
+            "launcher: WEB_CONCURRENCY={value} set by {who} ({}; {} MB from {}, {} CPUs from {})",
             report.decision.reason,
             report.host.memory_mb(),
             report.host.memory_source,
             report.host.cpus,
             report.host.cpus_source
         ),
-        None => format!("launcher: {}", report.decision.reason),
+        _ => format!("launcher: {}", report.decision.reason),
     }
 }
 

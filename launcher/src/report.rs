@@ -73,17 +73,15 @@ impl Report {
         let value = outcome
             .web_concurrency()
             .map_or("unset".to_owned(), |n| n.to_string());
-        let set_by = match outcome.set_by() {
-            Some(sizing::SET_BY) => sizing::SET_BY.to_owned(),
-            Some(id) => config::shown(id),
-            None if outcome.web_concurrency().is_some() => "the user".to_owned(),
-            None => "nobody".to_owned(),
-        };
+        let set_by = outcome
+            .owner()
+            .map(|who| format!("set by {who}: "))
+            .unwrap_or_default();
         let mut text = format!(
             "memory           {:>7} MB  {}\n\
              cpus             {:>7}     {}\n\
              per worker       {:>7} MB  {}\n\
-             WEB_CONCURRENCY  {:>7}     set by {set_by}: {}\n",
+             WEB_CONCURRENCY  {:>7}     {set_by}{}\n",
             self.host.memory_mb(),
             self.host.memory_source,
             self.host.cpus,

@@ -100,6 +100,17 @@ impl Outcome {
         }
     }
 
+    /// Who set the value, for log lines: `launcher`, `the user` or another buildpack's id (quoted,
+    /// as it is a config var's text). None when there is no value.
+    pub fn owner(&self) -> Option<String> {
+        self.web_concurrency()?;
+        Some(match self.set_by() {
+            Some(SET_BY) => SET_BY.to_owned(),
+            Some(other) => shown(other),
+            None => "the user".to_owned(),
+        })
+    }
+
     /// `launcher`, another buildpack's id, or None for the user's.
     pub fn set_by(&self) -> Option<&str> {
         match self {
@@ -160,10 +171,7 @@ pub fn decide(incoming: Incoming<'_>, formula: &Formula, disabled: bool) -> Deci
     match whole_number(value, u64::from(MAX_WEB_CONCURRENCY)) {
         Some(n) => Decision {
             outcome: Outcome::Users(n as u32),
-            reason: format!(
-                "set by the user; the default here would be {}",
-                formula.value
-            ),
+            reason: format!("the launcher's default here would be {}", formula.value),
             warnings: Vec::new(),
         },
         None => {
