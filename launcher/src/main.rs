@@ -10,7 +10,7 @@ mod report;
 mod sizing;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -84,8 +84,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             app_dir,
         } => {
-            let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-            let report = Report::gather(&root, &env, app_dir.as_deref());
+            let report = gather(&root, &env, app_dir);
             let text = if json {
                 report.to_json() + "\n"
             } else {
@@ -98,8 +97,7 @@ fn run(cli: Cli) -> Result<()> {
             build_report::print(&app_dir, env_dir.as_deref())
         }
         Command::Profile { root, app_dir, .. } => {
-            let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-            let report = Report::gather(&root, &env, app_dir.as_deref());
+            let report = gather(&root, &env, app_dir);
             let mut stderr = std::io::stderr().lock();
             for warning in report.warnings() {
                 // Best effort: a closed stderr must not cost the dyno its sizing.
@@ -111,6 +109,12 @@ fn run(cli: Cli) -> Result<()> {
             write_stdout(&profile::render(&profile::exports(&report)))
         }
     }
+}
+
+/// The sizing report; `launcher.toml` is looked for in `app_dir`, by default the current directory.
+fn gather(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Report {
+    let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
+    Report::gather(root, env, app_dir.as_deref())
 }
 
 fn write_stdout(text: &str) -> Result<()> {

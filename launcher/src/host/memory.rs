@@ -36,6 +36,7 @@ pub(super) fn read(
         .ok()
         .and_then(|text| procfs::meminfo_total_bytes(&text));
     let mut limits = Vec::new();
+    let mut read_already = Vec::new();
     for hierarchy in hierarchies {
         for dir in hierarchy.levels() {
             for file in limit_files(hierarchy.version) {
@@ -47,18 +48,17 @@ pub(super) fn read(
                     host_total,
                     notes,
                 ));
+                read_already.push(path);
             }
         }
     }
     if limits.is_empty() {
+        // On a v1 host the second well-known path is the mount's root, read already above.
         for (path, version) in WELL_KNOWN {
-            limits.extend(read_limit(
-                snapshot,
-                Path::new(path),
-                version,
-                host_total,
-                notes,
-            ));
+            let path = Path::new(path);
+            if !read_already.iter().any(|done| done == path) {
+                limits.extend(read_limit(snapshot, path, version, host_total, notes));
+            }
         }
     }
     if let Some(limit) = smallest(limits) {
