@@ -312,7 +312,8 @@ impl Slug {
         );
         Command::new("bash")
             .args(["--norc", "--noprofile", "-c", &script])
-            .current_dir(self.path())
+            // Not the slug: the script must find its files through HOME, as on a dyno.
+            .current_dir("/")
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", self.path())
@@ -379,7 +380,7 @@ fn sourcing_twice_recomputes_our_own_value() {
     let output = slug.boot(
         "set -eu",
         &[],
-        "source .profile.d/zzz-launcher.sh; echo \"$WEB_CONCURRENCY $WEB_CONCURRENCY_SET_BY\"",
+        "source \"$HOME\"/.profile.d/zzz-launcher.sh; echo \"$WEB_CONCURRENCY $WEB_CONCURRENCY_SET_BY\"",
     );
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
@@ -439,7 +440,7 @@ fn a_value_set_inline_after_the_profile_wins() {
     let resourced = slug.boot(
         "set -eu",
         &[],
-        "export WEB_CONCURRENCY=3; source .profile.d/zzz-launcher.sh; echo $WEB_CONCURRENCY",
+        "export WEB_CONCURRENCY=3; source \"$HOME\"/.profile.d/zzz-launcher.sh; echo $WEB_CONCURRENCY",
     );
     assert_eq!(String::from_utf8_lossy(&resourced.stdout).trim(), "3");
 }
@@ -534,6 +535,21 @@ fn launcher_disable_leaves_web_concurrency_alone() {
         &[("LAUNCHER_DISABLE", "1"), ("WEB_CONCURRENCY", "6")],
     );
     assert_eq!(json(&output)["web_concurrency"], 6);
+}
+
+#[test]
+fn launcher_toml_in_the_app_root_is_read_at_boot_and_config_vars_win() {
+    let slug = Slug::new();
+    fs::write(slug.path().join("launcher.toml"), "max_workers = 1\n").expect("write");
+    let vars = slug.booted_vars("set -u", &[]);
+    assert!(vars.contains(&"WEB_CONCURRENCY=1".to_owned()), "{vars:?}");
+    let vars = slug.booted_vars("set -u", &[("LAUNCHER_MAX_WORKERS", "1024")]);
+    assert!(
+        vars.contains(&format!("WEB_CONCURRENCY={}", live_default())),
+        "{vars:?}"
+    );
+    fs::write(slug.path().join("launcher.toml"), "disable = true\n").expect("write");
+    assert!(slug.booted_vars("set -u", &[]).is_empty());
 }
 
 #[test]
