@@ -46,8 +46,15 @@ pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
             dyno.name, dyno.memory_mb, dyno.cpus, formula.value
         ));
     }
-    let any_dyno = Formula::new(512, 8, settings.web_memory_mb, settings.max_workers);
-    let decision = sizing::decide(incoming, &any_dyno, false);
+    // A user's value is the same on every size; the smallest dyno's default names the fallback.
+    let smallest = &DYNOS[0];
+    let fallback = Formula::new(
+        smallest.memory_mb,
+        smallest.cpus,
+        settings.web_memory_mb,
+        settings.max_workers,
+    );
+    let decision = sizing::decide(incoming, &fallback, false);
     warnings.extend(decision.warnings);
     if let Outcome::Users(value) = decision.outcome {
         details.push(format!(

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use super::cgroup::{Hierarchy, Version};
 use super::{procfs, smallest, Reading, Snapshot, MIB};
+use crate::config;
 
 /// The fallback when nothing at all is readable.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
@@ -95,7 +96,10 @@ fn read_limit(
         return None;
     }
     let Ok(bytes) = text.parse::<u64>() else {
-        notes.push(format!("ignored {shown}: not a number ({})", clip(text)));
+        notes.push(format!(
+            "ignored {shown}: not a number ({})",
+            config::shown(text)
+        ));
         return None;
     };
     if bytes >= NO_LIMIT_THRESHOLD {
@@ -117,10 +121,4 @@ fn read_limit(
         value: bytes,
         source: format!("{} {shown}", version.label()),
     })
-}
-
-/// A file's text as shown in a note: one line, at most 40 characters.
-fn clip(text: &str) -> String {
-    let line: String = text.chars().take(40).collect();
-    format!("{line:?}")
 }
