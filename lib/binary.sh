@@ -70,21 +70,32 @@ binary::sha256() {
   sha256sum "$1" | cut -d ' ' -f 1
 }
 
+# Usage: binary::verify FILE EXPECTED HEADLINE [ADVICE...] || <clean up>; exit 1
+# Returns 0 when FILE's SHA-256 is EXPECTED; otherwise prints HEADLINE, both checksums and ADVICE as
+# a warning block and returns 1, so the caller can clean up before ending the build.
+binary::verify() {
+  local file="$1" expected="$2" headline="$3" actual
+  shift 3
+  actual="$(binary::sha256 "${file}")"
+  [[ "${actual}" == "${expected}" ]] && return 0
+  output::warning "${headline}" "Expected: ${expected}" "Actual:   ${actual}" "$@"
+  return 1
+}
+
 # (a) The binary a release package ships in bin/prebuilt; a checksum mismatch ends the build.
 binary::from_prebuilt() {
   local dest="$1" arch="$2"
   local prebuilt="${BUILDPACK_DIR}/bin/prebuilt/launcher-linux-${arch}"
-  local start expected actual
+  local start expected
   start="$(output::now)"
   [[ -f "${prebuilt}.sha256" ]] ||
     output::error "The buildpack's prebuilt binary has no checksum file: ${prebuilt}.sha256" \
       "The buildpack package is incomplete; use a release made by bin/package."
   expected="$(cut -d ' ' -f 1 <"${prebuilt}.sha256")"
-  actual="$(binary::sha256 "${prebuilt}")"
-  [[ "${actual}" == "${expected}" ]] ||
-    output::error "The buildpack's prebuilt binary does not match its SHA-256." \
-      "File:     ${prebuilt}" "Expected: ${expected}" "Actual:   ${actual}" \
-      "The buildpack package is damaged or was tampered with; use a release made by bin/package."
+  binary::verify "${prebuilt}" "${expected}" \
+    "The buildpack's prebuilt binary does not match its SHA-256 (${prebuilt})." \
+    "The buildpack package is damaged or was tampered with; use a release made by bin/package." ||
+    exit 1
   cp "${prebuilt}" "${dest}"
   output::detail "Using the prebuilt binary in the buildpack (launcher-linux-${arch}, SHA-256 verified, $(output::elapsed "${start}"))"
 }
@@ -93,7 +104,7 @@ binary::from_prebuilt() {
 # when it got one; 0 when none is listed or the download failed. A checksum mismatch ends the build.
 binary::from_release() {
   local dest="$1" arch="$2" env_dir="$3"
-  local url expected start actual download
+  local url expected start download
   BINARY_DOWNLOADED=0
   url="$(binary::setting LAUNCHER_BINARY_URL "${env_dir}")"
   url="${url:-$(binary::release_field "${arch}" url)}"
@@ -113,14 +124,14 @@ binary::from_release() {
     output::warning "Could not download the launcher binary from ${url}; building from source instead."
     return 0
   fi
-  actual="$(binary::sha256 "${download}")"
-  if [[ "${actual}" != "${expected}" ]]; then
-    rm -f "${download}"
-    output::error "The launcher binary downloaded from ${url} does not match its SHA-256." \
-      "Expected: ${expected}" "Actual:   ${actual}" \
-      "It may have been tampered with, so the build stops here. If you use a mirror," \
-      "set LAUNCHER_BINARY_SHA256 to the SHA-256 of the release binary it serves."
-  fi
+  binary::verify "${download}" "${expected}" \
+    "The launcher binary downloaded from ${url} does not match its SHA-256." \
+    "It may have been tampered with, so the build stops here. If you use a mirror," \
+    "set LAUNCHER_BINARY_SHA256 to the SHA-256 of the release binary it serves." ||
+    {
+      rm -f "${download}"
+      exit 1
+    }
   mv "${download}" "${dest}"
   BINARY_DOWNLOADED=1
   output::detail "Downloaded the release binary from ${url} (SHA-256 verified, $(output::elapsed "${start}"))"
@@ -176,7 +187,7 @@ binary::find_cargo() {
 
 binary::install_toolchain() {
   local arch="$1" cache_dir="$2" env_dir="$3"
-  local url start work expected actual
+  local url start work expected
   url="$(binary::setting LAUNCHER_RUSTUP_INIT_URL "${env_dir}")"
   url="${url:-https://static.rust-lang.org/rustup/dist/${arch}-unknown-linux-gnu/rustup-init}"
   start="$(output::now)"
@@ -189,10 +200,12 @@ binary::install_toolchain() {
       "which ships a prebuilt binary, or set LAUNCHER_BINARY_URL."
   fi
   expected="$(cut -d ' ' -f 1 <"${work}/rustup-init.sha256")"
-  actual="$(binary::sha256 "${work}/rustup-init")"
-  [[ "${actual}" == "${expected}" ]] ||
-    output::error "rustup-init from ${url} does not match its SHA-256 (${url}.sha256)." \
-      "Expected: ${expected}" "Actual:   ${actual}"
+  binary::verify "${work}/rustup-init" "${expected}" \
+    "rustup-init from ${url} does not match its SHA-256 (${url}.sha256)." ||
+    {
+      rm -rf "${work}"
+      exit 1
+    }
   chmod 0755 "${work}/rustup-init"
   "${work}/rustup-init" -y --profile minimal --no-modify-path 2>&1 | output::indent
   rm -rf "${work}"
