@@ -18,7 +18,9 @@ const WARNING: &str = " !     ";
 pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
     let settings = config::load(env, Some(app_dir));
     let mut details = Vec::new();
-    let mut warnings: Vec<String> = settings.warnings.clone();
+    let mut warnings: Vec<String> = [&settings.warnings[..], &settings.file_problems[..]].concat();
+    // What would stop `launcher run` at boot is better seen in the build log.
+    warnings.extend(crate::supervisor::settings::file_problems(app_dir));
     if settings.disable {
         details.push(
             "LAUNCHER_DISABLE is set: the launcher is installed, WEB_CONCURRENCY is left alone"

@@ -58,13 +58,17 @@ pub struct Settings {
     /// Where `web_memory_mb` came from: `WEB_MEMORY` or the default.
     pub web_memory_source: String,
     pub warnings: Vec<String>,
+    /// What is wrong with `launcher.toml`: warnings for `size` and the boot script, which must
+    /// never stop a dyno; errors for `launcher run`, which reads the file before anything starts.
+    pub file_problems: Vec<String>,
 }
 
 /// Reads the settings from `env` and, if present, `<app_dir>/launcher.toml`.
 pub fn load(env: &Env, app_dir: Option<&Path>) -> Settings {
     let mut warnings = Vec::new();
+    let mut file_problems = Vec::new();
     let file = app_dir
-        .map(|dir| read_file(&dir.join(FILE_NAME), &mut warnings))
+        .map(|dir| read_file(dir, &mut file_problems))
         .unwrap_or_default();
     let (web_memory_mb, web_memory_source) = web_memory(env, &mut warnings);
     let disable = match env.get("LAUNCHER_DISABLE").filter(|v| !v.is_empty()) {
@@ -95,6 +99,7 @@ pub fn load(env: &Env, app_dir: Option<&Path>) -> Settings {
         web_memory_mb,
         web_memory_source,
         warnings,
+        file_problems,
     }
 }
 
@@ -120,6 +125,15 @@ fn web_memory(env: &Env, warnings: &mut Vec<String>) -> (u64, String) {
     }
 }
 
+/// The keys `launcher run` reads from `launcher.toml` (see `supervisor::settings`).
+pub const RUN_KEYS: [&str; 5] = [
+    "mode",
+    "graceful_timeout",
+    "ready_grace",
+    "give_up_after",
+    "sample_interval",
+];
+
 /// The settings `launcher.toml` can hold: a config var's name without `LAUNCHER_`, in lower case.
 #[derive(Debug, Default)]
 struct FileSettings {
@@ -127,30 +141,31 @@ struct FileSettings {
     max_workers: Option<u32>,
 }
 
-fn read_file(path: &Path, warnings: &mut Vec<String>) -> FileSettings {
-    let mut settings = FileSettings::default();
-    let text = match std::fs::read_to_string(path) {
+/// `launcher.toml` in `app_dir` as a table: None when there is no such file.
+pub fn read_table(app_dir: &Path) -> Result<Option<toml::Table>, String> {
+    let text = match std::fs::read_to_string(app_dir.join(FILE_NAME)) {
         Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return settings,
-        Err(err) => {
-            warnings.push(format!(
-                "cannot read {FILE_NAME}: {err}; its settings are ignored"
-            ));
-            return settings;
-        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(format!("cannot read {FILE_NAME}: {err}")),
     };
-    let table: toml::Table = match text.parse() {
-        Ok(table) => table,
-        Err(err) => {
-            let first_line = err
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            warnings.push(format!(
-                "{FILE_NAME} is not valid TOML ({first_line}); its settings are ignored"
-            ));
+    text.parse().map(Some).map_err(|err: toml::de::Error| {
+        let first_line = err
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        format!("{FILE_NAME} is not valid TOML ({first_line})")
+    })
+}
+
+fn read_file(app_dir: &Path, warnings: &mut Vec<String>) -> FileSettings {
+    let mut settings = FileSettings::default();
+    let table = match read_table(app_dir) {
+        Ok(Some(table)) => table,
+        Ok(None) => return settings,
+        Err(problem) => {
+            warnings.push(format!("{problem}; its settings are ignored"));
             return settings;
         }
     };
@@ -166,6 +181,7 @@ fn read_file(path: &Path, warnings: &mut Vec<String>) -> FileSettings {
             ("max_workers", _) => warnings.push(format!(
                 "{FILE_NAME}: max_workers must be a whole number from 1 to {MAX_WEB_CONCURRENCY}; ignored"
             )),
+            (run, _) if RUN_KEYS.contains(&run) => {}
             (other, _) => warnings.push(format!("{FILE_NAME}: unknown setting {}; ignored", shown(other))),
         }
     }
@@ -287,13 +303,17 @@ mod tests {
         let settings = load(&Env::default(), Some(dir.path()));
         assert!(!settings.disable);
         assert!(
-            settings.warnings[0].starts_with("launcher.toml is not valid TOML"),
+            settings.file_problems[0].starts_with("launcher.toml is not valid TOML"),
             "{:?}",
-            settings.warnings
+            settings.file_problems
         );
-        std::fs::write(&path, "disable = \"yes\"\nmax_workers = 0\ncolour = 1\n").expect("write");
-        let warnings = load(&Env::default(), Some(dir.path())).warnings;
-        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        std::fs::write(
+            &path,
+            "disable = \"yes\"\nmax_workers = 0\ncolour = 1\nmode = \"fanout\"\n",
+        )
+        .expect("write");
+        let problems = load(&Env::default(), Some(dir.path())).file_problems;
+        assert_eq!(problems.len(), 3, "{problems:?}");
     }
 
     #[test]

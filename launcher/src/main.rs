@@ -7,8 +7,11 @@ mod host;
 mod pinning;
 mod profile;
 mod report;
+mod servers;
 mod sizing;
+mod supervisor;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,10 +67,33 @@ enum Command {
         #[arg(long)]
         env_dir: Option<PathBuf>,
     },
+    /// Run the app under the pre-fork supervisor: one socket on $PORT, WEB_CONCURRENCY workers,
+    /// restarts, graceful shutdown. Example: launcher run -- gunicorn app:app
+    Run {
+        /// fanout: N copies of the command share the socket; delegate: one server that forks its
+        /// own N workers; auto: delegate for gunicorn, fanout otherwise.
+        #[arg(long, value_parser = ["auto", "fanout", "delegate"])]
+        mode: Option<String>,
+        /// The app's root, where launcher.toml is looked for (default: the current directory).
+        #[arg(long)]
+        app_dir: Option<PathBuf>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true)]
+        command: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::Run {
+        mode,
+        app_dir,
+        command,
+    } = cli.command
+    {
+        return run_supervisor(mode, app_dir, command);
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("launcher: error: {err:#}");
@@ -107,6 +133,30 @@ fn run(cli: Cli) -> Result<()> {
                 let _ = writeln!(stderr, "{}", profile::boot_line(&report));
             }
             write_stdout(&profile::render(&profile::exports(&report)))
+        }
+        Command::Run { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn run_supervisor(
+    mode: Option<String>,
+    app_dir: Option<PathBuf>,
+    command: Vec<OsString>,
+) -> ExitCode {
+    if command.is_empty() {
+        eprintln!("launcher: error: no command given; use: launcher run -- CMD ARGS..., e.g. launcher run -- gunicorn app:app");
+        return ExitCode::from(2);
+    }
+    let request = supervisor::Request {
+        mode: mode.as_deref().and_then(servers::Mode::parse).flatten(),
+        app_dir,
+        command,
+    };
+    match supervisor::run(request) {
+        Ok(code) => ExitCode::from(code),
+        Err(fatal) => {
+            eprintln!("launcher: error: {}", fatal.message);
+            ExitCode::from(fatal.exit_code)
         }
     }
 }

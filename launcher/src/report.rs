@@ -42,7 +42,11 @@ impl Report {
 
     /// Warnings for stderr: config values that were replaced or ignored.
     pub fn warnings(&self) -> impl Iterator<Item = &String> {
-        self.settings.warnings.iter().chain(&self.decision.warnings)
+        self.settings
+            .warnings
+            .iter()
+            .chain(&self.settings.file_problems)
+            .chain(&self.decision.warnings)
     }
 
     /// The reason, then warnings, then what the host reading passed over.

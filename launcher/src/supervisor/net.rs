@@ -1,0 +1,132 @@
+//! The shared listening socket on `$PORT`, and the `NOTIFY_SOCKET` workers report readiness on.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    SockaddrIn, SockaddrIn6,
+};
+
+/// The listen backlog: room for a burst while every worker is busy or still booting. The kernel
+/// caps it at net.core.somaxconn.
+pub const BACKLOG: i32 = 2048;
+
+/// A bound, listening TCP socket, close-on-exec (each child gets its own copy as fd 3).
+pub struct Listener {
+    pub fd: OwnedFd,
+    /// `[::]:PORT` or `0.0.0.0:PORT`, for the log.
+    pub address: String,
+}
+
+/// Binds `[::]:port` accepting IPv4 too where the host has IPv6, else `0.0.0.0:port`.
+pub fn listen(port: u16) -> Result<Listener, String> {
+    let (fd, address) = match bind_v6(port) {
+        Ok(fd) => (fd, format!("[::]:{port}")),
+        Err(Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) => (
+            bind_v4(port).map_err(|e| explain(e, port))?,
+            format!("0.0.0.0:{port}"),
+        ),
+        Err(err) => return Err(explain(err, port)),
+    };
+    let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
+    socket::listen(&fd, backlog).map_err(|e| explain(e, port))?;
+    Ok(Listener { fd, address })
+}
+
+fn tcp_socket(family: AddressFamily) -> nix::Result<OwnedFd> {
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // Lets a restarted dyno bind again while old connections sit in TIME_WAIT.
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    Ok(fd)
+}
+
+fn bind_v6(port: u16) -> nix::Result<OwnedFd> {
+    let fd = tcp_socket(AddressFamily::Inet6)?;
+    socket::setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    let any = SockaddrIn6::from(std::net::SocketAddrV6::new(
+        std::net::Ipv6Addr::UNSPECIFIED,
+        port,
+        0,
+        0,
+    ));
+    socket::bind(fd.as_raw_fd(), &any)?;
+    Ok(fd)
+}
+
+fn bind_v4(port: u16) -> nix::Result<OwnedFd> {
+    let fd = tcp_socket(AddressFamily::Inet)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port))?;
+    Ok(fd)
+}
+
+fn explain(err: Errno, port: u16) -> String {
+    match err {
+        Errno::EADDRINUSE => format!(
+            "cannot listen on port {port}: it is already in use by another process \
+             (is the app started twice, or does something else bind $PORT?)"
+        ),
+        Errno::EACCES => format!(
+            "cannot listen on port {port}: permission denied (ports below 1024 need privileges)"
+        ),
+        err => format!("cannot listen on port {port}: {}", err.desc()),
+    }
+}
+
+/// An abstract-namespace datagram socket for sd_notify messages, with the sender's pid attached
+/// to each message by the kernel (SO_PASSCRED).
+pub struct Notify {
+    socket: UnixDatagram,
+    /// The value of `NOTIFY_SOCKET` for children: `@name`.
+    pub name: String,
+}
+
+impl Notify {
+    pub fn bind() -> std::io::Result<Notify> {
+        let name = format!("launcher-notify-{}", std::process::id());
+        let address = SocketAddr::from_abstract_name(name.as_bytes())?;
+        let socket = UnixDatagram::bind_addr(&address)?;
+        socket.set_nonblocking(true)?;
+        socket::setsockopt(&socket, sockopt::PassCred, &true)?;
+        Ok(Notify {
+            socket,
+            name: format!("@{name}"),
+        })
+    }
+
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// The pids that sent `READY=1` since the last call.
+    pub fn ready_senders(&self) -> Vec<i32> {
+        let mut senders = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let mut control = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let mut iov = [IoSliceMut::new(&mut buffer)];
+            let Ok(message) = socket::recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_DONTWAIT,
+            ) else {
+                return senders;
+            };
+            let sender = message.cmsgs().ok().and_then(|mut cmsgs| {
+                cmsgs.find_map(|c| match c {
+                    ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+                    _ => None,
+                })
+            });
+            let length = message.bytes;
+            let text = String::from_utf8_lossy(&buffer[..length]);
+            if let Some(pid) = sender.filter(|_| text.lines().any(|l| l == "READY=1")) {
+                senders.push(pid);
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The pool's decisions: inputs (spawns, exits, signals, time) -> actions and events.
+
+use super::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn config(mode: Mode, workers: u32) -> Config {
+    Config {
+        mode,
+        workers,
+        ready_grace: SECOND,
+        give_up_after: Duration::from_secs(60),
+        graceful_timeout: Duration::from_secs(25),
+        on_heroku: false,
+    }
+}
+
+/// A pool plus a fake clock and fake pids: actions are carried out as the loop would.
+struct Harness {
+    pool: Pool,
+    start: Instant,
+    now: Instant,
+    next_pid: i32,
+    events: Vec<Event>,
+}
+
+impl Harness {
+    fn new(config: Config) -> Self {
+        let now = Instant::now();
+        Harness {
+            pool: Pool::new(config, now, 7),
+            start: now,
+            now,
+            next_pid: 100,
+            events: Vec::new(),
+        }
+    }
+
+    /// Converges at `seconds` after the start, spawning what the pool asks for.
+    fn at(&mut self, seconds: f64) -> Vec<Action> {
+        self.now = self.start + Duration::from_secs_f64(seconds);
+        let actions = self.pool.converge(self.now);
+        self.carry_out(actions)
+    }
+
+    fn carry_out(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        for action in &actions {
+            if let Action::Spawn { slot } = action {
+                self.pool.spawned(*slot, self.next_pid, self.now);
+                self.next_pid += 1;
+            }
+        }
+        self.events.extend(self.pool.take_events());
+        actions
+    }
+
+    fn signal(&mut self, signal: Signal) -> Vec<Action> {
+        let actions = self.pool.signal(signal, self.now);
+        self.carry_out(actions)
+    }
+
+    fn exit(&mut self, pid: i32, status: &str) {
+        self.pool.exited(pid, status, self.now);
+        self.events.extend(self.pool.take_events());
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .map(|e| match (e.get("worker"), e.get("action")) {
+                (Some(w), _) => format!("{}:{w}", e.name),
+                (None, Some(a)) => format!("{}:{a}", e.name),
+                _ => e.name.to_owned(),
+            })
+            .collect()
+    }
+}
+
+fn signals(actions: &[Action]) -> Vec<(i32, Signal)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, signal } => Some((*pid, *signal)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn fan_out_starts_n_workers_and_delegate_one() {
+    for (mode, workers, spawned) in [
+        (Mode::FanOut, 3, 3),
+        (Mode::Delegate, 3, 1),
+        (Mode::FanOut, 1, 1),
+    ] {
+        let mut h = Harness::new(config(mode, workers));
+        let actions = h.at(0.0);
+        assert_eq!(actions.len(), spawned, "{mode} {workers}");
+        assert!(h.at(0.1).is_empty(), "nothing more to do");
+        assert_eq!(h.pool.counts(), (spawned, 0, 0));
+        h.at(1.0);
+        assert_eq!(
+            h.pool.counts(),
+            (spawned, spawned, 0),
+            "ready after the grace period"
+        );
+    }
+}
+
+#[test]
+fn readiness_by_notify_comes_before_the_grace_period() {
+    let mut h = Harness::new(config(Mode::FanOut, 2));
+    h.at(0.0);
+    h.pool.notified_ready(100, h.now);
+    assert_eq!(h.pool.counts().1, 1);
+    h.events.extend(h.pool.take_events());
+    assert_eq!(h.events.last().and_then(|e| e.get("by")), Some("notify"));
+}
+
+#[test]
+fn a_crash_loop_backs_off_and_gives_up() {
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    let mut delays = Vec::new();
+    let mut t = 0.0;
+    while h.pool.exit_code().is_none() {
+        let pid = *h.pool.worker_pids().first().expect("a worker");
+        t += 0.05;
+        h.now = h.start + Duration::from_secs_f64(t);
+        h.exit(pid, "exit:1");
+        let delay: f64 = h
+            .events
+            .last()
+            .and_then(|e| e.get("restart_in_s"))
+            .expect("delay")
+            .parse()
+            .expect("number");
+        delays.push(delay);
+        // Sleep until the respawn is due, as the loop does.
+        let wakeup = h.pool.next_wakeup().expect("a wakeup");
+        t = wakeup.duration_since(h.start).as_secs_f64();
+        let actions = h.at(t);
+        if h.pool.exit_code().is_some() {
+            assert_eq!(actions, vec![Action::CloseListener, Action::KillAll]);
+        }
+    }
+    assert_eq!(h.pool.exit_code(), Some(1));
+    assert!(
+        delays.windows(2).take(6).all(|w| w[1] > w[0]),
+        "growing: {delays:?}"
+    );
+    assert!(delays.iter().all(|d| *d <= 12.5), "capped: {delays:?}");
+    let give_up = h
+        .events
+        .iter()
+        .find(|e| e.name == "give_up")
+        .expect("give_up");
+    assert!(
+        give_up.get("last").is_some_and(|l| l.contains("exit:1")),
+        "{give_up:?}"
+    );
+}
+
+#[test]
+fn a_worker_that_was_ready_restarts_at_once_and_resets_the_count() {
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    h.at(5.0);
+    h.exit(100, "signal:9");
+    let exit = h.events.last().expect("exit");
+    assert_eq!(exit.get("failures"), Some("1"));
+    assert!(exit
+        .get("restart_in_s")
+        .is_some_and(|d| d.parse::<f64>().is_ok_and(|d| d <= 0.125)));
+    assert_eq!(h.at(5.2).len(), 1, "respawned in the same slot");
+    assert_eq!(h.names().last().map(String::as_str), Some("worker_spawn:1"));
+    assert_eq!(h.pool.counts().2, 1, "one restart");
+}
+
+#[test]
+fn rolling_restart_replaces_each_worker_after_its_replacement_is_ready() {
+    let mut h = Harness::new(config(Mode::FanOut, 2));
+    h.at(0.0);
+    h.at(1.0);
+    h.events.clear();
+    assert!(h.signal(Signal::SIGHUP).is_empty());
+    assert_eq!(h.at(2.0), vec![Action::Spawn { slot: 3 }]);
+    assert!(
+        signals(&h.at(2.5)).is_empty(),
+        "the new worker is not ready yet"
+    );
+    let step = h.at(3.0);
+    assert_eq!(signals(&step), vec![(100, Signal::SIGTERM)]);
+    assert!(step.contains(&Action::Spawn { slot: 4 }));
+    h.exit(100, "exit:0");
+    assert_eq!(signals(&h.at(4.0)), vec![(101, Signal::SIGTERM)]);
+    h.exit(101, "exit:0");
+    h.at(4.1);
+    assert_eq!(
+        h.names(),
+        [
+            "signal:rolling_restart",
+            "worker_spawn:3",
+            "worker_ready:3",
+            "worker_stop:1",
+            "worker_spawn:4",
+            "worker_exit:1",
+            "worker_ready:4",
+            "worker_stop:2",
+            "worker_exit:2",
+            "restart_done",
+        ]
+    );
+    assert_eq!(
+        h.pool.counts(),
+        (2, 2, 0),
+        "no restart counted, two workers"
+    );
+    assert!(h.events.iter().all(|e| e.get("restart_in_s").is_none()));
+}
+
+#[test]
+fn ttin_and_ttou_scale_by_one_and_never_below_one() {
+    let mut h = Harness::new(config(Mode::FanOut, 2));
+    h.at(0.0);
+    h.signal(Signal::SIGTTIN);
+    assert_eq!(h.at(0.5), vec![Action::Spawn { slot: 3 }]);
+    h.signal(Signal::SIGTTOU);
+    assert_eq!(
+        signals(&h.at(0.6)),
+        vec![(102, Signal::SIGTERM)],
+        "the newest goes"
+    );
+    h.signal(Signal::SIGTTOU);
+    h.signal(Signal::SIGTTOU);
+    assert_eq!(signals(&h.at(0.7)), vec![(101, Signal::SIGTERM)]);
+    assert_eq!(h.pool.counts().0, 1);
+}
+
+#[test]
+fn delegate_forwards_hup_ttin_ttou() {
+    let mut h = Harness::new(config(Mode::Delegate, 4));
+    h.at(0.0);
+    for signal in [
+        Signal::SIGHUP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGUSR1,
+    ] {
+        assert_eq!(signals(&h.signal(signal)), vec![(100, signal)], "{signal}");
+        assert_eq!(
+            h.events.last().and_then(|e| e.get("action")),
+            Some("forwarded")
+        );
+    }
+    assert!(h.at(1.0).is_empty());
+}
+
+#[test]
+fn term_is_forwarded_once_elsewhere_and_not_at_all_on_heroku() {
+    for (on_heroku, forwarded) in [(false, 2), (true, 0)] {
+        let mut h = Harness::new(Config {
+            on_heroku,
+            ..config(Mode::FanOut, 2)
+        });
+        h.at(0.0);
+        let first = h.signal(Signal::SIGTERM);
+        assert_eq!(first[0], Action::CloseListener);
+        assert_eq!(signals(&first).len(), forwarded, "heroku={on_heroku}");
+        assert!(
+            h.signal(Signal::SIGTERM).is_empty(),
+            "a second TERM changes nothing"
+        );
+        assert!(h.at(5.0).is_empty(), "no respawn while stopping");
+        h.exit(100, "exit:0");
+        assert!(h.at(6.0).is_empty(), "not even for a worker that exits");
+        assert_eq!(h.at(25.0), vec![Action::KillAll], "the deadline");
+        assert!(h.at(26.0).is_empty(), "killed once");
+        assert_eq!(h.pool.exit_code(), Some(0));
+        assert_eq!(
+            h.names()[2..4],
+            ["signal:shutdown".to_owned(), "shutdown".to_owned()]
+        );
+    }
+}
+
+#[test]
+fn int_is_fast_and_a_second_one_kills() {
+    for (mode, forwarded) in [
+        (Mode::FanOut, Signal::SIGQUIT),
+        (Mode::Delegate, Signal::SIGINT),
+    ] {
+        let mut h = Harness::new(config(mode, 2));
+        h.at(0.0);
+        let first = h.signal(Signal::SIGINT);
+        assert!(
+            signals(&first).iter().all(|(_, s)| *s == forwarded),
+            "{mode}"
+        );
+        assert!(!signals(&first).is_empty());
+        assert_eq!(h.signal(Signal::SIGINT), vec![Action::KillAll]);
+    }
+}
+
+#[test]
+fn term_during_a_rolling_restart_stops_the_new_workers_too() {
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    h.at(1.0);
+    h.signal(Signal::SIGHUP);
+    h.at(1.5);
+    let stop = h.signal(Signal::SIGTERM);
+    assert_eq!(
+        signals(&stop),
+        vec![(100, Signal::SIGTERM), (101, Signal::SIGTERM)]
+    );
+    assert!(h.at(3.0).is_empty(), "no further step");
+}

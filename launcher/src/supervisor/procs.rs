@@ -1,0 +1,103 @@
+//! The launcher's process tree, read from /proc: descendants (gunicorn's workers are the
+//! launcher's grandchildren) and their resident memory.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// pid -> parent pid for every process in `proc_dir`.
+pub fn parents(proc_dir: &Path) -> HashMap<i32, i32> {
+    let Ok(entries) = std::fs::read_dir(proc_dir) else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")).ok()?;
+            Some((pid, parent_in_stat(&stat)?))
+        })
+        .collect()
+}
+
+/// The 4th field of /proc/PID/stat; the command name before it may hold spaces and parentheses.
+fn parent_in_stat(stat: &str) -> Option<i32> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every process under `root`, children before grandchildren.
+pub fn descendants(parents: &HashMap<i32, i32>, root: i32) -> Vec<i32> {
+    let mut found = vec![root];
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        let mut children: Vec<i32> = parents
+            .iter()
+            .filter(|(_, ppid)| **ppid == parent)
+            .map(|(pid, _)| *pid)
+            .collect();
+        children.sort_unstable();
+        found.extend(children);
+        next += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The first of `candidates` found walking up from `pid` (itself included).
+pub fn ancestor_in(parents: &HashMap<i32, i32>, pid: i32, candidates: &[i32]) -> Option<i32> {
+    let mut current = pid;
+    for _ in 0..64 {
+        if candidates.contains(&current) {
+            return Some(current);
+        }
+        current = *parents.get(&current)?;
+    }
+    None
+}
+
+/// Resident memory in bytes, from the second field of /proc/PID/statm (in pages).
+pub fn rss_bytes(proc_dir: &Path, pid: i32) -> u64 {
+    let statm = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("statm"));
+    let pages: u64 = statm
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    pages * page_size()
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        assert_eq!(parent_in_stat("41 (gunicorn) S 40 41 1 0"), Some(40));
+        assert_eq!(parent_in_stat("42 (a) b (c) R 7 1 1 0"), Some(7));
+        assert_eq!(parent_in_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_tree_is_walked() {
+        let parents = HashMap::from([(10, 1), (11, 10), (12, 10), (13, 11), (20, 1)]);
+        assert_eq!(descendants(&parents, 10), vec![11, 12, 13]);
+        assert_eq!(ancestor_in(&parents, 13, &[11, 12]), Some(11));
+        assert_eq!(ancestor_in(&parents, 20, &[11, 12]), None);
+    }
+
+    #[test]
+    fn this_process_is_found_in_proc() {
+        let me = std::process::id() as i32;
+        let parents = parents(Path::new("/proc"));
+        assert_eq!(
+            parents.get(&me).copied(),
+            Some(nix::unistd::getppid().as_raw())
+        );
+        assert!(rss_bytes(Path::new("/proc"), me) > 0);
+    }
+}
