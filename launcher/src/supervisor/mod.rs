@@ -112,6 +112,7 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         give_up_after: settings.give_up_after,
         graceful_timeout: settings.graceful_timeout,
         on_heroku,
+        boot_failure_hint: plan.boot_failure_hint(port),
     };
     let mut looped = Loop {
         pool: Pool::new(config, now, seed),
@@ -200,12 +201,29 @@ impl Plan {
             _ => start.with("port", "none"),
         };
         start.emit();
-        if !self.rewrite.removed.is_empty() || !self.rewrite.added.is_empty() {
-            Event::info("args_rewritten")
-                .with("removed", self.rewrite.removed.join(" "))
-                .with("added", self.rewrite.added.join(" "))
-                .emit();
+        if !self.rewrite.added.is_empty() {
+            let mut event = Event::info("args_rewritten");
+            if !self.rewrite.removed.is_empty() {
+                event = event.with("removed", self.rewrite.removed.join(" "));
+            }
+            event.with("added", self.rewrite.added.join(" ")).emit();
         }
+    }
+
+    /// What to check when a worker dies before it is ready: in fan-out, an app that binds $PORT
+    /// itself fails because the launcher holds the port.
+    fn boot_failure_hint(&self, port: Option<u16>) -> Option<String> {
+        let port = port?;
+        let told = !self.rewrite.added.is_empty();
+        Some(match (self.mode, told) {
+            (Mode::FanOut, false) => format!(
+                "a worker exited before it was ready. If the app binds port {port} itself it \
+                 cannot share the launcher's socket: make it use the inherited socket (fd 3, \
+                 LISTEN_FDS as in systemd), pass {{fd}} in the command where it takes a file \
+                 descriptor, or run it without `launcher run`. Otherwise see the app's own error above."
+            ),
+            _ => "a worker exited before it was ready; the app's own error is above".to_owned(),
+        })
     }
 
     /// The launcher's environment with the worker count a child must see: 1 per copy in

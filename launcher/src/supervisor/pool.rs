@@ -37,6 +37,8 @@ pub struct Config {
     pub graceful_timeout: Duration,
     /// On Heroku every process of the dyno gets SIGTERM itself: it is not forwarded.
     pub on_heroku: bool,
+    /// Logged once, the first time a worker dies before it was ready.
+    pub boot_failure_hint: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +198,14 @@ impl Pool {
             uptime.as_secs_f64()
         ));
         if !worker.stopping && self.phase == Phase::Running {
+            if let Some(hint) = self
+                .config
+                .boot_failure_hint
+                .take()
+                .filter(|_| !worker.ready)
+            {
+                self.events.push(Event::warn("hint").with("message", hint));
+            }
             let failures = if worker.ready { 1 } else { worker.failures + 1 };
             let delay = backoff::delay(failures, self.jitter.next());
             self.pending.push(Pending {

@@ -12,6 +12,7 @@ fn config(mode: Mode, workers: u32) -> Config {
         give_up_after: Duration::from_secs(60),
         graceful_timeout: Duration::from_secs(25),
         on_heroku: false,
+        boot_failure_hint: Some("check the app".to_owned()),
     }
 }
 
@@ -145,6 +146,8 @@ fn a_crash_loop_backs_off_and_gives_up() {
         }
     }
     assert_eq!(h.pool.exit_code(), Some(1));
+    let hints = h.events.iter().filter(|e| e.name == "hint").count();
+    assert_eq!(hints, 1, "the hint is logged once");
     assert!(
         delays.windows(2).take(6).all(|w| w[1] > w[0]),
         "growing: {delays:?}"
