@@ -100,6 +100,7 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         &plan.argv,
         &env,
         listener.as_ref().map(|l| l.fd.as_raw_fd()),
+        plan.death_signal(),
     )
     .map_err(fatal(2))?;
 
@@ -207,6 +208,16 @@ impl Plan {
                 event = event.with("removed", self.rewrite.removed.join(" "));
             }
             event.with("added", self.rewrite.added.join(" ")).emit();
+        }
+    }
+
+    /// Should the launcher die (SIGKILL, OOM kill), its children get a signal from the kernel:
+    /// SIGKILL for fan-out workers; SIGTERM for a delegated server, which then stops its own workers
+    /// (the launcher's grandchildren, out of the kernel's reach) instead of orphaning them.
+    fn death_signal(&self) -> Signal {
+        match self.mode {
+            Mode::FanOut => Signal::SIGKILL,
+            Mode::Delegate => Signal::SIGTERM,
         }
     }
 

@@ -32,6 +32,10 @@ pub fn listen(port: u16) -> Result<Listener, String> {
         ),
         Err(err) => return Err(explain(err, port)),
     };
+    // Connections accepted from the socket inherit it. uvicorn --fd wraps fd 3 as a Unix socket,
+    // so asyncio never sets TCP_NODELAY on them as it does on a TCP socket of its own: without
+    // this, every response split in two writes waits ~40 ms for Nagle and delayed ACKs.
+    socket::setsockopt(&fd, sockopt::TcpNoDelay, &true).map_err(|e| explain(e, port))?;
     let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
     socket::listen(&fd, backlog).map_err(|e| explain(e, port))?;
     Ok(Listener { fd, address })

@@ -1,6 +1,6 @@
 //! Starting a worker: fork, then in the child only async-signal-safe calls (everything is
 //! prepared before the fork) and exec. The child gets the socket as fd 3 with `LISTEN_PID` set to
-//! its own pid, an empty signal mask, SIGPIPE back to default, and SIGKILL when the launcher dies.
+//! its own pid, an empty signal mask, SIGPIPE back to default, and a signal when the launcher dies.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::RawFd;
@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::servers::LISTEN_FD;
@@ -69,6 +70,8 @@ pub struct Prepared {
     /// `LISTEN_PID=` followed by room for the digits, filled in by the child.
     listen_pid: Option<Vec<u8>>,
     listener: Option<RawFd>,
+    /// What the child gets when the launcher dies (`PR_SET_PDEATHSIG`).
+    death_signal: Signal,
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -81,6 +84,7 @@ impl Prepared {
         argv: &[OsString],
         env: &[(OsString, OsString)],
         listener: Option<RawFd>,
+        death_signal: Signal,
     ) -> Result<Prepared, String> {
         let c = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| "an argument or variable holds a NUL byte".to_owned())
@@ -108,6 +112,7 @@ impl Prepared {
             envp,
             listen_pid,
             listener,
+            death_signal,
         })
     }
 
@@ -130,6 +135,7 @@ impl Prepared {
             0 => unsafe {
                 child(
                     parent,
+                    self.death_signal as libc::c_int,
                     self.listener,
                     listen_pid,
                     self.path.as_ptr(),
@@ -145,6 +151,7 @@ impl Prepared {
 /// In the forked child. Never returns.
 unsafe fn child(
     parent: libc::pid_t,
+    death_signal: libc::c_int,
     listener: Option<RawFd>,
     listen_pid: Option<*mut u8>,
     path: *const libc::c_char,
@@ -158,7 +165,7 @@ unsafe fn child(
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     libc::prctl(
         libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
+        death_signal as libc::c_ulong,
         0,
         0,
         0,
