@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -99,4 +100,56 @@ pub fn needs_machine(test: impl FnOnce() -> Result<(), String>) {
 pub fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// The repository's root (the launcher crate is `<repo>/launcher`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// The test venv with the pinned servers of test/requirements.txt, checked to hold `programs`.
+/// test/run makes it and sets `LAUNCHER_TEST_VENV`; under CI that variable is required (a venv
+/// found by chance is not the one CI made). Elsewhere it falls back to `<repo>/.venv`.
+pub fn venv(programs: &[&str]) -> Result<PathBuf, String> {
+    let venv = match std::env::var_os("LAUNCHER_TEST_VENV") {
+        Some(dir) => PathBuf::from(dir),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            return Err("LAUNCHER_TEST_VENV is not set: run the tests through test/run".to_owned())
+        }
+        None => repo().join(".venv"),
+    };
+    for program in programs {
+        let path = venv.join("bin").join(program);
+        if !path.exists() {
+            return Err(format!(
+                "no {program} at {} (test/run makes the venv; or python3 -m venv .venv && .venv/bin/pip install -r test/requirements.txt, or set LAUNCHER_TEST_VENV)",
+                path.display()
+            ));
+        }
+    }
+    Ok(venv)
+}
+
+/// Waits for `condition` with a deadline, polling; never a fixed sleep.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TCP port that was free on loopback a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
 }
