@@ -1,0 +1,153 @@
+//! What `launcher run` will run: the mode, the worker count, the command line pointed at the
+//! socket, and the environment each child gets.
+
+use std::ffi::OsString;
+
+use nix::sys::signal::Signal;
+
+use super::log::Event;
+use super::net;
+use super::settings::RunSettings;
+use super::Request;
+use crate::report::Report;
+use crate::servers::{self, Mode};
+
+/// `PORT`: none (no socket), or a port number.
+pub fn port(text: Option<&str>) -> Result<Option<u16>, String> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    crate::config::whole_number(text, u64::from(u16::MAX))
+        .map(|n| Some(n as u16))
+        .ok_or_else(|| {
+            format!(
+                "PORT={} is not a port number from 1 to 65535",
+                crate::config::shown(text)
+            )
+        })
+}
+
+/// The mode, worker count and command line the workers run with.
+pub struct Plan {
+    pub mode: Mode,
+    pub mode_reason: String,
+    pub server: servers::Server,
+    pub workers: u32,
+    pub set_by: String,
+    pub argv: Vec<OsString>,
+    pub rewrite: servers::Rewrite,
+}
+
+impl Plan {
+    pub fn new(request: &Request, settings: &RunSettings, report: &Report, socket: bool) -> Plan {
+        let found = servers::identify(&request.command);
+        let (mode, mode_reason) = match (request.mode, settings.mode) {
+            (Some(mode), _) => (mode, "--mode".to_owned()),
+            (None, Some(mode)) => (mode, "LAUNCHER_MODE or launcher.toml".to_owned()),
+            (None, None) => servers::auto_mode(found.server),
+        };
+        let rewrite = if socket {
+            servers::use_socket(&request.command, found)
+        } else {
+            servers::Rewrite {
+                argv: request.command.clone(),
+                ..Default::default()
+            }
+        };
+        let workers = report.decision.outcome.web_concurrency().unwrap_or(1);
+        Plan {
+            mode,
+            mode_reason,
+            server: found.server,
+            workers,
+            set_by: report
+                .decision
+                .outcome
+                .set_by()
+                .unwrap_or("user")
+                .to_owned(),
+            argv: rewrite.argv.clone(),
+            rewrite,
+        }
+    }
+
+    pub fn log_start(&self, port: Option<u16>, listener: Option<&net::Listener>) {
+        let mut start = Event::info("start")
+            .with("mode", self.mode)
+            .with("server", self.server)
+            .with("workers", self.workers)
+            .with("set_by", &self.set_by)
+            .with("mode_reason", &self.mode_reason)
+            .with("pid", std::process::id());
+        start = match (port, listener) {
+            (Some(port), Some(listener)) => start
+                .with("port", port)
+                .with("listen", &listener.address)
+                .with("backlog", net::BACKLOG),
+            _ => start.with("port", "none"),
+        };
+        start.emit();
+        if !self.rewrite.added.is_empty() {
+            let mut event = Event::info("args_rewritten");
+            if !self.rewrite.removed.is_empty() {
+                event = event.with("removed", self.rewrite.removed.join(" "));
+            }
+            event.with("added", self.rewrite.added.join(" ")).emit();
+        }
+    }
+
+    /// Should the launcher die (SIGKILL, OOM kill), its children get a signal from the kernel:
+    /// SIGKILL for fan-out workers; SIGTERM for a delegated server, which then stops its own workers
+    /// (the launcher's grandchildren, out of the kernel's reach) instead of orphaning them.
+    pub fn death_signal(&self) -> Signal {
+        match self.mode {
+            Mode::FanOut => Signal::SIGKILL,
+            Mode::Delegate => Signal::SIGTERM,
+        }
+    }
+
+    /// What to check when a worker dies before it is ready: in fan-out, an app that binds $PORT
+    /// itself fails because the launcher holds the port.
+    pub fn boot_failure_hint(&self, port: Option<u16>) -> Option<String> {
+        let port = port?;
+        let told = !self.rewrite.added.is_empty();
+        Some(match (self.mode, told) {
+            (Mode::FanOut, false) => format!(
+                "a worker exited before it was ready. If the app binds port {port} itself it \
+                 cannot share the launcher's socket: make it use the inherited socket (fd 3, \
+                 LISTEN_FDS as in systemd), pass {{fd}} in the command where it takes a file \
+                 descriptor, or run it without `launcher run`. Otherwise see the app's own error above."
+            ),
+            _ => "a worker exited before it was ready; the app's own error is above".to_owned(),
+        })
+    }
+
+    /// The launcher's environment with the worker count a child must see: 1 per copy in
+    /// fan-out (servers would multiply it otherwise), N for a delegated server.
+    pub fn child_env(&self, notify: Option<&str>) -> Vec<(OsString, OsString)> {
+        let per_child = match self.mode {
+            Mode::FanOut => 1,
+            Mode::Delegate => self.workers,
+        };
+        let replaced = [
+            "WEB_CONCURRENCY",
+            "WEB_CONCURRENCY_SET_BY",
+            "LAUNCHER_WEB_CONCURRENCY",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+        ];
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !replaced.iter().any(|r| k == r))
+            .collect();
+        let mut set = |k: &str, v: String| env.push((k.into(), v.into()));
+        set("WEB_CONCURRENCY", per_child.to_string());
+        set("WEB_CONCURRENCY_SET_BY", crate::sizing::SET_BY.to_owned());
+        set("LAUNCHER_WEB_CONCURRENCY", per_child.to_string());
+        if let Some(name) = notify {
+            set("NOTIFY_SOCKET", name.to_owned());
+        }
+        env
+    }
+}

@@ -1,0 +1,188 @@
+//! Moving towards the wanted workers: readiness by grace, giving up, rolling restart steps,
+//! respawns when due, and scaling to the target.
+
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use super::{Action, Event, Pending, Phase, Pool, Worker};
+
+impl Pool {
+    /// Moves towards the wanted workers; call after every batch of events.
+    pub fn converge(&mut self, now: Instant) -> Vec<Action> {
+        if let Phase::Stopping {
+            deadline,
+            fast,
+            killed: false,
+            exit_code,
+        } = self.phase
+        {
+            if now < deadline {
+                return Vec::new();
+            }
+            self.phase = Phase::Stopping {
+                deadline,
+                fast,
+                killed: true,
+                exit_code,
+            };
+            self.events.push(
+                Event::warn("shutdown_timeout")
+                    .with("killed", self.workers.len())
+                    .secs("timeout_s", self.config.graceful_timeout),
+            );
+            return vec![Action::KillAll];
+        }
+        if self.phase != Phase::Running {
+            return Vec::new();
+        }
+        for index in 0..self.workers.len() {
+            let worker = &self.workers[index];
+            let graced = now.saturating_duration_since(worker.started) >= self.config.ready_grace;
+            if !worker.ready && !worker.stopping && graced {
+                self.mark_ready(index, "grace", now);
+            }
+        }
+        if self.workers.iter().any(|w| w.ready && !w.stopping) {
+            self.last_ready = now;
+        } else if now.saturating_duration_since(self.last_ready) >= self.config.give_up_after {
+            return self.give_up(now);
+        }
+        let mut actions = self.roll(now);
+        actions.extend(self.respawn_due(now));
+        actions.extend(self.scale());
+        actions
+    }
+
+    fn give_up(&mut self, now: Instant) -> Vec<Action> {
+        let last = self.last_exit.as_deref().unwrap_or("no worker has exited");
+        self.events.push(
+            Event::error("give_up")
+                .with(
+                    "reason",
+                    format!(
+                        "no worker has been ready for {} s; exiting so that the platform restarts the dyno",
+                        self.config.give_up_after.as_secs_f64()
+                    ),
+                )
+                .with("last", last),
+        );
+        self.phase = Phase::Stopping {
+            deadline: now,
+            fast: true,
+            killed: true,
+            exit_code: 1,
+        };
+        vec![Action::CloseListener, Action::KillAll]
+    }
+
+    /// One step at a time: a new worker is spawned, and once it is ready the old one is stopped.
+    fn roll(&mut self, now: Instant) -> Vec<Action> {
+        let Some(mut rolling) = self.rolling.take() else {
+            return Vec::new();
+        };
+        let mut actions = Vec::new();
+        if let Some((old, new)) = rolling.step {
+            if !self.workers.iter().any(|w| w.slot == new && w.ready) {
+                self.rolling = Some(rolling);
+                return actions;
+            }
+            rolling.step = None;
+            actions.extend(self.stop_slot(old, "rolling_restart"));
+        }
+        while let Some(old) = rolling.queue.pop_front() {
+            if self.workers.iter().any(|w| w.slot == old && !w.stopping) {
+                rolling.step = Some((old, self.next_slot));
+                actions.push(self.new_slot());
+                self.rolling = Some(rolling);
+                return actions;
+            }
+        }
+        if self.workers.iter().any(|w| w.stopping) {
+            // Done once the last old worker has exited.
+            self.rolling = Some(rolling);
+            return actions;
+        }
+        self.events.push(
+            Event::info("restart_done")
+                .with("workers", self.target)
+                .secs("took_s", now.saturating_duration_since(rolling.started)),
+        );
+        actions
+    }
+
+    /// TERM to the worker in `slot`, which is not replaced.
+    fn stop_slot(&mut self, slot: u32, reason: &str) -> Option<Action> {
+        let worker = self
+            .workers
+            .iter_mut()
+            .find(|w| w.slot == slot && !w.stopping)?;
+        worker.stopping = true;
+        self.events.push(
+            Event::info("worker_stop")
+                .with("worker", slot)
+                .with("pid", worker.pid)
+                .with("signal", "TERM")
+                .with("reason", reason),
+        );
+        Some(Action::Signal {
+            pid: worker.pid,
+            signal: Signal::SIGTERM,
+        })
+    }
+
+    fn respawn_due(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for pending in &mut self.pending {
+            if pending.due.is_some_and(|due| due <= now) {
+                pending.due = None;
+                actions.push(Action::Spawn { slot: pending.slot });
+            }
+        }
+        actions
+    }
+
+    /// A new slot number, held as pending until `spawned` so that it is counted once.
+    fn new_slot(&mut self) -> Action {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.pending.push(Pending {
+            slot,
+            due: None,
+            failures: 0,
+        });
+        Action::Spawn { slot }
+    }
+
+    /// New slots up to the target (a rolling step may add one); the newest workers stopped above it.
+    fn scale(&mut self) -> Vec<Action> {
+        let stepping = self.rolling.as_ref().is_some_and(|r| r.step.is_some());
+        let wanted = self.target as usize + usize::from(stepping);
+        let live = self.workers.iter().filter(|w| !w.stopping).count() + self.pending.len();
+        let mut actions = Vec::new();
+        for _ in live..wanted {
+            actions.push(self.new_slot());
+        }
+        if live > wanted && !stepping {
+            actions.extend(self.stop_extra(live - wanted));
+        }
+        actions
+    }
+
+    fn stop_extra(&mut self, mut extra: usize) -> Vec<Action> {
+        // Slots waiting for a respawn go first: nothing runs there.
+        while extra > 0 && self.pending.iter().any(|p| p.due.is_some()) {
+            if let Some(i) = self.pending.iter().position(|p| p.due.is_some()) {
+                self.pending.swap_remove(i);
+            }
+            extra -= 1;
+        }
+        let mut newest: Vec<&Worker> = self.workers.iter().filter(|w| !w.stopping).collect();
+        newest.sort_by_key(|w| std::cmp::Reverse((w.started, w.slot)));
+        let slots: Vec<u32> = newest.iter().take(extra).map(|w| w.slot).collect();
+        slots
+            .into_iter()
+            .filter_map(|slot| self.stop_slot(slot, "scale_down"))
+            .collect()
+    }
+}

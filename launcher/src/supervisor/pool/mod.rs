@@ -1,0 +1,268 @@
+//! The worker pool's policy, free of I/O: what to spawn, signal or kill, given what happened and the
+//! time. The loop in `supervisor` feeds it events (exits, signals, readiness) and carries out the
+//! actions it returns; every decision is also an `Event` for the log.
+
+mod converge;
+mod signals;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::backoff::{self, Jitter};
+use super::log::Event;
+use crate::servers::Mode;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start a worker in this slot, then report it with `spawned`.
+    Spawn {
+        slot: u32,
+    },
+    Signal {
+        pid: i32,
+        signal: Signal,
+    },
+    /// SIGKILL every process left under the launcher.
+    KillAll,
+    /// Stop accepting: close the launcher's copy of the listening socket.
+    CloseListener,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub workers: u32,
+    pub ready_grace: Duration,
+    pub give_up_after: Duration,
+    pub graceful_timeout: Duration,
+    /// On Heroku every process of the dyno gets SIGTERM itself: it is not forwarded.
+    pub on_heroku: bool,
+    /// Logged once, the first time a worker dies before it was ready.
+    pub boot_failure_hint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Worker {
+    slot: u32,
+    pid: i32,
+    started: Instant,
+    ready: bool,
+    stopping: bool,
+    /// Failed boots of this slot in a row before this worker was started.
+    failures: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    slot: u32,
+    /// None once its `Spawn` has been handed out.
+    due: Option<Instant>,
+    failures: u32,
+}
+
+/// A rolling restart: the slots still to replace, and the step under way (old slot, new slot).
+#[derive(Debug, Clone)]
+struct Rolling {
+    queue: VecDeque<u32>,
+    step: Option<(u32, u32)>,
+    started: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopping {
+        deadline: Instant,
+        fast: bool,
+        killed: bool,
+        exit_code: u8,
+    },
+}
+
+pub struct Pool {
+    config: Config,
+    target: u32,
+    workers: Vec<Worker>,
+    pending: Vec<Pending>,
+    next_slot: u32,
+    rolling: Option<Rolling>,
+    phase: Phase,
+    last_ready: Instant,
+    restarts: u64,
+    last_exit: Option<String>,
+    jitter: Jitter,
+    events: Vec<Event>,
+}
+
+impl Pool {
+    pub fn new(config: Config, now: Instant, seed: u64) -> Self {
+        let target = match config.mode {
+            Mode::FanOut => config.workers,
+            Mode::Delegate => 1,
+        };
+        Pool {
+            config,
+            target,
+            workers: Vec::new(),
+            pending: Vec::new(),
+            next_slot: 1,
+            rolling: None,
+            phase: Phase::Running,
+            last_ready: now,
+            restarts: 0,
+            last_exit: None,
+            jitter: Jitter::new(seed),
+            events: Vec::new(),
+        }
+    }
+
+    /// The events logged since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.workers.iter().map(|w| w.pid).collect()
+    }
+
+    /// (workers not being stopped, of which ready, restarts so far): the `sample#` figures.
+    pub fn counts(&self) -> (usize, usize, u64) {
+        let live = self.workers.iter().filter(|w| !w.stopping);
+        let ready = live.clone().filter(|w| w.ready).count();
+        (live.count(), ready, self.restarts)
+    }
+
+    /// Some(exit code) once shutting down: the loop exits with it when no child is left.
+    pub fn exit_code(&self) -> Option<u8> {
+        match self.phase {
+            Phase::Running => None,
+            Phase::Stopping { exit_code, .. } => Some(exit_code),
+        }
+    }
+
+    pub fn spawned(&mut self, slot: u32, pid: i32, now: Instant) {
+        let failures = self.take_pending_failures(slot);
+        self.workers.push(Worker {
+            slot,
+            pid,
+            started: now,
+            ready: false,
+            stopping: false,
+            failures,
+        });
+        self.events.push(
+            Event::info("worker_spawn")
+                .with("worker", slot)
+                .with("pid", pid),
+        );
+    }
+
+    /// fork failed (out of processes or memory): retried like a crash.
+    pub fn spawn_failed(&mut self, slot: u32, error: &str, now: Instant) {
+        let failures = self.take_pending_failures(slot) + 1;
+        let delay = backoff::delay(failures, self.jitter.next());
+        self.pending.push(Pending {
+            slot,
+            due: Some(now + delay),
+            failures,
+        });
+        self.events.push(
+            Event::error("spawn_failed")
+                .with("worker", slot)
+                .with("error", error)
+                .secs("restart_in_s", delay),
+        );
+    }
+
+    fn take_pending_failures(&mut self, slot: u32) -> u32 {
+        let index = self.pending.iter().position(|p| p.slot == slot);
+        index.map_or(0, |i| self.pending.swap_remove(i).failures)
+    }
+
+    /// A child exited; `status` is `exit:N` or `signal:N`. Unknown pids (orphans the launcher
+    /// adopted as subreaper) are ignored.
+    pub fn exited(&mut self, pid: i32, status: &str, now: Instant) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
+        let worker = self.workers.remove(index);
+        let uptime = now.saturating_duration_since(worker.started);
+        let mut event = Event::info("worker_exit")
+            .with("worker", worker.slot)
+            .with("pid", pid)
+            .with("status", status)
+            .secs("uptime_s", uptime);
+        self.last_exit = Some(format!(
+            "worker {} (pid {pid}) ended with {status} after {:.1} s",
+            worker.slot,
+            uptime.as_secs_f64()
+        ));
+        if !worker.stopping && self.phase == Phase::Running {
+            if let Some(hint) = self
+                .config
+                .boot_failure_hint
+                .take()
+                .filter(|_| !worker.ready)
+            {
+                self.events.push(Event::warn("hint").with("message", hint));
+            }
+            let failures = if worker.ready { 1 } else { worker.failures + 1 };
+            let delay = backoff::delay(failures, self.jitter.next());
+            self.pending.push(Pending {
+                slot: worker.slot,
+                due: Some(now + delay),
+                failures,
+            });
+            self.restarts += 1;
+            event = Event::warn("worker_exit")
+                .with("worker", worker.slot)
+                .with("pid", pid)
+                .with("status", status)
+                .secs("uptime_s", uptime)
+                .with("restart_in_s", format!("{:.2}", delay.as_secs_f64()))
+                .with("failures", failures);
+        }
+        self.events.push(event);
+    }
+
+    /// `READY=1` from this worker (or a process under it).
+    pub fn notified_ready(&mut self, pid: i32, now: Instant) {
+        if let Some(index) = self.workers.iter().position(|w| w.pid == pid && !w.ready) {
+            self.mark_ready(index, "notify", now);
+        }
+    }
+
+    fn mark_ready(&mut self, index: usize, by: &str, now: Instant) {
+        let worker = &mut self.workers[index];
+        worker.ready = true;
+        self.last_ready = now;
+        self.events.push(
+            Event::info("worker_ready")
+                .with("worker", worker.slot)
+                .with("pid", worker.pid)
+                .secs("boot_s", now.saturating_duration_since(worker.started))
+                .with("by", by),
+        );
+    }
+
+    /// The earliest time something is due: a respawn, a grace period, a deadline.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let grace = self
+            .workers
+            .iter()
+            .filter(|w| !w.ready && !w.stopping)
+            .map(|w| w.started + self.config.ready_grace);
+        let respawns = self.pending.iter().filter_map(|p| p.due);
+        let deadline = match self.phase {
+            Phase::Running => Some(self.last_ready + self.config.give_up_after),
+            // Everything got SIGKILL: only the children's exits are awaited.
+            Phase::Stopping { killed: true, .. } => None,
+            Phase::Stopping { deadline, .. } => Some(deadline),
+        };
+        grace.chain(respawns).chain(deadline).min()
+    }
+}

@@ -1,0 +1,106 @@
+//! What each signal does to the pool: shutdowns (graceful or fast), rolling restarts, scaling,
+//! and what is forwarded as is.
+
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use super::{Action, Event, Phase, Pool, Rolling};
+use crate::servers::Mode;
+use crate::sizing::MAX_WEB_CONCURRENCY;
+
+impl Pool {
+    pub fn signal(&mut self, signal: Signal, now: Instant) -> Vec<Action> {
+        // The signal's line comes before the lines of what it caused.
+        let mark = self.events.len();
+        let stopping = self.phase != Phase::Running;
+        let delegate = self.config.mode == Mode::Delegate;
+        let (action, actions) = match signal {
+            Signal::SIGTERM if stopping => ("ignored", Vec::new()),
+            Signal::SIGTERM => ("shutdown", self.shut_down(false, Signal::SIGTERM, now)),
+            Signal::SIGINT | Signal::SIGQUIT => match self.phase {
+                Phase::Stopping { fast: true, .. } => ("kill", vec![Action::KillAll]),
+                _ => {
+                    let forwarded = if delegate { signal } else { Signal::SIGQUIT };
+                    ("fast_shutdown", self.shut_down(true, forwarded, now))
+                }
+            },
+            _ if stopping => ("ignored", Vec::new()),
+            Signal::SIGHUP | Signal::SIGTTIN | Signal::SIGTTOU if delegate => {
+                ("forwarded", self.to_all(signal))
+            }
+            Signal::SIGHUP if self.rolling.is_some() => ("ignored", Vec::new()),
+            Signal::SIGHUP => {
+                let mut queue: Vec<u32> = self
+                    .workers
+                    .iter()
+                    .filter(|w| !w.stopping)
+                    .map(|w| w.slot)
+                    .collect();
+                queue.sort_unstable();
+                self.rolling = Some(Rolling {
+                    queue: queue.into(),
+                    step: None,
+                    started: now,
+                });
+                ("rolling_restart", Vec::new())
+            }
+            Signal::SIGTTIN => {
+                self.target = (self.target + 1).min(MAX_WEB_CONCURRENCY);
+                ("scale_up", Vec::new())
+            }
+            Signal::SIGTTOU => {
+                self.target = self.target.saturating_sub(1).max(1);
+                ("scale_down", Vec::new())
+            }
+            _ => ("forwarded", self.to_all(signal)),
+        };
+        let mut event = Event::info("signal")
+            .with("signal", signal.as_str().trim_start_matches("SIG"))
+            .with("action", action);
+        if matches!(signal, Signal::SIGTTIN | Signal::SIGTTOU) && !delegate && !stopping {
+            event = event.with("workers", self.target);
+        }
+        self.events.insert(mark, event);
+        actions
+    }
+
+    fn to_all(&self, signal: Signal) -> Vec<Action> {
+        let pids = self.workers.iter().map(|w| w.pid);
+        pids.map(|pid| Action::Signal { pid, signal }).collect()
+    }
+
+    fn shut_down(&mut self, fast: bool, forwarded: Signal, now: Instant) -> Vec<Action> {
+        let forward = fast || !self.config.on_heroku;
+        self.phase = Phase::Stopping {
+            deadline: now + self.config.graceful_timeout,
+            fast,
+            killed: false,
+            exit_code: 0,
+        };
+        self.pending.clear();
+        self.rolling = None;
+        self.events.push(
+            Event::info("shutdown")
+                .with("fast", fast)
+                .with(
+                    "forwarded",
+                    if forward { forwarded.as_str() } else { "none" },
+                )
+                .secs("timeout_s", self.config.graceful_timeout)
+                .with("workers", self.workers.len()),
+        );
+        let mut actions = vec![Action::CloseListener];
+        for worker in &mut self.workers {
+            // A worker a rolling restart already stopped got its TERM.
+            if forward && (fast || !worker.stopping) {
+                actions.push(Action::Signal {
+                    pid: worker.pid,
+                    signal: forwarded,
+                });
+            }
+            worker.stopping = true;
+        }
+        actions
+    }
+}
