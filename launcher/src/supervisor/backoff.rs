@@ -6,6 +6,8 @@ use std::time::Duration;
 pub const FIRST: Duration = Duration::from_millis(100);
 /// The longest delay between two restarts.
 pub const CAP: Duration = Duration::from_secs(10);
+/// How long a ready worker must have run for its slot's failure count to start over.
+pub const STABLE: Duration = Duration::from_secs(10);
 
 /// The delay after `failures` consecutive failed boots (1 = the first failure), spread by
 /// `jitter` (0.0..1.0) over ±25% so that workers that crashed together do not restart together.

@@ -210,7 +210,10 @@ impl Pool {
             {
                 self.events.push(Event::warn("hint").with("message", hint));
             }
-            let failures = if worker.ready { 1 } else { worker.failures + 1 };
+            // A worker that was ready and ran a while was fine: its slot starts over. One that died
+            // soon after its grace period (say, on connecting to a database) is still failing.
+            let stable = worker.ready && uptime >= backoff::STABLE;
+            let failures = if stable { 1 } else { worker.failures + 1 };
             let delay = backoff::delay(failures, self.jitter.next());
             self.pending.push(Pending {
                 slot: worker.slot,

@@ -181,6 +181,35 @@ fn a_worker_that_was_ready_restarts_at_once_and_resets_the_count() {
 }
 
 #[test]
+fn a_worker_that_dies_soon_after_its_grace_period_keeps_backing_off() {
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    let mut t = 0.0;
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        t += 2.0;
+        h.at(t - 0.5);
+        let pid = *h.pool.worker_pids().first().expect("a worker");
+        h.now = h.start + Duration::from_secs_f64(t);
+        h.exit(pid, "exit:1");
+        let exit = h.events.last().expect("exit");
+        delays.push(exit.get("failures").unwrap_or_default().to_owned());
+        t = h
+            .pool
+            .next_wakeup()
+            .expect("respawn")
+            .duration_since(h.start)
+            .as_secs_f64();
+        h.at(t);
+    }
+    assert_eq!(
+        delays,
+        ["1", "2", "3", "4", "5"],
+        "ready by grace, but not stable"
+    );
+}
+
+#[test]
 fn rolling_restart_replaces_each_worker_after_its_replacement_is_ready() {
     let mut h = Harness::new(config(Mode::FanOut, 2));
     h.at(0.0);
