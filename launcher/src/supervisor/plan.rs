@@ -60,12 +60,12 @@ impl Plan {
             mode_reason,
             server: found.server,
             workers,
-            set_by: report
-                .decision
-                .outcome
-                .set_by()
-                .unwrap_or("user")
-                .to_owned(),
+            // `none`: sizing is disabled and nothing set WEB_CONCURRENCY, so 1 worker.
+            set_by: match report.decision.outcome.web_concurrency() {
+                None => "none",
+                Some(_) => report.decision.outcome.set_by().unwrap_or("user"),
+            }
+            .to_owned(),
             argv: rewrite.argv.clone(),
             rewrite,
         }
