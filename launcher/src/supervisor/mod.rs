@@ -124,6 +124,7 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         command: &mut command,
         sample_interval: settings.sample_interval,
         next_sample: settings.sample_interval.map(|i| now + i),
+        delegate: plan.mode == Mode::Delegate,
     };
     Ok(looped.run())
 }
@@ -136,6 +137,8 @@ struct Loop<'a> {
     command: &'a mut spawn::Prepared,
     sample_interval: Option<Duration>,
     next_sample: Option<Instant>,
+    /// The sample line counts the delegated server's own workers.
+    delegate: bool,
 }
 
 impl Loop<'_> {
@@ -170,6 +173,8 @@ impl Loop<'_> {
     }
 
     fn carry_out(&mut self, actions: Vec<Action>) {
+        // What the pool decided is logged before it is done, so the app's reaction comes after.
+        self.emit_events();
         for action in actions {
             match action {
                 Action::Spawn { slot } => match self.command.spawn() {
@@ -188,6 +193,10 @@ impl Loop<'_> {
                 Action::CloseListener => self.listener = None,
             }
         }
+        self.emit_events();
+    }
+
+    fn emit_events(&mut self) {
         for event in self.pool.take_events() {
             event.emit();
         }
@@ -275,7 +284,13 @@ impl Loop<'_> {
             .into_iter()
             .map(|pid| procs::rss_bytes(proc_dir, pid))
             .sum();
-        let (workers, ready, restarts) = self.pool.counts();
+        let (mut workers, mut ready, restarts) = self.pool.counts();
+        if self.delegate {
+            // The server's own workers, not the one server process.
+            let servers = self.pool.worker_pids();
+            let forked = parents.values().filter(|p| servers.contains(p)).count();
+            (workers, ready) = (forked, if ready > 0 { forked } else { 0 });
+        }
         let mb = |bytes: u64| format!("{:.1}MB", bytes as f64 / (1024.0 * 1024.0));
         Event::info("sample")
             .with("sample#workers", workers)
