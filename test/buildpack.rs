@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod support;
-use support::{make_executable, needs_machine, MemoryCgroup};
+use support::procs::children;
+use support::{
+    fixture, free_port, make_executable, needs_machine, repo, venv, wait_for, MemoryCgroup,
+};
 
 const ARCH: &str = std::env::consts::ARCH;
 const PLATFORM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -41,17 +44,6 @@ const FIXTURES: [&str; 5] = [
     "pinned-gunicorn-conf",
     "pinned-puma",
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    repo().join("test/fixtures").join(name)
-}
 
 fn run(command: &mut Command) -> Output {
     command.output().expect("run command")
@@ -91,21 +83,6 @@ fn sha256(path: &Path) -> String {
         .next()
         .expect("sha256sum output")
         .to_owned()
-}
-
-/// Waits for `condition` with a deadline, polling; never a fixed sleep.
-fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = condition() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // ---- The platform ---------------------------------------------------------------------------------
@@ -950,26 +927,6 @@ impl Drop for Dyno {
     }
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten();
-    tasks
-        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 fn http_get(port: u16) -> Option<String> {
     let output = Command::new("curl")
         .args(["--silent", "--fail", "--max-time", "5"])
@@ -979,27 +936,17 @@ fn http_get(port: u16) -> Option<String> {
     output.status.success().then(|| text(&output.stdout))
 }
 
-fn venv() -> PathBuf {
-    std::env::var_os("LAUNCHER_TEST_VENV").map_or_else(|| repo().join(".venv"), PathBuf::from)
-}
-
 #[test]
 fn flask_fixture_served_by_gunicorn_in_a_512_mb_cgroup_runs_the_sized_worker_count() {
     needs_machine(|| {
-        let gunicorn = venv().join("bin/gunicorn");
-        if !gunicorn.exists() {
-            return Err(format!(
-                "no gunicorn at {} (python3 -m venv .venv && .venv/bin/pip install -r test/requirements.txt, or set LAUNCHER_TEST_VENV)",
-                gunicorn.display()
-            ));
-        }
+        let venv = venv(&["gunicorn"])?;
         let cgroup = MemoryCgroup::create(&["launcher-buildpack-test"], LIMIT_BYTES)?;
-        serve_in_cgroup(&cgroup);
+        serve_in_cgroup(&cgroup, &venv);
         Ok(())
     });
 }
 
-fn serve_in_cgroup(cgroup: &MemoryCgroup) {
+fn serve_in_cgroup(cgroup: &MemoryCgroup, venv: &Path) {
     let build = compiled_slug("flask");
     let slug = build.app();
     let procfile = fs::read_to_string(slug.join("Procfile")).expect("Procfile");
@@ -1013,7 +960,7 @@ fn serve_in_cgroup(cgroup: &MemoryCgroup) {
     let boot = format!(
         "cd \"$HOME\" && for f in .profile.d/*.sh; do source \"$f\"; done; launcher size --json > \"$HOME/../size.json\"; exec {web}"
     );
-    let path = format!("{}:{PLATFORM_PATH}", venv().join("bin").display());
+    let path = format!("{}:{PLATFORM_PATH}", venv.join("bin").display());
     let child = Command::new("sh")
         .args([
             "-c",

@@ -1,5 +1,12 @@
 //! Helpers shared by the black-box test files (each file is its own crate and uses a part).
+//! `harness` runs `launcher run` and reads its event lines (`logfmt`), `procs` reads the process
+//! tree from /proc, `http` sends requests and keep-alive load on loopback.
 #![allow(dead_code)]
+
+pub mod harness;
+pub mod http;
+pub mod logfmt;
+pub mod procs;
 
 use std::fs;
 use std::net::TcpListener;
@@ -108,6 +115,11 @@ pub fn repo() -> PathBuf {
         .parent()
         .expect("repo root")
         .to_path_buf()
+}
+
+/// A test app under test/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("test/fixtures").join(name)
 }
 
 /// The test venv with the pinned servers of test/requirements.txt, checked to hold `programs`.
