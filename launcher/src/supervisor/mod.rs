@@ -64,13 +64,7 @@ const HANDLED: [Signal; 10] = [
 /// Runs the app until it is asked to stop (exit 0) or gives up on a crash loop (exit 1).
 pub fn run(request: Request) -> Result<u8, Fatal> {
     // First, so that a signal during setup waits for the loop instead of killing the launcher.
-    let mut handled = SigSet::empty();
-    HANDLED.iter().for_each(|s| handled.add(*s));
-    signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None)
-        .map_err(|e| fatal(1)(format!("cannot block signals: {e}")))?;
-    let signals = SignalFd::with_flags(&handled, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| fatal(1)(format!("cannot read signals: {e}")))?;
-
+    let signals = block_signals()?;
     let env = Env::from_process();
     let on_heroku = env.get("DYNO").is_some_and(|d| !d.is_empty());
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
@@ -93,20 +87,19 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
     }
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let listener = port.map(net::listen).transpose().map_err(fatal(1))?;
-    let notify = net::Notify::bind().ok();
+    let notify = net::Notify::bind()
+        .inspect_err(|err| {
+            let message =
+                format!("no NOTIFY_SOCKET ({err}): workers are ready by grace period only");
+            Event::warn("config").with("message", message).emit();
+        })
+        .ok();
     plan.log_start(port, listener.as_ref());
     let env = plan.child_env(notify.as_ref().map(|n| n.name.as_str()));
-    let mut command = spawn::Prepared::new(
-        &path,
-        &plan.argv,
-        &env,
-        listener.as_ref().map(|l| l.fd.as_raw_fd()),
-        plan.death_signal(),
-    )
-    .map_err(fatal(2))?;
-
-    let now = Instant::now();
-    let seed = u64::from(std::process::id()) ^ now.elapsed().as_nanos() as u64 ^ 0x9e37_79b9;
+    let listener_fd = listener.as_ref().map(|l| l.fd.as_raw_fd());
+    let mut command =
+        spawn::Prepared::new(&path, &plan.argv, &env, listener_fd, plan.death_signal())
+            .map_err(fatal(2))?;
     let config = pool::Config {
         mode: plan.mode,
         workers: plan.workers,
@@ -116,8 +109,9 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         on_heroku,
         boot_failure_hint: plan.boot_failure_hint(port),
     };
+    let now = Instant::now();
     let mut looped = Loop {
-        pool: Pool::new(config, now, seed),
+        pool: Pool::new(config, now, seed()),
         signals,
         notify,
         listener,
@@ -127,6 +121,24 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         delegate: plan.mode == Mode::Delegate,
     };
     Ok(looped.run())
+}
+
+/// Blocks the handled signals and opens the signalfd the loop reads them from.
+fn block_signals() -> Result<SignalFd, Fatal> {
+    let mut handled = SigSet::empty();
+    HANDLED.iter().for_each(|s| handled.add(*s));
+    signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None)
+        .map_err(|e| fatal(1)(format!("cannot block signals: {e}")))?;
+    SignalFd::with_flags(&handled, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| fatal(1)(format!("cannot read signals: {e}")))
+}
+
+/// A seed for the restart jitter, different per launcher.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 struct Loop<'a> {
