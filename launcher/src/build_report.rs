@@ -19,8 +19,11 @@ pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
     let settings = config::load(env, Some(app_dir));
     let mut details = Vec::new();
     let mut warnings: Vec<String> = [&settings.warnings[..], &settings.file_problems[..]].concat();
-    // What would stop `launcher run` at boot is better seen in the build log.
-    warnings.extend(crate::supervisor::settings::file_problems(app_dir));
+    // What would stop `launcher run` at boot is better seen in the build log (a file that is not
+    // TOML at all is already reported above).
+    if settings.file_problems.is_empty() {
+        warnings.extend(crate::supervisor::settings::file_problems(app_dir));
+    }
     if settings.disable {
         details.push(
             "LAUNCHER_DISABLE is set: the launcher is installed, WEB_CONCURRENCY is left alone"
@@ -174,6 +177,20 @@ mod tests {
         );
         let disabled = Env::from_pairs([("LAUNCHER_DISABLE", "1")]);
         assert_eq!(lines(dir.path(), &disabled).0.len(), 1);
+    }
+
+    #[test]
+    fn launcher_toml_problems_that_would_stop_launcher_run_are_warned_about_once() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let file = dir.path().join("launcher.toml");
+        std::fs::write(&file, "mode = \"turbo\"\n").expect("write");
+        let (_, warnings) = lines(dir.path(), &Env::default());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("mode must be"), "{warnings:?}");
+        std::fs::write(&file, "mode = [\n").expect("write");
+        let (_, warnings) = lines(dir.path(), &Env::default());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("not valid TOML"), "{warnings:?}");
     }
 
     #[test]
