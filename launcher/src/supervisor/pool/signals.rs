@@ -72,8 +72,16 @@ impl Pool {
 
     fn shut_down(&mut self, fast: bool, forwarded: Signal, now: Instant) -> Vec<Action> {
         let forward = fast || !self.config.on_heroku;
+        let mut deadline = now + self.config.graceful_timeout;
+        if let Phase::Stopping {
+            deadline: earlier, ..
+        } = self.phase
+        {
+            // A fast shutdown during a graceful one does not push its deadline back.
+            deadline = deadline.min(earlier);
+        }
         self.phase = Phase::Stopping {
-            deadline: now + self.config.graceful_timeout,
+            deadline,
             fast,
             killed: false,
             exit_code: 0,

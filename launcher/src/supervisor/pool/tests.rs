@@ -348,3 +348,20 @@ fn term_during_a_rolling_restart_stops_the_new_workers_too() {
     );
     assert!(h.at(3.0).is_empty(), "no further step");
 }
+
+#[test]
+fn int_during_a_graceful_shutdown_keeps_its_deadline() {
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    h.signal(Signal::SIGTERM);
+    h.at(20.0);
+    assert_eq!(
+        signals(&h.signal(Signal::SIGINT)),
+        vec![(100, Signal::SIGQUIT)]
+    );
+    assert_eq!(
+        h.at(25.0),
+        vec![Action::KillAll],
+        "the TERM's deadline, not 20 + 25 s"
+    );
+}
