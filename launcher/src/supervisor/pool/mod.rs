@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::backoff::{self, Jitter};
-use super::log::Event;
+use super::log::{Event, Level};
 use crate::servers::Mode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,11 +221,9 @@ impl Pool {
                 failures,
             });
             self.restarts += 1;
-            event = Event::warn("worker_exit")
-                .with("worker", worker.slot)
-                .with("pid", pid)
-                .with("status", status)
-                .secs("uptime_s", uptime)
+            // Not asked for: a warning, with when it comes back.
+            event.level = Level::Warn;
+            event = event
                 .with("restart_in_s", format!("{:.2}", delay.as_secs_f64()))
                 .with("failures", failures);
         }
