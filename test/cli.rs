@@ -117,11 +117,14 @@ fn json_has_exactly_the_documented_keys() {
             "memory_mb",
             "memory_source",
             "notes",
+            "running",
             "set_by",
             "web_concurrency",
             "web_memory_mb"
         ]
     );
+    // A snapshot root is another host: no supervisor of this machine is shown for it.
+    assert_eq!(report["running"], serde_json::json!([]));
     assert_eq!(report["web_memory_mb"], 128);
     assert_eq!(report["web_concurrency"], 4);
     assert_eq!(report["cpus_source"], "/sys/devices/system/cpu/online");

@@ -126,12 +126,18 @@ fn web_memory(env: &Env, warnings: &mut Vec<String>) -> (u64, String) {
 }
 
 /// The keys `launcher run` reads from `launcher.toml` (see `supervisor::settings`).
-pub const RUN_KEYS: [&str; 5] = [
+pub const RUN_KEYS: [&str; 11] = [
     "mode",
     "graceful_timeout",
     "ready_grace",
     "give_up_after",
     "sample_interval",
+    "memory_guard",
+    "memory_soft_limit",
+    "worker_memory_max",
+    "memory_cooldown",
+    "sizing",
+    "sizing_warmup",
 ];
 
 /// The settings `launcher.toml` can hold: a config var's name without `LAUNCHER_`, in lower case.

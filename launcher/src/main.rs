@@ -10,6 +10,7 @@ mod report;
 mod servers;
 mod sizing;
 mod supervisor;
+mod usage;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -110,7 +111,10 @@ fn run(cli: Cli) -> Result<()> {
             json,
             app_dir,
         } => {
-            let report = gather(&root, &env, app_dir);
+            let mut report = gather(&root, &env, app_dir);
+            if root == Path::new("/") {
+                report.running = supervisor::state::read_live(&supervisor::state::dir());
+            }
             let text = if json {
                 report.to_json() + "\n"
             } else {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::config::{self, Env, Settings};
 use crate::host::{self, Host};
 use crate::sizing::{self, Decision, Formula, Incoming};
+use crate::supervisor::state::State;
 
 /// Everything the sizing looked at and decided, for one environment on one host.
 pub struct Report {
@@ -14,6 +15,8 @@ pub struct Report {
     pub settings: Settings,
     pub formula: Formula,
     pub decision: Decision,
+    /// What the `launcher run` supervisors running here measured (`launcher size` only).
+    pub running: Vec<State>,
 }
 
 impl Report {
@@ -37,6 +40,7 @@ impl Report {
             settings,
             formula,
             decision,
+            running: Vec::new(),
         }
     }
 
@@ -68,6 +72,7 @@ impl Report {
             web_concurrency: self.decision.outcome.web_concurrency(),
             set_by: self.decision.outcome.set_by(),
             notes: self.notes(),
+            running: &self.running,
         };
         serde_json::to_string_pretty(&json).unwrap_or_default()
     }
@@ -95,6 +100,9 @@ impl Report {
             value,
             self.decision.reason,
         );
+        for state in &self.running {
+            text.push_str(&running_line(state));
+        }
         for note in self.warnings().chain(&self.host.notes) {
             text.push_str(&format!("note: {note}\n"));
         }
@@ -112,4 +120,33 @@ struct Json<'a> {
     web_concurrency: Option<u32>,
     set_by: Option<&'a str>,
     notes: Vec<String>,
+    running: &'a [State],
+}
+
+/// One running supervisor's measured figures, for the text form of `launcher size`.
+fn running_line(state: &State) -> String {
+    let mut line = format!(
+        "running          {:>7}     launcher run pid {}, {}, sizing {}, guard {}",
+        state.workers,
+        state.pid,
+        state.mode,
+        state.sizing,
+        if state.memory_guard { "on" } else { "off" }
+    );
+    if let Some(total) = state.memory_total_mb {
+        line += &format!(
+            "; dyno {total} MB of {} MB (soft limit {} MB)",
+            state.memory_quota_mb, state.soft_limit_mb
+        );
+    }
+    if let Some(largest) = state.worker_uss_mb.first() {
+        line += &format!("; largest worker {largest} MB unique");
+    }
+    if let (Some(fit), Some(cost), Some(base)) = (state.fit, state.worker_cost_mb, state.base_mb) {
+        line += &format!("; {fit} workers fit ({cost} MB each over a base of {base} MB)");
+    }
+    line + &format!(
+        "; {} recycled, {} OOM kills\n",
+        state.memory_recycles, state.oom_kills
+    )
 }

@@ -19,6 +19,14 @@ impl Version {
     }
 }
 
+/// A cgroup directory as the host sees it, with its hierarchy's version: where the memory limit
+/// was found, and so where the dyno's usage and OOM kills are counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupDir {
+    pub version: Version,
+    pub path: PathBuf,
+}
+
 /// Where one hierarchy holding a controller is mounted, and this process's directory in it.
 /// Paths are as the host sees them (absolute), not yet joined to a snapshot root.
 #[derive(Debug, Clone, PartialEq, Eq)]

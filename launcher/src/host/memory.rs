@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::cgroup::{Hierarchy, Version};
+use super::cgroup::{CgroupDir, Hierarchy, Version};
 use super::{procfs, smallest, Reading, Snapshot, MIB};
 use crate::config;
 
@@ -27,11 +27,12 @@ fn limit_files(version: Version) -> &'static [&'static str] {
     }
 }
 
+/// The memory limit, and the cgroup directory of the file it was read from.
 pub(super) fn read(
     snapshot: &Snapshot,
     hierarchies: &[Hierarchy],
     notes: &mut Vec<String>,
-) -> Reading<u64> {
+) -> (Reading<u64>, Option<CgroupDir>) {
     let host_total = snapshot
         .read(Path::new("/proc/meminfo"))
         .ok()
@@ -62,10 +63,13 @@ pub(super) fn read(
             }
         }
     }
-    if let Some(limit) = smallest(limits) {
-        return limit;
+    let dirs: Vec<(u64, CgroupDir)> = limits.iter().map(|(r, d)| (r.value, d.clone())).collect();
+    if let Some(limit) = smallest(limits.into_iter().map(|(r, _)| r).collect()) {
+        // `smallest` keeps the first of equal values, as `position` finds it.
+        let index = dirs.iter().position(|(value, _)| *value == limit.value);
+        return (limit, index.map(|i| dirs[i].1.clone()));
     }
-    match host_total {
+    let reading = match host_total {
         Some(bytes) => Reading {
             value: bytes,
             source: "/proc/meminfo MemTotal (no cgroup memory limit)".to_owned(),
@@ -77,7 +81,8 @@ pub(super) fn read(
                 source: "default 512 MB (no memory information readable)".to_owned(),
             }
         }
-    }
+    };
+    (reading, None)
 }
 
 /// One limit file. Missing files and "no limit" values are silent; values that are present but
@@ -88,7 +93,7 @@ fn read_limit(
     version: Version,
     host_total: Option<u64>,
     notes: &mut Vec<String>,
-) -> Option<Reading<u64>> {
+) -> Option<(Reading<u64>, CgroupDir)> {
     let text = snapshot.read(path).ok()?;
     let text = text.trim();
     let shown = path.display();
@@ -117,8 +122,13 @@ fn read_limit(
         ));
         return None;
     }
-    Some(Reading {
+    let reading = Reading {
         value: bytes,
         source: format!("{} {shown}", version.label()),
-    })
+    };
+    let dir = CgroupDir {
+        version,
+        path: path.parent()?.to_path_buf(),
+    };
+    Some((reading, dir))
 }

@@ -8,6 +8,9 @@ mod cpu;
 mod memory;
 mod procfs;
 
+pub use cgroup::{CgroupDir, Version};
+pub use procfs::kib_field_bytes;
+
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +23,8 @@ pub struct Host {
     pub memory_source: String,
     pub cpus: u32,
     pub cpus_source: String,
+    /// The cgroup directory the memory limit was read from, if it came from a cgroup file.
+    pub memory_cgroup: Option<CgroupDir>,
     /// Values that were present but ignored, and files that could not be read, for `launcher size`.
     pub notes: Vec<String>,
 }
@@ -45,8 +50,13 @@ impl Snapshot {
 
     /// Reads the file that the host knows as `host_path` (an absolute path).
     pub fn read(&self, host_path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(self.path(host_path))
+    }
+
+    /// Where the host's `host_path` is in this snapshot.
+    pub fn path(&self, host_path: &Path) -> PathBuf {
         let relative = host_path.strip_prefix("/").unwrap_or(host_path);
-        std::fs::read_to_string(self.root.join(relative))
+        self.root.join(relative)
     }
 }
 
@@ -69,7 +79,7 @@ pub fn read(root: &Path) -> Host {
         }
     };
     let memory_hierarchies = cgroup::hierarchies(&membership, &mounts, "memory");
-    let memory = memory::read(&snapshot, &memory_hierarchies, &mut notes);
+    let (memory, memory_cgroup) = memory::read(&snapshot, &memory_hierarchies, &mut notes);
     let cpu_hierarchies = cgroup::hierarchies(&membership, &mounts, "cpu");
     let cpus = cpu::read(&snapshot, &cpu_hierarchies, &mut notes);
     notes.dedup();
@@ -78,6 +88,7 @@ pub fn read(root: &Path) -> Host {
         memory_source: memory.source,
         cpus: cpus.value,
         cpus_source: cpus.source,
+        memory_cgroup,
         notes,
     }
 }

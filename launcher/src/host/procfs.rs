@@ -133,7 +133,12 @@ pub fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
 
 /// MemTotal from /proc/meminfo, in bytes.
 pub fn meminfo_total_bytes(meminfo: &str) -> Option<u64> {
-    let value = status_field(meminfo, "MemTotal")?;
+    kib_field_bytes(meminfo, "MemTotal")
+}
+
+/// A `Name:   123 kB` line (/proc/meminfo, /proc/PID/status, smaps_rollup) in bytes.
+pub fn kib_field_bytes(text: &str, name: &str) -> Option<u64> {
+    let value = status_field(text, name)?;
     let kib: u64 = value.strip_suffix("kB")?.trim().parse().ok()?;
     kib.checked_mul(1024)
 }

@@ -2,32 +2,35 @@
 //! message or a timer -> handle signals -> reap -> converge towards the wanted workers (`pool`).
 
 mod backoff;
+mod event_loop;
 mod log;
+mod memory;
 mod net;
 mod plan;
 mod pool;
 mod procs;
 pub mod settings;
 mod spawn;
+pub mod state;
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 use crate::config::Env;
+use crate::host::Snapshot;
 use crate::report::Report;
 use crate::servers::Mode;
+use crate::usage::Meter;
+use event_loop::Loop;
 use log::Event;
+use memory::Watch;
 use plan::{port, Plan};
-use pool::{Action, Pool};
+use pool::Pool;
 
 /// What `launcher run` was asked for on its command line.
 pub struct Request {
@@ -110,15 +113,23 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         boot_failure_hint: plan.boot_failure_hint(port),
     };
     let now = Instant::now();
+    let snapshot = Snapshot::new(Path::new("/"));
+    let meter = Meter::for_host(&snapshot, &report.host);
+    let watch_config = memory::configure(&settings, &report, plan.mode, plan.workers);
+    memory::log_start(&watch_config, &meter, &settings, &report);
     let mut looped = Loop {
         pool: Pool::new(config, now, seed()),
+        watch: Watch::new(snapshot, meter, watch_config, now),
         signals,
         notify,
         listener,
         command: &mut command,
         sample_interval: settings.sample_interval,
         next_sample: settings.sample_interval.map(|i| now + i),
-        delegate: plan.mode == Mode::Delegate,
+        mode: plan.mode,
+        sizing: settings.sizing,
+        state_dir: state::dir(),
+        next_state: now,
     };
     Ok(looped.run())
 }
@@ -139,188 +150,4 @@ fn seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ u64::from(std::process::id()).rotate_left(32)
-}
-
-struct Loop<'a> {
-    pool: Pool,
-    signals: SignalFd,
-    notify: Option<net::Notify>,
-    listener: Option<net::Listener>,
-    command: &'a mut spawn::Prepared,
-    sample_interval: Option<Duration>,
-    next_sample: Option<Instant>,
-    /// The sample line counts the delegated server's own workers.
-    delegate: bool,
-}
-
-impl Loop<'_> {
-    fn run(&mut self) -> u8 {
-        loop {
-            let now = Instant::now();
-            let actions = self.pool.converge(now);
-            self.carry_out(actions);
-            if let Some(code) = self.pool.exit_code() {
-                if !has_children() {
-                    Event::info("exit")
-                        .with("status", code)
-                        .with(
-                            "reason",
-                            if code == 0 {
-                                "shutdown complete"
-                            } else {
-                                "gave up"
-                            },
-                        )
-                        .emit();
-                    return code;
-                }
-            }
-            self.wait();
-            let now = Instant::now();
-            self.read_signals(now);
-            self.reap(now);
-            self.read_notify(now);
-            self.sample(now);
-        }
-    }
-
-    fn carry_out(&mut self, actions: Vec<Action>) {
-        // What the pool decided is logged before it is done, so the app's reaction comes after.
-        self.emit_events();
-        for action in actions {
-            match action {
-                Action::Spawn { slot } => match self.command.spawn() {
-                    Ok(pid) => self.pool.spawned(slot, pid.as_raw(), Instant::now()),
-                    Err(err) => self.pool.spawn_failed(slot, err.desc(), Instant::now()),
-                },
-                Action::Signal { pid, signal } => {
-                    let _ = signal::kill(Pid::from_raw(pid), signal);
-                }
-                Action::KillAll => {
-                    let parents = procs::parents(Path::new("/proc"));
-                    for pid in procs::descendants(&parents, std::process::id() as i32) {
-                        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    }
-                }
-                Action::CloseListener => self.listener = None,
-            }
-        }
-        self.emit_events();
-    }
-
-    fn emit_events(&mut self) {
-        for event in self.pool.take_events() {
-            event.emit();
-        }
-    }
-
-    /// Sleeps until a signal, a readiness message or the next timer.
-    fn wait(&self) {
-        let now = Instant::now();
-        let wakeups = [self.pool.next_wakeup(), self.next_sample];
-        let timeout = wakeups
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now) + Duration::from_millis(1));
-        let timeout = timeout.map_or(PollTimeout::NONE, |d| {
-            PollTimeout::try_from(d.min(Duration::from_secs(60))).unwrap_or(PollTimeout::MAX)
-        });
-        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(notify) = &self.notify {
-            fds.push(PollFd::new(notify.as_fd(), PollFlags::POLLIN));
-        }
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(err) => {
-                Event::error("poll_failed").with("error", err.desc()).emit();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    fn read_signals(&mut self, now: Instant) {
-        while let Ok(Some(info)) = self.signals.read_signal() {
-            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
-                continue;
-            };
-            if signal != Signal::SIGCHLD {
-                let actions = self.pool.signal(signal, now);
-                self.carry_out(actions);
-            }
-        }
-    }
-
-    /// Reaps every child that ended: workers, and orphans adopted as subreaper.
-    fn reap(&mut self, now: Instant) {
-        loop {
-            let status = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit:{code}")),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                    (pid, format!("signal:{}", signal as i32))
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
-            };
-            self.pool.exited(status.0.as_raw(), &status.1, now);
-        }
-    }
-
-    fn read_notify(&mut self, now: Instant) {
-        let Some(notify) = &self.notify else { return };
-        let senders = notify.ready_senders();
-        if senders.is_empty() {
-            return;
-        }
-        let parents = procs::parents(Path::new("/proc"));
-        let workers = self.pool.worker_pids();
-        for sender in senders {
-            if let Some(worker) = procs::ancestor_in(&parents, sender, &workers) {
-                self.pool.notified_ready(worker, now);
-            }
-        }
-    }
-
-    fn sample(&mut self, now: Instant) {
-        let (Some(interval), Some(due)) = (self.sample_interval, self.next_sample) else {
-            return;
-        };
-        if now < due {
-            return;
-        }
-        self.next_sample = Some(now + interval);
-        let proc_dir = Path::new("/proc");
-        let me = std::process::id() as i32;
-        let parents = procs::parents(proc_dir);
-        let app: u64 = procs::descendants(&parents, me)
-            .into_iter()
-            .map(|pid| procs::rss_bytes(proc_dir, pid))
-            .sum();
-        let (mut workers, mut ready, restarts) = self.pool.counts();
-        if self.delegate {
-            // The server's own workers, not the one server process.
-            let servers = self.pool.worker_pids();
-            let forked = parents.values().filter(|p| servers.contains(p)).count();
-            (workers, ready) = (forked, if ready > 0 { forked } else { 0 });
-        }
-        let mb = |bytes: u64| format!("{:.1}MB", bytes as f64 / (1024.0 * 1024.0));
-        Event::info("sample")
-            .with("sample#workers", workers)
-            .with("sample#workers_ready", ready)
-            .with("sample#restarts", restarts)
-            .with("sample#memory_rss", mb(app))
-            .with("sample#launcher_rss", mb(procs::rss_bytes(proc_dir, me)))
-            .emit();
-    }
-}
-
-/// Whether any child (worker or adopted orphan) is left to wait for.
-fn has_children() -> bool {
-    !matches!(
-        nix::sys::wait::waitid(
-            nix::sys::wait::Id::All,
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
-        ),
-        Err(Errno::ECHILD)
-    )
 }

@@ -48,9 +48,10 @@ impl Pool {
         } else if now.saturating_duration_since(self.last_ready) >= self.config.give_up_after {
             return self.give_up(now);
         }
-        let mut actions = self.roll(now);
+        let mut actions = self.kill_overdue(now);
+        actions.extend(self.roll(now));
         actions.extend(self.respawn_due(now));
-        actions.extend(self.scale());
+        actions.extend(self.scale(now));
         actions
     }
 
@@ -88,7 +89,7 @@ impl Pool {
                 return actions;
             }
             rolling.step = None;
-            actions.extend(self.stop_slot(old, "rolling_restart"));
+            actions.extend(self.stop_slot(old, "rolling_restart", now));
         }
         while let Some(old) = rolling.queue.pop_front() {
             if self.workers.iter().any(|w| w.slot == old && !w.stopping) {
@@ -111,13 +112,15 @@ impl Pool {
         actions
     }
 
-    /// TERM to the worker in `slot`, which is not replaced.
-    fn stop_slot(&mut self, slot: u32, reason: &str) -> Option<Action> {
+    /// TERM to the worker in `slot`, which is not replaced here; SIGKILL follows after the
+    /// graceful timeout.
+    pub(super) fn stop_slot(&mut self, slot: u32, reason: &str, now: Instant) -> Option<Action> {
         let worker = self
             .workers
             .iter_mut()
             .find(|w| w.slot == slot && !w.stopping)?;
         worker.stopping = true;
+        worker.kill_at = Some(now + self.config.graceful_timeout);
         self.events.push(
             Event::info("worker_stop")
                 .with("worker", slot)
@@ -129,6 +132,28 @@ impl Pool {
             pid: worker.pid,
             signal: Signal::SIGTERM,
         })
+    }
+
+    /// Workers stopped while the pool runs on that outlived the graceful timeout.
+    fn kill_overdue(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for worker in &mut self.workers {
+            if worker.kill_at.is_some_and(|at| at <= now) {
+                worker.kill_at = None;
+                self.events.push(
+                    Event::warn("worker_kill")
+                        .with("worker", worker.slot)
+                        .with("pid", worker.pid)
+                        .secs("waited_s", self.config.graceful_timeout)
+                        .with("reason", "did not stop within the graceful timeout"),
+                );
+                actions.push(Action::Signal {
+                    pid: worker.pid,
+                    signal: Signal::SIGKILL,
+                });
+            }
+        }
+        actions
     }
 
     fn respawn_due(&mut self, now: Instant) -> Vec<Action> {
@@ -143,7 +168,7 @@ impl Pool {
     }
 
     /// A new slot number, held as pending until `spawned` so that it is counted once.
-    fn new_slot(&mut self) -> Action {
+    pub(super) fn new_slot(&mut self) -> Action {
         let slot = self.next_slot;
         self.next_slot += 1;
         self.pending.push(Pending {
@@ -155,7 +180,7 @@ impl Pool {
     }
 
     /// New slots up to the target (a rolling step may add one); the newest workers stopped above it.
-    fn scale(&mut self) -> Vec<Action> {
+    fn scale(&mut self, now: Instant) -> Vec<Action> {
         let stepping = self.rolling.as_ref().is_some_and(|r| r.step.is_some());
         let wanted = self.target as usize + usize::from(stepping);
         let live = self.workers.iter().filter(|w| !w.stopping).count() + self.pending.len();
@@ -164,12 +189,12 @@ impl Pool {
             actions.push(self.new_slot());
         }
         if live > wanted && !stepping {
-            actions.extend(self.stop_extra(live - wanted));
+            actions.extend(self.stop_extra(live - wanted, now));
         }
         actions
     }
 
-    fn stop_extra(&mut self, mut extra: usize) -> Vec<Action> {
+    fn stop_extra(&mut self, mut extra: usize, now: Instant) -> Vec<Action> {
         // Slots waiting for a respawn go first: nothing runs there.
         while extra > 0 && self.pending.iter().any(|p| p.due.is_some()) {
             if let Some(i) = self.pending.iter().position(|p| p.due.is_some()) {
@@ -182,7 +207,7 @@ impl Pool {
         let slots: Vec<u32> = newest.iter().take(extra).map(|w| w.slot).collect();
         slots
             .into_iter()
-            .filter_map(|slot| self.stop_slot(slot, "scale_down"))
+            .filter_map(|slot| self.stop_slot(slot, "scale_down", now))
             .collect()
     }
 }

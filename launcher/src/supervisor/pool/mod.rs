@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use super::backoff::{self, Jitter};
 use super::log::{Event, Level};
 use crate::servers::Mode;
+use crate::sizing::MAX_WEB_CONCURRENCY;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -52,6 +53,9 @@ struct Worker {
     started: Instant,
     ready: bool,
     stopping: bool,
+    /// When a worker stopped while the pool runs on (rolling restart, scale-down, memory) gets
+    /// SIGKILL if it is still there.
+    kill_at: Option<Instant>,
     /// Failed boots of this slot in a row before this worker was started.
     failures: u32,
 }
@@ -129,6 +133,37 @@ impl Pool {
         self.workers.iter().map(|w| w.pid).collect()
     }
 
+    /// The workers not being stopped: (slot, pid, ready, started).
+    pub fn live_workers(&self) -> Vec<(u32, i32, bool, Instant)> {
+        let live = self.workers.iter().filter(|w| !w.stopping);
+        live.map(|w| (w.slot, w.pid, w.ready, w.started)).collect()
+    }
+
+    /// How many workers the pool keeps (fan-out), or 1 (the delegated server).
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
+    /// Measured sizing's count (fan-out): converging adds or stops workers to reach it.
+    pub fn set_target(&mut self, workers: u32) {
+        self.target = workers.clamp(1, MAX_WEB_CONCURRENCY);
+    }
+
+    /// The memory guard's recycle (fan-out): the worker is stopped gracefully and its replacement
+    /// started at once, not after it is ready: the point is to free memory.
+    pub fn recycle(&mut self, pid: i32, now: Instant) -> Vec<Action> {
+        if self.phase != Phase::Running {
+            return Vec::new();
+        }
+        let Some(slot) = self.workers.iter().find(|w| w.pid == pid && !w.stopping) else {
+            return Vec::new();
+        };
+        let slot = slot.slot;
+        let mut actions: Vec<Action> = self.stop_slot(slot, "memory", now).into_iter().collect();
+        actions.push(self.new_slot());
+        actions
+    }
+
     /// (workers not being stopped, of which ready, restarts so far): the `sample#` figures.
     pub fn counts(&self) -> (usize, usize, u64) {
         let live = self.workers.iter().filter(|w| !w.stopping);
@@ -152,6 +187,7 @@ impl Pool {
             started: now,
             ready: false,
             stopping: false,
+            kill_at: None,
             failures,
         });
         self.events.push(
@@ -183,9 +219,9 @@ impl Pool {
         index.map_or(0, |i| self.pending.swap_remove(i).failures)
     }
 
-    /// A child exited; `status` is `exit:N` or `signal:N`. Unknown pids (orphans the launcher
-    /// adopted as subreaper) are ignored.
-    pub fn exited(&mut self, pid: i32, status: &str, now: Instant) {
+    /// A child exited; `status` is `exit:N` or `signal:N`, `cause` what is known of why (the
+    /// kernel's OOM killer). Unknown pids (orphans the launcher adopted as subreaper) are ignored.
+    pub fn exited(&mut self, pid: i32, status: &str, cause: Option<&str>, now: Instant) {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
             return;
         };
@@ -196,6 +232,9 @@ impl Pool {
             .with("pid", pid)
             .with("status", status)
             .secs("uptime_s", uptime);
+        if let Some(cause) = cause {
+            event = event.with("cause", cause);
+        }
         self.last_exit = Some(format!(
             "worker {} (pid {pid}) ended with {status} after {:.1} s",
             worker.slot,
@@ -257,6 +296,7 @@ impl Pool {
             .iter()
             .filter(|w| !w.ready && !w.stopping)
             .map(|w| w.started + self.config.ready_grace);
+        let kills = self.workers.iter().filter_map(|w| w.kill_at);
         let respawns = self.pending.iter().filter_map(|p| p.due);
         let deadline = match self.phase {
             Phase::Running => Some(self.last_ready + self.config.give_up_after),
@@ -264,6 +304,6 @@ impl Pool {
             Phase::Stopping { killed: true, .. } => None,
             Phase::Stopping { deadline, .. } => Some(deadline),
         };
-        grace.chain(respawns).chain(deadline).min()
+        grace.chain(respawns).chain(kills).chain(deadline).min()
     }
 }

@@ -108,6 +108,8 @@ impl Pool {
                 });
             }
             worker.stopping = true;
+            // The shutdown's own deadline applies now.
+            worker.kill_at = None;
         }
         actions
     }

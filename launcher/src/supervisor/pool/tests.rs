@@ -61,7 +61,7 @@ impl Harness {
     }
 
     fn exit(&mut self, pid: i32, status: &str) {
-        self.pool.exited(pid, status, self.now);
+        self.pool.exited(pid, status, None, self.now);
         self.events.extend(self.pool.take_events());
     }
 

@@ -1,0 +1,286 @@
+//! The guard's and the sizer's decisions: tables of readings -> action.
+
+use std::time::{Duration, Instant};
+
+use super::guard::Why;
+use super::*;
+
+const MB: u64 = 1024 * 1024;
+
+fn worker(pid: i32, uss_mb: u64, ready: bool, age_s: u64) -> WorkerMemory {
+    WorkerMemory {
+        pid,
+        slot: Some(pid as u32),
+        uss_bytes: uss_mb * MB,
+        pss_bytes: (uss_mb + 5) * MB,
+        ready,
+        age: Duration::from_secs(age_s),
+    }
+}
+
+fn reading(usage_mb: u64, workers: &[WorkerMemory]) -> Reading {
+    Reading {
+        usage_bytes: usage_mb * MB,
+        workers: workers.to_vec(),
+    }
+}
+
+fn guard(worker_max_mb: Option<u64>) -> Guard {
+    Guard::new(GuardConfig {
+        soft_limit_bytes: 435 * MB,
+        worker_max_bytes: worker_max_mb.map(|mb| mb * MB),
+        cooldown: Duration::from_secs(3),
+        kill_after: Duration::from_secs(25),
+    })
+}
+
+/// The pid a decision recycles, and why; or what else it did.
+fn recycled(action: Option<GuardAction>) -> Option<(i32, Why)> {
+    match action? {
+        GuardAction::Recycle { worker, why } => Some((worker.pid, why)),
+        GuardAction::Kill { pid, .. } => panic!("unexpected kill of {pid}"),
+    }
+}
+
+#[test]
+fn the_guard_picks_the_worker_to_recycle() {
+    let (a, b, c) = (
+        worker(1, 100, true, 60),
+        worker(2, 250, true, 60),
+        worker(3, 90, true, 60),
+    );
+    let booting = worker(4, 400, false, 0);
+    type Case = (&'static str, Option<u64>, Reading, Option<(i32, Why)>);
+    let cases: Vec<Case> = vec![
+        (
+            "under the soft limit",
+            None,
+            reading(400, &[a.clone(), b.clone()]),
+            None,
+        ),
+        (
+            "at the soft limit exactly",
+            None,
+            reading(435, &[a.clone(), b.clone()]),
+            None,
+        ),
+        (
+            "over: the most unique memory goes",
+            None,
+            reading(436, &[a.clone(), b.clone(), c.clone()]),
+            Some((2, Why::DynoSoftLimit)),
+        ),
+        (
+            "a booting worker is never chosen",
+            None,
+            reading(500, &[a.clone(), booting.clone()]),
+            Some((1, Why::DynoSoftLimit)),
+        ),
+        (
+            "nothing ready, nothing to do",
+            None,
+            reading(500, std::slice::from_ref(&booting)),
+            None,
+        ),
+        (
+            "a worker over the cap, dyno fine",
+            Some(200),
+            reading(300, &[a.clone(), b.clone()]),
+            Some((2, Why::WorkerCap)),
+        ),
+        (
+            "the cap is on unique memory only",
+            Some(200),
+            reading(300, &[a.clone(), c.clone()]),
+            None,
+        ),
+        (
+            "the cap wins the reason when both hold",
+            Some(200),
+            reading(450, &[a.clone(), b.clone()]),
+            Some((2, Why::WorkerCap)),
+        ),
+        (
+            "the lone worker is recycled too",
+            None,
+            reading(450, std::slice::from_ref(&b)),
+            Some((2, Why::DynoSoftLimit)),
+        ),
+        (
+            "equal workers: the lower pid",
+            None,
+            reading(450, &[worker(8, 100, true, 9), worker(7, 100, true, 9)]),
+            Some((7, Why::DynoSoftLimit)),
+        ),
+    ];
+    for (name, cap, reading, want) in cases {
+        let mut guard = guard(cap);
+        assert_eq!(
+            recycled(guard.check(&reading, Instant::now())),
+            want,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn one_recycle_at_a_time_then_a_cool_down() {
+    let mut guard = guard(None);
+    let t0 = Instant::now();
+    let at = |s: f64| t0 + Duration::from_secs_f64(s);
+    let (a, b) = (worker(1, 200, true, 60), worker(2, 150, true, 60));
+    let over = reading(450, &[a.clone(), b.clone()]);
+    assert_eq!(
+        recycled(guard.check(&over, at(0.0))),
+        Some((1, Why::DynoSoftLimit))
+    );
+    // Still over while worker 1 finishes its requests: nothing more.
+    assert_eq!(guard.check(&over, at(0.5)), None);
+    assert_eq!(guard.recycling(), Some(1));
+    // Worker 1 is gone (its replacement, pid 3, is booting): the cool-down starts now.
+    let after = reading(450, &[b.clone(), worker(3, 20, false, 0)]);
+    assert_eq!(guard.check(&after, at(2.0)), None);
+    assert_eq!(guard.check(&after, at(4.9)), None);
+    assert_eq!(
+        recycled(guard.check(&after, at(5.0))),
+        Some((2, Why::DynoSoftLimit))
+    );
+}
+
+#[test]
+fn a_recycled_worker_that_does_not_stop_is_killed_once() {
+    let mut guard = guard(None);
+    let t0 = Instant::now();
+    let stuck = reading(450, &[worker(1, 300, true, 60)]);
+    assert!(recycled(guard.check(&stuck, t0)).is_some());
+    assert_eq!(guard.check(&stuck, t0 + Duration::from_secs(24)), None);
+    let late = t0 + Duration::from_secs(25);
+    assert_eq!(
+        guard.check(&stuck, late),
+        Some(GuardAction::Kill {
+            pid: 1,
+            waited: Duration::from_secs(25)
+        })
+    );
+    assert_eq!(guard.check(&stuck, late + Duration::from_secs(1)), None);
+}
+
+fn sizer(workers: u32, max_workers: u32) -> Sizer {
+    Sizer::new(
+        SizerConfig {
+            soft_limit_bytes: 435 * MB,
+            max_workers,
+            warmup: Duration::from_secs(30),
+        },
+        workers,
+    )
+}
+
+fn warm(n: i32, uss_mb: u64) -> Vec<WorkerMemory> {
+    (1..=n).map(|pid| worker(pid, uss_mb, true, 60)).collect()
+}
+
+#[test]
+fn the_sizer_steps_towards_what_fits() {
+    // fit = (435 - base) / largest unique; base = usage - the workers' unique memory.
+    let cases: Vec<(&str, u32, u32, Reading, Option<u32>)> = vec![
+        (
+            "2 x 100 MB + 35 base: 4.00 fit, 3 fits with room",
+            2,
+            5,
+            reading(235, &warm(2, 100)),
+            Some(3),
+        ),
+        (
+            "3 x 100 MB + 35 base: 4.00 fit, not 4.25: stays",
+            3,
+            5,
+            reading(335, &warm(3, 100)),
+            None,
+        ),
+        (
+            "3 x 80 MB + 35 base: 5.0 fit: one more",
+            3,
+            5,
+            reading(275, &warm(3, 80)),
+            Some(4),
+        ),
+        (
+            "the CPU cap bounds it",
+            5,
+            5,
+            reading(135, &warm(5, 20)),
+            None,
+        ),
+        (
+            "4 x 110 + 35: 3.64 fit: one fewer",
+            4,
+            5,
+            reading(475, &warm(4, 110)),
+            Some(3),
+        ),
+        ("never below one", 1, 5, reading(500, &warm(1, 460)), None),
+        (
+            "above the cap (TTIN): back down",
+            6,
+            5,
+            reading(155, &warm(6, 20)),
+            Some(5),
+        ),
+    ];
+    for (name, from, max, reading, want) in cases {
+        let mut sizer = sizer(from, max);
+        let resize = sizer.check(&reading);
+        assert_eq!(resize.map(|r| r.to), want, "{name}: {resize:?}");
+        assert!(sizer.last_fit.is_some(), "{name}");
+    }
+}
+
+#[test]
+fn the_sizer_waits_for_every_worker_to_be_up_and_warm() {
+    let mut sizer = sizer(2, 5);
+    let cold = vec![worker(1, 100, true, 60), worker(2, 100, true, 10)];
+    let booting = vec![worker(1, 100, true, 60), worker(2, 100, false, 31)];
+    let missing = warm(1, 100);
+    for workers in [cold, booting, missing] {
+        assert_eq!(sizer.check(&reading(235, &workers)), None, "{workers:?}");
+    }
+    assert!(sizer.last_fit.is_none());
+}
+
+#[test]
+fn a_steady_load_at_a_boundary_does_not_oscillate() {
+    // 100 MB workers over a base of 25-45 MB: a fit that wobbles between 3.9 and 4.1.
+    for start in 1..=7 {
+        let mut sizer = sizer(start, 9);
+        let mut counts = vec![start];
+        for step in 0..40 {
+            let wobble = [0, 10, 0, 20][step % 4];
+            let n = sizer.target();
+            let usage = 25 + wobble + 100 * u64::from(n);
+            sizer.check(&reading(usage, &warm(n as i32, 100)));
+            counts.push(sizer.target());
+        }
+        // It moves one way only, then stays: never up and down again.
+        let ups = counts.windows(2).filter(|w| w[1] > w[0]).count();
+        let downs = counts.windows(2).filter(|w| w[1] < w[0]).count();
+        assert!(ups == 0 || downs == 0, "from {start}: {counts:?}");
+        let settled = counts[counts.len() - 20..]
+            .iter()
+            .all(|n| *n == counts[counts.len() - 1]);
+        assert!(settled, "from {start}: {counts:?}");
+        assert!(
+            (3..=4).contains(&sizer.target()),
+            "from {start}: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn the_fit_counts_shared_memory_once() {
+    let fit = Fit::measure(&reading(300, &warm(2, 100)), 435 * MB).expect("fit");
+    assert_eq!(fit.worker_bytes, 100 * MB);
+    assert_eq!(fit.base_bytes, 100 * MB);
+    assert!((fit.workers - 3.35).abs() < 1e-9, "{fit:?}");
+    assert_eq!(Fit::measure(&reading(300, &[]), 435 * MB), None);
+}

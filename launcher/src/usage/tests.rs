@@ -1,0 +1,241 @@
+//! Accounting over fake host trees: cgroup v1, cgroup v2, Heroku's Cedar layout, no limit.
+
+use std::fs;
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use super::smaps::{self, Footprint};
+use super::{Meter, Usage};
+use crate::host::{self, Snapshot, MIB};
+
+struct Fake {
+    dir: TempDir,
+}
+
+impl Fake {
+    fn new() -> Self {
+        let fake = Fake {
+            dir: TempDir::new().expect("temp dir"),
+        };
+        fake.write(
+            "/proc/meminfo",
+            "MemTotal: 16777216 kB\nMemAvailable: 12582912 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n",
+        );
+        fake.write("/sys/devices/system/cpu/online", "0-7\n");
+        fake
+    }
+
+    fn write(&self, host_path: &str, text: &str) -> &Self {
+        let path = self.dir.path().join(host_path.trim_start_matches('/'));
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, text).expect("write");
+        self
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.dir.path())
+    }
+
+    fn meter(&self) -> Meter {
+        Meter::for_host(&self.snapshot(), &host::read(self.dir.path()))
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.meter().usage(&self.snapshot())
+    }
+
+    fn oom_kills(&self) -> Option<u64> {
+        self.meter().oom_kills(&self.snapshot())
+    }
+}
+
+fn rollup(rss_kb: u64, pss_kb: u64, private_kb: u64, swap_pss_kb: u64) -> String {
+    format!(
+        "00400000-7ffd0000 ---p 00000000 00:00 0    [rollup]\nRss: {rss_kb} kB\nPss: {pss_kb} kB\n\
+         Pss_Anon: {pss_kb} kB\nShared_Clean: 0 kB\nPrivate_Clean: 0 kB\nPrivate_Dirty: {private_kb} kB\n\
+         Swap: {swap_pss_kb} kB\nSwapPss: {swap_pss_kb} kB\n"
+    )
+}
+
+const V1_MOUNTS: &str = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+
+#[test]
+fn cgroup_v1_counts_rss_and_swap_of_the_limited_cgroup_not_page_cache() {
+    let fake = Fake::new();
+    fake.write("/proc/self/cgroup", "4:memory:/dyno/web\n")
+        .write("/proc/self/mountinfo", V1_MOUNTS)
+        .write("/sys/fs/cgroup/memory/dyno/memory.limit_in_bytes", "536870912\n")
+        .write(
+            "/sys/fs/cgroup/memory/dyno/memory.stat",
+            "cache 1\nrss 2\nswap 3\ntotal_cache 900000000\ntotal_rss 314572800\ntotal_swap 10485760\n",
+        )
+        .write("/sys/fs/cgroup/memory/dyno/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+        .write("/sys/fs/cgroup/memory/dyno/web/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+        .write("/sys/fs/cgroup/memory/dyno/web/worker/memory.oom_control", "oom_kill 4\n");
+    assert_eq!(
+        fake.meter().describe(),
+        "cgroup v1 /sys/fs/cgroup/memory/dyno/memory.stat"
+    );
+    let usage = fake.usage().expect("usage");
+    assert_eq!(usage.rss_bytes, 300 * MIB);
+    assert_eq!(usage.total_bytes(), 310 * MIB);
+    // v1 counts a kill in the killed process's own cgroup only: the subtree is summed.
+    assert_eq!(fake.oom_kills(), Some(7));
+}
+
+#[test]
+fn cgroup_v1_without_hierarchy_totals_reads_the_local_figures() {
+    let fake = Fake::new();
+    fake.write("/proc/self/cgroup", "4:memory:/dyno\n")
+        .write("/proc/self/mountinfo", V1_MOUNTS)
+        .write(
+            "/sys/fs/cgroup/memory/dyno/memory.limit_in_bytes",
+            "536870912\n",
+        )
+        .write(
+            "/sys/fs/cgroup/memory/dyno/memory.stat",
+            "cache 5\nrss 4096\n",
+        );
+    assert_eq!(
+        fake.usage(),
+        Some(Usage {
+            rss_bytes: 4096,
+            swap_bytes: 0
+        })
+    );
+    assert_eq!(
+        fake.oom_kills(),
+        None,
+        "no oom_control file: nothing to claim"
+    );
+}
+
+#[test]
+fn cgroup_v2_counts_anon_and_swap_and_hierarchical_oom_kills() {
+    let fake = Fake::new();
+    fake.write("/proc/self/cgroup", "0::/dyno/web\n")
+        .write(
+            "/proc/self/mountinfo",
+            "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+        )
+        .write("/sys/fs/cgroup/dyno/memory.max", "1073741824\n")
+        .write("/sys/fs/cgroup/dyno/web/memory.max", "max\n")
+        .write(
+            "/sys/fs/cgroup/dyno/memory.stat",
+            "anon 209715200\nfile 734003200\nshmem 0\n",
+        )
+        .write("/sys/fs/cgroup/dyno/memory.swap.current", "20971520\n")
+        .write(
+            "/sys/fs/cgroup/dyno/memory.events",
+            "low 0\nhigh 0\nmax 9\noom 3\noom_kill 2\n",
+        )
+        .write("/sys/fs/cgroup/dyno/web/memory.events", "oom_kill 2\n");
+    assert_eq!(
+        fake.meter().describe(),
+        "cgroup v2 /sys/fs/cgroup/dyno/memory.stat"
+    );
+    let usage = fake.usage().expect("usage");
+    assert_eq!(usage.rss_bytes, 200 * MIB);
+    assert_eq!(usage.swap_bytes, 20 * MIB);
+    assert_eq!(
+        fake.oom_kills(),
+        Some(2),
+        "v2 events are hierarchical already"
+    );
+}
+
+#[test]
+fn cedar_layout_sums_proportional_memory_over_the_dynos_processes() {
+    let fake = Fake::new();
+    fake.write("/proc/self/cgroup", "0::/\n")
+        .write(
+            "/proc/self/mountinfo",
+            "20 1 0:5 / /proc rw - proc proc rw\n",
+        )
+        .write("/sys/fs/cgroup/memory/memory.limit_in_bytes", "536870912\n")
+        // A master and two workers sharing 20 MB after fork: RSS sums would count it three times.
+        .write("/proc/1/smaps_rollup", &rollup(30_720, 17_067, 10_240, 0))
+        .write(
+            "/proc/7/smaps_rollup",
+            &rollup(40_960, 27_307, 20_480, 1_024),
+        )
+        .write("/proc/8/smaps_rollup", &rollup(40_960, 27_306, 20_480, 0))
+        .write(
+            "/proc/9/status",
+            "Name:\tsh\nVmRSS:\t1024 kB\nVmSwap:\t0 kB\n",
+        );
+    let meter = fake.meter();
+    assert_eq!(meter, Meter::Processes);
+    let usage = fake.usage().expect("usage");
+    assert_eq!(usage.rss_bytes, (17_067 + 27_307 + 27_306 + 1_024) * 1024);
+    assert_eq!(usage.swap_bytes, 1_024 * 1024);
+    assert_eq!(
+        fake.oom_kills(),
+        None,
+        "no cgroup: an OOM kill is not claimed"
+    );
+}
+
+#[test]
+fn no_limit_meters_the_machine() {
+    let fake = Fake::new();
+    assert_eq!(fake.meter(), Meter::Machine);
+    assert_eq!(
+        fake.usage(),
+        Some(Usage {
+            rss_bytes: 4 * 1024 * MIB,
+            swap_bytes: 0
+        })
+    );
+    fake.write("/proc/meminfo", "MemTotal: 1024 kB\n");
+    assert_eq!(fake.usage(), None, "no MemAvailable");
+}
+
+#[test]
+fn rollup_parses_unique_and_proportional_memory() {
+    let text = "55a0-7ffd ---p 00000000 00:00 0 [rollup]\nRss: 29092 kB\nPss: 19320 kB\n\
+                Shared_Clean: 7568 kB\nShared_Dirty: 6940 kB\nPrivate_Clean: 8 kB\n\
+                Private_Dirty: 14584 kB\nSwap: 100 kB\nSwapPss: 50 kB\n";
+    assert_eq!(
+        smaps::parse_rollup(text),
+        Some(Footprint {
+            rss_bytes: 29_092 * 1024,
+            pss_bytes: 19_370 * 1024,
+            uss_bytes: 14_642 * 1024,
+            swap_bytes: 50 * 1024,
+        })
+    );
+    assert_eq!(
+        smaps::parse_rollup(""),
+        None,
+        "a kernel thread has no Rss line"
+    );
+}
+
+#[test]
+fn a_worker_tree_is_summed_and_exited_processes_are_skipped() {
+    let fake = Fake::new();
+    fake.write("/proc/10/smaps_rollup", &rollup(100, 60, 50, 0))
+        .write("/proc/11/smaps_rollup", &rollup(20, 15, 10, 0));
+    let proc_dir = fake.dir.path().join("proc");
+    let sum = smaps::total(&proc_dir, &[10, 11, 12]);
+    assert_eq!(sum.uss_bytes, 60 * 1024);
+    assert_eq!(sum.pss_bytes, 75 * 1024);
+    let mut pids = smaps::pids(&proc_dir);
+    pids.sort_unstable();
+    assert_eq!(pids, vec![10, 11]);
+}
+
+#[test]
+fn the_live_machine_is_metered() {
+    let snapshot = Snapshot::new(Path::new("/"));
+    let meter = Meter::for_host(&snapshot, &host::read(Path::new("/")));
+    assert!(meter.usage(&snapshot).is_some(), "{}", meter.describe());
+    let me = std::process::id() as i32;
+    let own = smaps::footprint(Path::new("/proc"), me).expect("own footprint");
+    assert!(
+        own.uss_bytes > 0 && own.pss_bytes >= own.uss_bytes,
+        "{own:?}"
+    );
+}
