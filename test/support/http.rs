@@ -1,5 +1,6 @@
-//! HTTP/1.1 on loopback: one GET, and a keep-alive load generator (K clients looping GET / on
-//! persistent connections, bounded in requests and time) that tallies failures and latencies.
+//! HTTP/1.1 on loopback: one GET, a keep-alive load generator (K clients looping GET on
+//! persistent connections, bounded in requests and time) that tallies failures and latencies, and
+//! requests paced at a fixed rate.
 
 use std::fmt;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -151,7 +152,7 @@ const MAX_REQUESTS_PER_CLIENT: usize = 4000;
 const MAX_LOAD_TIME: Duration = Duration::from_secs(40);
 const PAUSE: Duration = Duration::from_millis(10);
 
-/// K clients, each looping GET / on its own persistent connection.
+/// K clients, each looping GET on its own persistent connection.
 pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
@@ -159,13 +160,19 @@ pub struct Load {
 }
 
 impl Load {
+    /// GET / for at most `MAX_LOAD_TIME`.
     pub fn start(port: u16, clients: usize) -> Load {
+        Self::on(port, clients, "/", MAX_LOAD_TIME)
+    }
+
+    /// GET `path` for at most `limit`.
+    pub fn on(port: u16, clients: usize, path: &'static str, limit: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let clients = (0..clients)
             .map(|_| {
                 let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
-                std::thread::spawn(move || client(port, &stop, &ok))
+                std::thread::spawn(move || client(port, path, limit, &stop, &ok))
             })
             .collect();
         Load { stop, ok, clients }
@@ -200,16 +207,17 @@ impl Drop for Load {
     }
 }
 
-fn client(port: u16, stop: &AtomicBool, ok: &AtomicUsize) -> Tally {
-    let deadline = Instant::now() + MAX_LOAD_TIME;
+fn client(port: u16, path: &str, limit: Duration, stop: &AtomicBool, ok: &AtomicUsize) -> Tally {
+    let deadline = Instant::now() + limit;
     let mut tally = Tally::default();
     let mut conn: Option<Conn> = None;
-    for _ in 0..MAX_REQUESTS_PER_CLIENT {
+    let requests = (limit.as_millis() / PAUSE.as_millis()) as usize;
+    for _ in 0..requests.min(MAX_REQUESTS_PER_CLIENT * 10) {
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
         }
         let begun = Instant::now();
-        match request(port, &mut conn, &mut tally.retried) {
+        match request(port, path, &mut conn, &mut tally.retried) {
             Ok(()) => {
                 tally.ok += 1;
                 tally.samples.push((begun, begun.elapsed()));
@@ -222,21 +230,26 @@ fn client(port: u16, stop: &AtomicBool, ok: &AtomicUsize) -> Tally {
     tally
 }
 
-/// One GET / on the client's connection (a new one when it has none), retried once on a new
+/// One GET on the client's connection (a new one when it has none), retried once on a new
 /// connection when a reused one ends before any response byte.
-fn request(port: u16, conn: &mut Option<Conn>, retried: &mut usize) -> Result<(), String> {
+fn request(
+    port: u16,
+    path: &str,
+    conn: &mut Option<Conn>,
+    retried: &mut usize,
+) -> Result<(), String> {
     let timeout = secs(5);
     let mut current = match conn.take() {
         Some(current) => current,
         None => Conn::open(port, timeout)?,
     };
     let reused = current.served > 0;
-    let response = match current.get("/") {
+    let response = match current.get(path) {
         Ok(response) => response,
         Err(Failed::BeforeAnyByte(_)) if reused => {
             *retried += 1;
             current = Conn::open(port, timeout).map_err(|e| format!("retry: {e}"))?;
-            current.get("/").map_err(|e| format!("retry: {e}"))?
+            current.get(path).map_err(|e| format!("retry: {e}"))?
         }
         Err(e) => return Err(e.to_string()),
     };
@@ -264,4 +277,30 @@ pub fn in_flight(port: u16, path: &str, count: usize) -> Vec<JoinHandle<Result<u
             std::thread::spawn(move || get(port, &path, secs(20)).map(|r| r.status))
         })
         .collect()
+}
+
+/// `count` GETs of `path`, one every `interval` on the clock (not after the previous answer), each
+/// on a new connection with a 10 s timeout, from one thread: a fixed rate, as a steady stream of
+/// users would send. Nothing is retried.
+pub fn paced(port: u16, path: &str, count: usize, interval: Duration) -> Tally {
+    let start = Instant::now();
+    let mut tally = Tally::default();
+    for n in 0..count {
+        let due = start + interval * n as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let begun = Instant::now();
+        match get(port, path, secs(10)) {
+            Ok(response) if response.status == 200 => {
+                tally.ok += 1;
+                tally.samples.push((begun, begun.elapsed()));
+            }
+            Ok(response) => tally
+                .failures
+                .push(format!("#{n}: status {}", response.status)),
+            Err(why) => tally.failures.push(format!("#{n}: {why}")),
+        }
+    }
+    tally
 }

@@ -46,6 +46,50 @@ impl MemoryCgroup {
     pub fn pids(&self) -> Vec<u32> {
         pids_in(self.dir())
     }
+
+    /// `command` run inside the innermost directory: a shell that moves itself in, then execs it
+    /// with the same arguments, environment (cleared first) and working directory.
+    pub fn wrap(&self, command: &Command) -> Command {
+        let procs = self.dir().join("cgroup.procs");
+        let mut wrapped = Command::new("/bin/sh");
+        wrapped
+            .arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(procs)
+            .arg(command.get_program())
+            .args(command.get_args())
+            .env_clear();
+        for (key, value) in command.get_envs() {
+            if let Some(value) = value {
+                wrapped.env(key, value);
+            }
+        }
+        if let Some(dir) = command.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        wrapped
+    }
+
+    /// The kernel's OOM kills in these directories so far (cgroup v1 counts a kill in the
+    /// killed process's own directory only, so they are summed).
+    pub fn oom_kills(&self) -> u64 {
+        self.dirs
+            .iter()
+            .filter_map(|dir| fs::read_to_string(dir.join("memory.oom_control")).ok())
+            .filter_map(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// The figure `name` of the outermost directory's memory.stat.
+    pub fn stat(&self, name: &str) -> u64 {
+        let text = fs::read_to_string(self.dirs[0].join("memory.stat")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for MemoryCgroup {

@@ -365,3 +365,47 @@ fn int_during_a_graceful_shutdown_keeps_its_deadline() {
         "the TERM's deadline, not 20 + 25 s"
     );
 }
+
+#[test]
+fn a_recycle_stops_the_worker_and_starts_its_replacement_at_once() {
+    let mut h = Harness::new(config(Mode::FanOut, 2));
+    h.at(0.0);
+    h.at(1.0);
+    let actions = h.pool.recycle(100, h.now);
+    let actions = h.carry_out(actions);
+    assert_eq!(signals(&actions), vec![(100, Signal::SIGTERM)]);
+    assert!(actions.contains(&Action::Spawn { slot: 3 }), "{actions:?}");
+    assert_eq!(
+        h.pool.counts(),
+        (2, 1, 0),
+        "the replacement counts, the old one not"
+    );
+    assert!(h.pool.recycle(100, h.now).is_empty(), "once");
+    // A worker that ignores TERM gets SIGKILL after the graceful timeout (25 s).
+    assert!(signals(&h.at(25.9)).is_empty());
+    assert_eq!(signals(&h.at(26.0)), vec![(100, Signal::SIGKILL)]);
+    assert!(signals(&h.at(27.0)).is_empty(), "killed once");
+    h.exit(100, "signal:9");
+    let exit = h.events.last().expect("exit line");
+    assert_eq!(exit.level, Level::Info, "asked for: not a crash");
+    assert_eq!(h.pool.counts().2, 0, "not a restart");
+    assert!(
+        h.names().contains(&"worker_kill:1".to_owned()),
+        "{:?}",
+        h.names()
+    );
+}
+
+#[test]
+fn measured_sizing_moves_the_target_and_an_oom_kill_is_named() {
+    let mut h = Harness::new(config(Mode::FanOut, 2));
+    h.at(0.0);
+    h.pool.set_target(3);
+    assert_eq!(h.at(1.0).len(), 1, "one more worker");
+    h.pool.set_target(0);
+    assert_eq!(h.pool.target(), 1, "never below one");
+    h.pool.exited(101, "signal:9", Some("oom_kill"), h.now);
+    let exit = h.pool.take_events().pop().expect("exit line");
+    assert_eq!(exit.get("cause"), Some("oom_kill"));
+    assert_eq!(exit.level, Level::Warn);
+}
