@@ -213,9 +213,8 @@ impl Loop<'_> {
         let (mut workers, mut ready, restarts) = self.pool.counts();
         if self.mode == Mode::Delegate {
             // The server's own workers, not the one server process.
-            let parents = procs::parents(proc_dir);
-            let servers = self.pool.worker_pids();
-            let forked = parents.values().filter(|p| servers.contains(p)).count();
+            let servers = self.pool.worker_pids().into_iter();
+            let forked = servers.map(|s| procs::children(proc_dir, s).len()).sum();
             (workers, ready) = (forked, if ready > 0 { forked } else { 0 });
         }
         let mut event = Event::info("sample")

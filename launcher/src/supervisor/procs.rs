@@ -43,6 +43,28 @@ pub fn descendants(parents: &HashMap<i32, i32>, root: i32) -> Vec<i32> {
     found
 }
 
+/// `pid`'s children, from `/proc/PID/task/*/children` (one small file per thread, where the kernel
+/// has it), else from a scan of every process.
+pub fn children(proc_dir: &Path, pid: i32) -> Vec<i32> {
+    let tasks = proc_dir.join(pid.to_string()).join("task");
+    let listed: Option<Vec<i32>> = std::fs::read_dir(&tasks).ok().and_then(|entries| {
+        let mut found = Vec::new();
+        for entry in entries {
+            let text = std::fs::read_to_string(entry.ok()?.path().join("children")).ok()?;
+            found.extend(
+                text.split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        Some(found)
+    });
+    listed.unwrap_or_else(|| {
+        let parents = parents(proc_dir);
+        let children = parents.into_iter().filter(|(_, parent)| *parent == pid);
+        children.map(|(child, _)| child).collect()
+    })
+}
+
 /// The first of `candidates` found walking up from `pid` (itself included).
 pub fn ancestor_in(parents: &HashMap<i32, i32>, pid: i32, candidates: &[i32]) -> Option<i32> {
     let mut current = pid;
@@ -99,5 +121,8 @@ mod tests {
             Some(nix::unistd::getppid().as_raw())
         );
         assert!(rss_bytes(Path::new("/proc"), me) > 0);
+        let parent = nix::unistd::getppid().as_raw();
+        assert!(children(Path::new("/proc"), parent).contains(&me));
+        assert!(children(Path::new("/nonexistent"), parent).is_empty());
     }
 }

@@ -157,8 +157,7 @@ impl Watch {
             return Vec::new();
         };
         self.usage = Some(usage);
-        let parents = procs::parents(Path::new("/proc"));
-        let mut workers = self.workers(pool, &parents, now);
+        let mut workers = self.workers(pool, now);
         self.report_vanished_oom_kills(&workers);
         let over = usage.total_bytes() > self.config.soft_limit_bytes;
         let capped = self
@@ -166,7 +165,8 @@ impl Watch {
             .as_ref()
             .is_some_and(|g| g.config.worker_max_bytes.is_some());
         if all_figures || over || capped || self.sizer.is_some() {
-            measure(&mut workers, &parents);
+            // Read only when needed: on a busy host, /proc has hundreds of entries.
+            measure(&mut workers, &procs::parents(Path::new("/proc")));
         }
         let reading = Reading {
             usage_bytes: usage.total_bytes(),
@@ -181,12 +181,7 @@ impl Watch {
     }
 
     /// The live workers, without their memory yet.
-    fn workers(
-        &mut self,
-        pool: &Pool,
-        parents: &HashMap<i32, i32>,
-        now: Instant,
-    ) -> Vec<WorkerMemory> {
+    fn workers(&mut self, pool: &Pool, now: Instant) -> Vec<WorkerMemory> {
         let blank = |pid, slot, ready, age| WorkerMemory {
             pid,
             slot,
@@ -209,11 +204,11 @@ impl Watch {
                 })
                 .collect(),
             Mode::Delegate => {
-                let servers = pool.worker_pids();
-                let mut children: Vec<i32> = parents
-                    .iter()
-                    .filter(|(_, parent)| servers.contains(parent))
-                    .map(|(pid, _)| *pid)
+                let proc_dir = Path::new("/proc");
+                let mut children: Vec<i32> = pool
+                    .worker_pids()
+                    .into_iter()
+                    .flat_map(|server| procs::children(proc_dir, server))
                     .collect();
                 children.sort_unstable();
                 self.seen.retain(|pid, _| children.contains(pid));
