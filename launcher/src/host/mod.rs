@@ -109,4 +109,6 @@ fn smallest<T: Ord + Copy>(readings: Vec<Reading<T>>) -> Option<Reading<T>> {
 }
 
 #[cfg(test)]
+pub mod fake;
+#[cfg(test)]
 mod tests;

@@ -1,78 +1,11 @@
 //! Host reading over fake host trees: each test writes the files one kind of machine has.
 
-use std::fs;
 use std::path::Path;
 
-use tempfile::TempDir;
-
-use super::{read, Host, MIB};
+use super::fake::FakeHost;
+use super::{read, MIB};
 
 const GIB: u64 = 1024 * MIB;
-
-struct FakeHost {
-    dir: TempDir,
-}
-
-impl FakeHost {
-    /// A machine with 8 online CPUs, 16 GiB of RAM and no cgroup at all.
-    fn new() -> Self {
-        let host = FakeHost {
-            dir: TempDir::new().expect("temp dir"),
-        };
-        host.write("/sys/devices/system/cpu/online", "0-7\n");
-        host.write(
-            "/proc/meminfo",
-            &format!("MemTotal: {} kB\n", 16 * GIB / 1024),
-        );
-        host.write(
-            "/proc/self/status",
-            "Name:\tlauncher\nCpus_allowed_list:\t0-7\n",
-        );
-        host
-    }
-
-    /// Nothing at all: no /proc, no /sys.
-    fn empty() -> Self {
-        FakeHost {
-            dir: TempDir::new().expect("temp dir"),
-        }
-    }
-
-    fn write(&self, host_path: &str, text: &str) -> &Self {
-        let path = self.dir.path().join(host_path.trim_start_matches('/'));
-        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        fs::write(path, text).expect("write");
-        self
-    }
-
-    /// cgroup v1 with the memory and cpu controllers mounted, the process in `path` of both.
-    fn cgroup_v1(&self, path: &str) -> &Self {
-        self.write(
-            "/proc/self/cgroup",
-            &format!("5:memory:{path}\n3:cpu,cpuacct:{path}\n0::/\n"),
-        )
-        .write(
-            "/proc/self/mountinfo",
-            "\
-25 1 0:22 / / rw - ext4 /dev/vda rw
-32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
-35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-",
-        )
-    }
-
-    /// cgroup v2 unified hierarchy at /sys/fs/cgroup, the process in `path`.
-    fn cgroup_v2(&self, path: &str) -> &Self {
-        self.write("/proc/self/cgroup", &format!("0::{path}\n")).write(
-            "/proc/self/mountinfo",
-            "25 1 0:22 / / rw - ext4 /dev/vda rw\n30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
-        )
-    }
-
-    fn read(&self) -> Host {
-        read(self.dir.path())
-    }
-}
 
 fn bytes(n: u64) -> String {
     format!("{n}\n")

@@ -1,44 +1,36 @@
 //! Accounting over fake host trees: cgroup v1, cgroup v2, Heroku's Cedar layout, no limit.
 
-use std::fs;
 use std::path::Path;
-
-use tempfile::TempDir;
 
 use super::smaps::{self, Footprint};
 use super::{Meter, Usage};
+use crate::host::fake::FakeHost;
 use crate::host::{self, Snapshot, MIB};
 
-struct Fake {
-    dir: TempDir,
-}
+/// The shared fake host (8 CPUs, 16 GiB, 12 GiB of it available, no cgroup) and its meter.
+struct Fake(FakeHost);
 
 impl Fake {
     fn new() -> Self {
-        let fake = Fake {
-            dir: TempDir::new().expect("temp dir"),
-        };
+        let fake = Fake(FakeHost::new());
         fake.write(
             "/proc/meminfo",
             "MemTotal: 16777216 kB\nMemAvailable: 12582912 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n",
         );
-        fake.write("/sys/devices/system/cpu/online", "0-7\n");
         fake
     }
 
     fn write(&self, host_path: &str, text: &str) -> &Self {
-        let path = self.dir.path().join(host_path.trim_start_matches('/'));
-        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        fs::write(path, text).expect("write");
+        self.0.write(host_path, text);
         self
     }
 
     fn snapshot(&self) -> Snapshot {
-        Snapshot::new(self.dir.path())
+        Snapshot::new(self.0.root())
     }
 
     fn meter(&self) -> Meter {
-        Meter::for_host(&self.snapshot(), &host::read(self.dir.path()))
+        Meter::for_host(&self.snapshot(), &self.0.read())
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -218,7 +210,7 @@ fn a_worker_tree_is_summed_and_exited_processes_are_skipped() {
     let fake = Fake::new();
     fake.write("/proc/10/smaps_rollup", &rollup(100, 60, 50, 0))
         .write("/proc/11/smaps_rollup", &rollup(20, 15, 10, 0));
-    let proc_dir = fake.dir.path().join("proc");
+    let proc_dir = fake.0.root().join("proc");
     let sum = smaps::total(&proc_dir, &[10, 11, 12]);
     assert_eq!(sum.uss_bytes, 60 * 1024);
     assert_eq!(sum.pss_bytes, 75 * 1024);
