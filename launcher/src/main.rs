@@ -5,6 +5,7 @@ mod config;
 mod dynos;
 mod host;
 mod pinning;
+mod procs;
 mod profile;
 mod report;
 mod servers;

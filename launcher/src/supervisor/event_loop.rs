@@ -16,7 +16,8 @@ use super::log::Event;
 use super::memory::{mb, Watch};
 use super::pool::{Action, Pool};
 use super::settings::Sizing;
-use super::{net, procs, spawn, state};
+use super::{net, spawn, state};
+use crate::procs;
 use crate::servers::Mode;
 
 /// How often the state file for `launcher size` is rewritten, at most.

@@ -8,7 +8,6 @@ mod memory;
 mod net;
 mod plan;
 mod pool;
-mod procs;
 pub mod settings;
 mod spawn;
 pub mod state;
@@ -114,7 +113,7 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
     };
     let now = Instant::now();
     let snapshot = Snapshot::new(Path::new("/"));
-    let meter = Meter::for_host(&snapshot, &report.host);
+    let meter = Meter::for_host(&snapshot, &report.host, std::process::id() as i32);
     let watch_config = memory::configure(&settings, &report, plan.mode, plan.workers);
     memory::log_start(&watch_config, &meter, &settings, &report);
     let mut looped = Loop {

@@ -8,7 +8,8 @@ pub mod smaps;
 
 use std::path::{Path, PathBuf};
 
-use crate::host::{kib_field_bytes, CgroupDir, Host, Snapshot, Version};
+use crate::host::{CgroupDir, Host, Snapshot, Version};
+use crate::procs;
 
 /// Where the dyno's usage is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +20,10 @@ pub enum Meter {
     /// ones in /proc (its own pid namespace); their proportional memory is summed, so pages
     /// shared after fork count once.
     Processes,
-    /// No limit at all: the machine is the limit, and its usage is MemTotal - MemAvailable.
-    Machine,
+    /// No limit at all: the machine's memory is the quota, and what counts against it is the app's
+    /// own: the proportional memory of `pid` (the launcher) and everything under it. Other
+    /// processes on the machine are not the app's to recycle for.
+    OwnTree { pid: i32 },
 }
 
 /// The dyno's memory as Heroku counts it against the quota.
@@ -37,14 +40,14 @@ impl Usage {
 }
 
 impl Meter {
-    /// The meter for the limit `host` found.
-    pub fn for_host(snapshot: &Snapshot, host: &Host) -> Meter {
+    /// The meter for the limit `host` found; `pid` is the launcher's own.
+    pub fn for_host(snapshot: &Snapshot, host: &Host, pid: i32) -> Meter {
         match &host.memory_cgroup {
             Some(dir) if snapshot.path(&dir.path.join("memory.stat")).is_file() => {
                 Meter::Cgroup(dir.clone())
             }
             Some(_) => Meter::Processes,
-            None => Meter::Machine,
+            None => Meter::OwnTree { pid },
         }
     }
 
@@ -57,7 +60,9 @@ impl Meter {
                 dir.path.join("memory.stat").display()
             ),
             Meter::Processes => "the sum over /proc/*/smaps_rollup (no cgroup mounted)".to_owned(),
-            Meter::Machine => "/proc/meminfo (no memory limit)".to_owned(),
+            Meter::OwnTree { .. } => {
+                "smaps_rollup of the launcher and its processes (no memory limit)".to_owned()
+            }
         }
     }
 
@@ -65,8 +70,14 @@ impl Meter {
     pub fn usage(&self, snapshot: &Snapshot) -> Option<Usage> {
         match self {
             Meter::Cgroup(dir) => cgroup_usage(snapshot, dir),
-            Meter::Processes => Some(processes_usage(snapshot)),
-            Meter::Machine => machine_usage(&snapshot.read(Path::new("/proc/meminfo")).ok()?),
+            Meter::Processes => {
+                let proc_dir = snapshot.path(Path::new("/proc"));
+                Some(proportional(&proc_dir, &smaps::pids(&proc_dir)))
+            }
+            Meter::OwnTree { pid } => {
+                let proc_dir = snapshot.path(Path::new("/proc"));
+                Some(proportional(&proc_dir, &procs::tree(&proc_dir, *pid)))
+            }
         }
     }
 
@@ -115,24 +126,13 @@ fn cgroup_usage(snapshot: &Snapshot, dir: &CgroupDir) -> Option<Usage> {
     }
 }
 
-fn processes_usage(snapshot: &Snapshot) -> Usage {
-    let proc_dir = snapshot.path(Path::new("/proc"));
-    let total = smaps::total(&proc_dir, &smaps::pids(&proc_dir));
+/// The proportional memory of `pids`, resident and swapped: shared pages count once.
+fn proportional(proc_dir: &Path, pids: &[i32]) -> Usage {
+    let total = smaps::total(proc_dir, pids);
     Usage {
         rss_bytes: total.pss_bytes - total.swap_bytes,
         swap_bytes: total.swap_bytes,
     }
-}
-
-fn machine_usage(meminfo: &str) -> Option<Usage> {
-    let field = |name| kib_field_bytes(meminfo, name);
-    let swap_used = field("SwapTotal")
-        .zip(field("SwapFree"))
-        .map_or(0, |(total, free)| total.saturating_sub(free));
-    Some(Usage {
-        rss_bytes: field("MemTotal")?.saturating_sub(field("MemAvailable")?),
-        swap_bytes: swap_used,
-    })
 }
 
 /// `name value` from a `memory.stat`, `memory.events` or `memory.oom_control` file.

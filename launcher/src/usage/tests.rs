@@ -30,7 +30,7 @@ impl Fake {
     }
 
     fn meter(&self) -> Meter {
-        Meter::for_host(&self.snapshot(), &self.0.read())
+        Meter::for_host(&self.snapshot(), &self.0.read(), 100)
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -170,18 +170,30 @@ fn cedar_layout_sums_proportional_memory_over_the_dynos_processes() {
 }
 
 #[test]
-fn no_limit_meters_the_machine() {
+fn no_limit_meters_the_launchers_own_processes_not_the_machine() {
     let fake = Fake::new();
-    assert_eq!(fake.meter(), Meter::Machine);
+    fake.write("/proc/100/smaps_rollup", &rollup(3_000, 2_048, 2_000, 0))
+        .write("/proc/100/task/100/children", "101 102")
+        .write("/proc/101/smaps_rollup", &rollup(40_960, 30_720, 20_480, 0))
+        .write("/proc/101/task/101/children", "")
+        .write(
+            "/proc/102/smaps_rollup",
+            &rollup(40_960, 30_720, 20_480, 1_024),
+        )
+        .write("/proc/102/task/102/children", "")
+        // Another process on the machine: not the app's.
+        .write(
+            "/proc/7/smaps_rollup",
+            &rollup(9_000_000, 9_000_000, 9_000_000, 0),
+        );
+    assert_eq!(fake.meter(), Meter::OwnTree { pid: 100 });
+    let usage = fake.usage().expect("usage");
     assert_eq!(
-        fake.usage(),
-        Some(Usage {
-            rss_bytes: 4 * 1024 * MIB,
-            swap_bytes: 0
-        })
+        usage.total_bytes(),
+        (2_048 + 30_720 + 30_720 + 1_024) * 1024
     );
-    fake.write("/proc/meminfo", "MemTotal: 1024 kB\n");
-    assert_eq!(fake.usage(), None, "no MemAvailable");
+    assert_eq!(usage.swap_bytes, 1_024 * 1024);
+    assert_eq!(fake.oom_kills(), None);
 }
 
 #[test]
@@ -222,9 +234,9 @@ fn a_worker_tree_is_summed_and_exited_processes_are_skipped() {
 #[test]
 fn the_live_machine_is_metered() {
     let snapshot = Snapshot::new(Path::new("/"));
-    let meter = Meter::for_host(&snapshot, &host::read(Path::new("/")));
-    assert!(meter.usage(&snapshot).is_some(), "{}", meter.describe());
     let me = std::process::id() as i32;
+    let meter = Meter::for_host(&snapshot, &host::read(Path::new("/")), me);
+    assert!(meter.usage(&snapshot).is_some(), "{}", meter.describe());
     let own = smaps::footprint(Path::new("/proc"), me).expect("own footprint");
     assert!(
         own.uss_bytes > 0 && own.pss_bytes >= own.uss_bytes,

@@ -4,6 +4,7 @@
 //! with the figures that led to it.
 
 mod guard;
+mod setup;
 mod sizer;
 #[cfg(test)]
 mod tests;
@@ -16,14 +17,12 @@ use nix::sys::signal::Signal;
 
 use super::log::Event;
 use super::pool::{Action, Pool};
-use super::procs;
-use super::settings::{RunSettings, Sizing};
-use crate::host::{Snapshot, MIB};
-use crate::report::Report;
+use crate::host::Snapshot;
+use crate::procs;
 use crate::servers::Mode;
-use crate::sizing::{Outcome, MAX_WEB_CONCURRENCY};
 use crate::usage::{smaps, Meter, Usage};
 pub use guard::{Guard, GuardAction, GuardConfig};
+pub use setup::{configure, log_start};
 #[cfg(test)]
 use sizer::Fit;
 pub use sizer::{Resize, Sizer, SizerConfig};
@@ -71,6 +70,10 @@ pub struct Watch {
     guard: Option<Guard>,
     sizer: Option<Sizer>,
     oom_kills: Option<u64>,
+    /// A rise in the OOM counter left for the reaper to claim, once.
+    oom_deferred: bool,
+    /// Delegate mode: the server process, to notice when it was restarted.
+    server: Option<i32>,
     next_check: Instant,
     /// Delegate mode: the server's workers, and when each was first seen.
     seen: HashMap<i32, Instant>,
@@ -92,6 +95,8 @@ impl Watch {
             meter,
             config,
             oom_kills,
+            oom_deferred: false,
+            server: None,
             next_check: now,
             seen: HashMap::new(),
             usage: None,
@@ -204,6 +209,14 @@ impl Watch {
                 })
                 .collect(),
             Mode::Delegate => {
+                let server = pool.worker_pids().first().copied();
+                if server.is_some() && self.server.is_some() && server != self.server {
+                    // A new server starts with the static count again.
+                    if let Some(sizer) = &mut self.sizer {
+                        sizer.retarget(self.config.workers);
+                    }
+                }
+                self.server = server.or(self.server);
                 let proc_dir = Path::new("/proc");
                 let mut children: Vec<i32> = pool
                     .worker_pids()
@@ -232,15 +245,25 @@ impl Watch {
             .as_ref()
             .map(|r| r.workers.iter().map(|w| w.pid).collect())
             .unwrap_or_default();
-        let kills = self.new_oom_kills();
-        if kills == 0 {
-            return;
-        }
         let gone: Vec<String> = before
             .iter()
             .filter(|pid| !workers.iter().any(|w| w.pid == **pid))
             .map(i32::to_string)
             .collect();
+        let unseen =
+            self.meter.oom_kills(&self.snapshot).unwrap_or(0) > self.oom_kills.unwrap_or(0);
+        // A fan-out worker killed since the last reap is still listed: the reaper names it on the
+        // next turn of the loop. Wait one check before calling the kill unattributed.
+        let reaper_may_claim = self.config.mode == Mode::FanOut && gone.is_empty();
+        if unseen && reaper_may_claim && !self.oom_deferred {
+            self.oom_deferred = true;
+            return;
+        }
+        self.oom_deferred = false;
+        let kills = self.new_oom_kills();
+        if kills == 0 {
+            return;
+        }
         let pid = if gone.is_empty() {
             "unknown".to_owned()
         } else {
@@ -363,66 +386,6 @@ fn measure(workers: &mut [WorkerMemory], parents: &HashMap<i32, i32>) {
         worker.uss_bytes = footprint.uss_bytes;
         worker.pss_bytes = footprint.pss_bytes;
     }
-}
-
-/// The watch's settings: the soft limit from the dyno's quota; the guard unless turned off;
-/// measured sizing only when asked for and the worker count is the launcher's own.
-pub fn configure(settings: &RunSettings, report: &Report, mode: Mode, workers: u32) -> WatchConfig {
-    let quota_bytes = report.host.memory_bytes;
-    let soft_limit_bytes = quota_bytes / 100 * settings.soft_limit_percent;
-    let guard = settings.memory_guard.then(|| GuardConfig {
-        soft_limit_bytes,
-        worker_max_bytes: settings.worker_memory_max_mb.map(|mb| mb * MIB),
-        cooldown: settings.memory_cooldown,
-        kill_after: settings.graceful_timeout,
-    });
-    let ours = matches!(report.decision.outcome, Outcome::Ours(_));
-    let by_cpu = 2 * report.host.cpus + 1;
-    let max_workers = report
-        .settings
-        .max_workers
-        .map_or(by_cpu, |cap| cap.min(by_cpu))
-        .min(MAX_WEB_CONCURRENCY);
-    let sizer = (settings.sizing == Sizing::Measured && ours).then_some(SizerConfig {
-        soft_limit_bytes,
-        max_workers,
-        warmup: settings.sizing_warmup,
-    });
-    WatchConfig {
-        mode,
-        quota_bytes,
-        soft_limit_bytes,
-        ready_grace: settings.ready_grace,
-        guard,
-        sizer,
-        workers,
-    }
-}
-
-/// The `memory` line at start: where usage is read, the limits, and what will act on them.
-pub fn log_start(config: &WatchConfig, meter: &Meter, settings: &RunSettings, report: &Report) {
-    if settings.sizing == Sizing::Measured && config.sizer.is_none() {
-        let who = report.decision.outcome.owner().unwrap_or_default();
-        let message = format!(
-            "LAUNCHER_SIZING=measured has no effect: WEB_CONCURRENCY is set by {who}, and a \
-             value that is not the launcher's own is never changed"
-        );
-        Event::warn("config").with("message", message).emit();
-    }
-    let worker_max = config.guard.as_ref().and_then(|g| g.worker_max_bytes);
-    let mut event = Event::info("memory")
-        .with("quota", mb(config.quota_bytes))
-        .with("soft_limit", mb(config.soft_limit_bytes))
-        .with("guard", if config.guard.is_some() { "on" } else { "off" })
-        .with("worker_max", worker_max.map_or("none".to_owned(), mb));
-    event = match &config.sizer {
-        Some(sizer) => event
-            .with("sizing", "measured")
-            .with("max_workers", sizer.max_workers)
-            .secs("warmup_s", sizer.warmup),
-        None => event.with("sizing", "static"),
-    };
-    event.with("meter", meter.describe()).emit();
 }
 
 /// Bytes as a log figure: `123.4MB`, as Heroku's `sample#` lines write them.

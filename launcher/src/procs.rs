@@ -1,5 +1,5 @@
-//! The launcher's process tree, read from /proc: descendants (gunicorn's workers are the
-//! launcher's grandchildren) and their resident memory.
+//! Process trees, read from /proc (or a fake tree): the launcher's descendants (gunicorn's workers
+//! are the launcher's grandchildren), a process's children, and resident memory.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -65,6 +65,22 @@ pub fn children(proc_dir: &Path, pid: i32) -> Vec<i32> {
     })
 }
 
+/// `pid` and every process under it, following the children files: no scan of all of /proc.
+pub fn tree(proc_dir: &Path, pid: i32) -> Vec<i32> {
+    let mut found = vec![pid];
+    let mut next = 0;
+    // Bounded, in case of a pid reused into a loop while reading.
+    while next < found.len() && found.len() < 65_536 {
+        let more: Vec<i32> = children(proc_dir, found[next])
+            .into_iter()
+            .filter(|child| !found.contains(child))
+            .collect();
+        found.extend(more);
+        next += 1;
+    }
+    found
+}
+
 /// The first of `candidates` found walking up from `pid` (itself included).
 pub fn ancestor_in(parents: &HashMap<i32, i32>, pid: i32, candidates: &[i32]) -> Option<i32> {
     let mut current = pid;
@@ -110,6 +126,18 @@ mod tests {
         assert_eq!(descendants(&parents, 10), vec![11, 12, 13]);
         assert_eq!(ancestor_in(&parents, 13, &[11, 12]), Some(11));
         assert_eq!(ancestor_in(&parents, 20, &[11, 12]), None);
+    }
+
+    #[test]
+    fn a_tree_is_followed_through_the_children_files() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        for (pid, children) in [(10, "11 12 "), (11, "13"), (12, ""), (13, "")] {
+            let task = dir.path().join(format!("{pid}/task/{pid}"));
+            std::fs::create_dir_all(&task).expect("mkdir");
+            std::fs::write(task.join("children"), children).expect("write");
+        }
+        assert_eq!(tree(dir.path(), 10), vec![10, 11, 12, 13]);
+        assert_eq!(tree(dir.path(), 12), vec![12]);
     }
 
     #[test]
