@@ -301,7 +301,8 @@ fn measured_sizing_settles_where_the_workers_fit_and_holds_under_load() {
             (reported - measured).abs() < 0.5,
             "launcher {reported}, test {measured:.2}"
         );
-        let sample = run.wait_event("sample", secs(5), |e| Some(e.index) > after);
+        let held = run.events("sample").last().map(|e| e.index);
+        let sample = run.wait_event("sample", secs(5), |e| Some(e.index) > held);
         let sampled_fit: f64 = sample.num("sample#workers_fit");
         assert!((sampled_fit - measured).abs() < 0.5, "{}", sample.line);
         assert_eq!(

@@ -21,7 +21,7 @@ use crate::procs;
 use crate::servers::Mode;
 
 /// How often the state file for `launcher size` is rewritten, at most.
-const STATE_INTERVAL: Duration = Duration::from_secs(2);
+const STATE_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct Loop<'a> {
     pub pool: Pool,

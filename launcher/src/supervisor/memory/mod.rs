@@ -29,6 +29,8 @@ pub use sizer::{Resize, Sizer, SizerConfig};
 
 /// How often the dyno's usage is read: a leak of 40 MB/s moves 20 MB between two checks.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How often measured sizing measures the workers (each step waits for a warm-up anyway).
+pub const SIZING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One worker as the guard and the sizer see it: in fan-out a copy of the command, in delegate
 /// mode one of the server's own workers. Memory is summed over the worker's process tree.
@@ -75,6 +77,7 @@ pub struct Watch {
     /// Delegate mode: the server process, to notice when it was restarted.
     server: Option<i32>,
     next_check: Instant,
+    next_sizing: Instant,
     /// Delegate mode: the server's workers, and when each was first seen.
     seen: HashMap<i32, Instant>,
     /// The last check's figures, for the `sample#` line and the state file.
@@ -98,6 +101,7 @@ impl Watch {
             oom_deferred: false,
             server: None,
             next_check: now,
+            next_sizing: now,
             seen: HashMap::new(),
             usage: None,
             reading: None,
@@ -169,8 +173,10 @@ impl Watch {
             .guard
             .as_ref()
             .is_some_and(|g| g.config.worker_max_bytes.is_some());
-        if all_figures || over || capped || self.sizer.is_some() {
-            // Read only when needed: on a busy host, /proc has hundreds of entries.
+        let sizer_due = self.sizer.is_some() && now >= self.next_sizing;
+        if all_figures || over || capped || sizer_due {
+            // Only when needed: smaps_rollup walks each worker's page tables, and on a busy host
+            // /proc has hundreds of entries.
             measure(&mut workers, &procs::parents(Path::new("/proc")));
         }
         let reading = Reading {
@@ -178,7 +184,9 @@ impl Watch {
             workers,
         };
         let mut actions = self.guard_actions(&reading, pool, now);
-        if actions.is_empty() && self.guard.as_ref().is_none_or(|g| g.recycling().is_none()) {
+        let recycling = self.guard.as_ref().is_some_and(|g| g.recycling().is_some());
+        if sizer_due && actions.is_empty() && !recycling {
+            self.next_sizing = now + SIZING_INTERVAL;
             actions.extend(self.sizer_actions(&reading, pool));
         }
         self.reading = Some(reading);
