@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
-use super::{procfs, smallest, Reading, Snapshot, MIB};
+use super::{procfs, Reading, Snapshot, MIB};
 use crate::config;
 
 /// The fallback when nothing at all is readable.
@@ -63,11 +63,15 @@ pub(super) fn read(
             }
         }
     }
-    let dirs: Vec<(u64, CgroupDir)> = limits.iter().map(|(r, d)| (r.value, d.clone())).collect();
-    if let Some(limit) = smallest(limits.into_iter().map(|(r, _)| r).collect()) {
-        // `smallest` keeps the first of equal values, as `position` finds it.
-        let index = dirs.iter().position(|(value, _)| *value == limit.value);
-        return (limit, index.map(|i| dirs[i].1.clone()));
+    // The smallest; of equal ones the first (the broadest source, as `smallest` does).
+    let best = limits
+        .iter()
+        .enumerate()
+        .min_by_key(|(index, (reading, _))| (reading.value, *index))
+        .map(|(index, _)| index);
+    if let Some(index) = best {
+        let (limit, dir) = limits.swap_remove(index);
+        return (limit, Some(dir));
     }
     let reading = match host_total {
         Some(bytes) => Reading {

@@ -108,6 +108,10 @@ fn limit_on_a_parent_only_applies_to_the_child() {
         read.memory_source,
         "cgroup v1 /sys/fs/cgroup/memory/parent/memory.limit_in_bytes"
     );
+    // Usage is read where the limit is: the parent counts the child's processes too.
+    let dir = read.memory_cgroup.expect("a cgroup directory");
+    assert_eq!(dir.path, Path::new("/sys/fs/cgroup/memory/parent"));
+    assert_eq!(dir.version, super::Version::V1);
 }
 
 #[test]
