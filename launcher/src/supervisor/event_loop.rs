@@ -277,9 +277,7 @@ impl Loop<'_> {
             base_mb: fit.map(|f| megabytes(f.base_bytes)),
             oom_kills: self.watch.oom_total,
             memory_recycles: self.watch.recycles,
-            updated_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            updated_at: state::unix_now(),
         };
         // Best effort: a read-only /tmp costs `launcher size` its figures, not the dyno its app.
         let _ = state::write(&self.state_dir, &written);

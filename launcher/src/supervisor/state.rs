@@ -52,9 +52,21 @@ pub fn remove(dir: &Path, pid: u32) {
     let _ = std::fs::remove_file(dir.join(format!("{pid}.json")));
 }
 
+/// A state file not rewritten for this long is taken as left behind (the launcher was killed and
+/// its pid reused); it is rewritten every 10 s.
+const STALE_AFTER_SECS: u64 = 60;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The states of the supervisors still running, by pid; files left by one that was killed are
 /// passed over.
 pub fn read_live(dir: &Path) -> Vec<State> {
+    let now = unix_now();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -68,7 +80,8 @@ pub fn read_live(dir: &Path) -> Vec<State> {
                 .parse()
                 .ok()?;
             let state: State = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-            (state.pid == pid && alive(pid)).then_some(state)
+            let fresh = now.saturating_sub(state.updated_at) <= STALE_AFTER_SECS;
+            (state.pid == pid && fresh && alive(pid)).then_some(state)
         })
         .collect();
     states.sort_by_key(|s| s.pid);
@@ -104,7 +117,7 @@ mod tests {
             base_mb: Some(35.0),
             oom_kills: 0,
             memory_recycles: 1,
-            updated_at: 1_790_000_000,
+            updated_at: unix_now(),
         }
     }
 
@@ -117,6 +130,16 @@ mod tests {
         write(dir.path(), &state(4_194_305)).expect("write");
         std::fs::write(dir.path().join("12.json"), "{ half").expect("write");
         assert_eq!(read_live(dir.path()), vec![state(me)]);
+        let stale = State {
+            updated_at: unix_now() - 61,
+            ..state(me)
+        };
+        write(dir.path(), &stale).expect("write");
+        assert!(
+            read_live(dir.path()).is_empty(),
+            "a file not rewritten for a minute"
+        );
+        write(dir.path(), &state(me)).expect("write");
         remove(dir.path(), me);
         assert!(read_live(dir.path()).is_empty());
         assert!(read_live(&dir.path().join("missing")).is_empty());
