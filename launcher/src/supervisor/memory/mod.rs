@@ -147,7 +147,7 @@ impl Watch {
     /// A child of the launcher died of SIGKILL: was it the kernel's OOM killer? Only a rise in the
     /// cgroup's own counter says so; a SIGKILL alone is not taken as proof.
     pub fn claim_oom_kill(&mut self, pid: i32) -> bool {
-        let kills = self.new_oom_kills();
+        let kills = self.take_oom_kills(self.meter.oom_kills(&self.snapshot));
         if kills == 0 {
             return false;
         }
@@ -258,8 +258,8 @@ impl Watch {
             .filter(|pid| !workers.iter().any(|w| w.pid == **pid))
             .map(i32::to_string)
             .collect();
-        let unseen =
-            self.meter.oom_kills(&self.snapshot).unwrap_or(0) > self.oom_kills.unwrap_or(0);
+        let counted = self.meter.oom_kills(&self.snapshot);
+        let unseen = counted.unwrap_or(0) > self.oom_kills.unwrap_or(0);
         // A fan-out worker killed since the last reap is still listed: the reaper names it on the
         // next turn of the loop. Wait one check before calling the kill unattributed.
         let reaper_may_claim = self.config.mode == Mode::FanOut && gone.is_empty();
@@ -268,7 +268,7 @@ impl Watch {
             return;
         }
         self.oom_deferred = false;
-        let kills = self.new_oom_kills();
+        let kills = self.take_oom_kills(counted);
         if kills == 0 {
             return;
         }
@@ -283,9 +283,9 @@ impl Watch {
         self.events.push(self.with_usage(event));
     }
 
-    /// How many OOM kills happened since the last look.
-    fn new_oom_kills(&mut self) -> u64 {
-        let Some(now) = self.meter.oom_kills(&self.snapshot) else {
+    /// How many OOM kills the cgroup has `counted` since the last look; they are now seen.
+    fn take_oom_kills(&mut self, counted: Option<u64>) -> u64 {
+        let Some(now) = counted else {
             return 0;
         };
         let new = now.saturating_sub(self.oom_kills.unwrap_or(0));
