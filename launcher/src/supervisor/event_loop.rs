@@ -15,7 +15,6 @@ use nix::unistd::Pid;
 use super::log::Event;
 use super::memory::{mb, Watch};
 use super::pool::{Action, Pool};
-use super::settings::Sizing;
 use super::{net, spawn, state};
 use crate::procs;
 use crate::servers::Mode;
@@ -33,7 +32,6 @@ pub struct Loop<'a> {
     pub sample_interval: Option<Duration>,
     pub next_sample: Option<Instant>,
     pub mode: Mode,
-    pub sizing: Sizing,
     pub state_dir: PathBuf,
     pub next_state: Instant,
 }
@@ -260,9 +258,11 @@ impl Loop<'_> {
         let written = state::State {
             pid: std::process::id(),
             mode: self.mode.to_string(),
-            sizing: match self.sizing {
-                Sizing::Static => "static",
-                Sizing::Measured => "measured",
+            // What runs: `measured` asked for a user's WEB_CONCURRENCY is static.
+            sizing: if self.watch.sizer().is_some() {
+                "measured"
+            } else {
+                "static"
             }
             .to_owned(),
             memory_guard: config.guard.is_some(),

@@ -126,7 +126,6 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         sample_interval: settings.sample_interval,
         next_sample: settings.sample_interval.map(|i| now + i),
         mode: plan.mode,
-        sizing: settings.sizing,
         state_dir: state::dir(),
         next_state: now,
     };
