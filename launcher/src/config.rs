@@ -206,7 +206,8 @@ pub fn whole_number(text: &str, max: u64) -> Option<u64> {
     text.parse::<u64>().ok().filter(|n| (1..=max).contains(n))
 }
 
-fn parse_switch(text: &str) -> Option<bool> {
+/// A switch: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off`, in any case.
+pub fn parse_switch(text: &str) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),

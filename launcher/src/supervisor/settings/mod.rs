@@ -133,7 +133,7 @@ pub fn load(env: &Env, app_dir: Option<&Path>, on_heroku: bool) -> Result<RunSet
             "memory_guard",
             "on or off",
             ("on", true),
-            parse_switch,
+            config::parse_switch,
         )?,
         soft_limit_percent: reader
             .whole(
@@ -165,14 +165,6 @@ pub fn load(env: &Env, app_dir: Option<&Path>, on_heroku: bool) -> Result<RunSet
 /// Every problem `launcher run` would stop on, for the build log.
 pub fn file_problems(app_dir: &Path) -> Option<String> {
     load(&Env::default(), Some(app_dir), false).err()
-}
-
-fn parse_switch(text: &str) -> Option<bool> {
-    match text.to_ascii_lowercase().as_str() {
-        "on" | "1" | "true" | "yes" => Some(true),
-        "off" | "0" | "false" | "no" => Some(false),
-        _ => None,
-    }
 }
 
 fn parse_sizing(text: &str) -> Option<Sizing> {
