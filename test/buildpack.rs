@@ -961,19 +961,16 @@ fn serve_in_cgroup(cgroup: &MemoryCgroup, venv: &Path) {
         "cd \"$HOME\" && for f in .profile.d/*.sh; do source \"$f\"; done; launcher size --json > \"$HOME/../size.json\"; exec {web}"
     );
     let path = format!("{}:{PLATFORM_PATH}", venv.join("bin").display());
-    let child = Command::new("sh")
-        .args([
-            "-c",
-            r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
-            "sh",
-        ])
-        .arg(cgroup.dir())
-        .args(["bash", "-c", &boot])
+    let mut dyno_boot = Command::new("bash");
+    dyno_boot
+        .args(["-c", &boot])
         .env_clear()
         .env("HOME", &slug)
         .env("PATH", path)
         .env("PORT", port.to_string())
-        .env("DYNO", "web.1")
+        .env("DYNO", "web.1");
+    let child = cgroup
+        .wrap(&dyno_boot)
         .stdin(Stdio::null())
         .process_group(0)
         .spawn()

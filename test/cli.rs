@@ -600,19 +600,12 @@ fn script_name_sorts_after_language_buildpack_scripts() {
 
 /// Runs the launcher inside the cgroup's innermost directory.
 fn run_launcher_in(cgroup: &MemoryCgroup, args: &str) -> Output {
-    let procs = cgroup.dir().join("cgroup.procs");
-    Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "echo $$ > '{}' && exec '{LAUNCHER}' {args}",
-                procs.display()
-            ),
-        ])
+    let mut launcher = Command::new(LAUNCHER);
+    launcher
+        .args(args.split_whitespace())
         .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .expect("run in cgroup")
+        .env("PATH", "/usr/bin:/bin");
+    cgroup.wrap(&launcher).output().expect("run in cgroup")
 }
 
 #[test]
