@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use support::harness::{command, launcher, secs, Run, BOOT, LAUNCHER};
 use support::http::{get_json, paced, Load};
-use support::logfmt::Event;
 use support::procs::children;
 use support::{free_port, needs_machine, venv, wait_for, MemoryCgroup};
 
@@ -83,7 +82,7 @@ fn a_leak_oom_kills_gunicorn_alone_and_is_recycled_under_the_launcher() {
         assert!(!recycles.is_empty(), "no worker was recycled:\n{log}");
         for recycle in &recycles {
             assert_eq!(recycle.get("reason"), "dyno_soft_limit", "{}", recycle.line);
-            let total = megabytes(recycle, "memory_total");
+            let total = recycle.megabytes("memory_total");
             assert!(total > mb(SOFT_LIMIT), "{}", recycle.line);
         }
         assert!(run.events("oom_kill").is_empty(), "{log}");
@@ -124,7 +123,7 @@ fn oom_kills_are_reported_in_both_modes_and_a_plain_sigkill_is_not_one() {
             let tally = paced(port, "/leak", 200, Duration::from_millis(5));
             let event = run.wait_event("oom_kill", secs(10), |_| true);
             assert!(cgroup.oom_kills() >= 1, "{tally:?}\n{}", run.log());
-            assert!(megabytes(&event, "memory_quota") == 256.0, "{}", event.line);
+            assert!(event.megabytes("memory_quota") == 256.0, "{}", event.line);
             if server == "uvicorn" {
                 // The worker is the launcher's child: its exit line says why it ended.
                 let exit = run.wait_event("worker_exit", secs(10), |e| e.opt("cause").is_some());
@@ -163,7 +162,7 @@ fn the_per_worker_cap_recycles_a_fan_out_worker_and_starts_its_replacement_at_on
         let tally = paced(port, "/leak", 120, Duration::from_millis(10));
         let recycle = run.wait_event("memory_recycle", secs(10), |_| true);
         assert_eq!(recycle.get("reason"), "worker_cap", "{}", recycle.line);
-        assert!(megabytes(&recycle, "worker_uss") > 60.0, "{}", recycle.line);
+        assert!(recycle.megabytes("worker_uss") > 60.0, "{}", recycle.line);
         assert_eq!(recycle.get("worker_max"), "60.0MB", "{}", recycle.line);
         let pid = recycle.pid();
         assert!(
@@ -319,15 +318,6 @@ fn measured_sizing_settles_where_the_workers_fit_and_holds_under_load() {
         assert!(answer["pid"].as_u64().is_some());
         Ok(())
     });
-}
-
-/// A figure like `123.4MB` in megabytes.
-fn megabytes(event: &Event, key: &str) -> f64 {
-    let value = event.get(key);
-    value
-        .strip_suffix("MB")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{key}={value} is not <number>MB: {}", event.line))
 }
 
 fn mb(bytes: u64) -> f64 {

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 mod support;
 use support::harness::{command, delegate, fanout, secs, Run, BOOT, LAUNCHER, SECOND};
 use support::http::{get_json, in_flight, json_pid};
-use support::logfmt::Event;
 use support::procs::{alive, signal};
 use support::{free_port, needs_machine, venv};
 
@@ -210,17 +209,6 @@ fn fanout_ttin_adds_a_worker_and_ttou_stops_the_newest() {
 
 // ---- The sample line ---------------------------------------------------------------------------------
 
-/// A `sample#` figure in megabytes: `<digits>[.<digits>]MB`.
-fn megabytes(sample: &Event, key: &str) -> f64 {
-    let value = sample.get(key);
-    let number = value.strip_suffix("MB").filter(|n| {
-        n.bytes().all(|b| b.is_ascii_digit() || b == b'.') && n.bytes().any(|b| b.is_ascii_digit())
-    });
-    number
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{key}={value} is not <number>MB: {}", sample.line))
-}
-
 #[test]
 fn the_sample_line_counts_workers_restarts_and_memory() {
     needs_machine(|| {
@@ -232,8 +220,8 @@ fn the_sample_line_counts_workers_restarts_and_memory() {
         assert_eq!(sample.get("sample#workers"), "2", "{}", sample.line);
         assert_eq!(sample.get("sample#workers_ready"), "2", "{}", sample.line);
         assert_eq!(sample.get("sample#restarts"), "0", "{}", sample.line);
-        let memory = megabytes(&sample, "sample#memory_rss");
-        let own = megabytes(&sample, "sample#launcher_rss");
+        let memory = sample.megabytes("sample#memory_rss");
+        let own = sample.megabytes("sample#launcher_rss");
         assert!(
             memory > own && own > 0.0,
             "want memory_rss > launcher_rss > 0: {}",

@@ -35,6 +35,18 @@ impl Event {
     pub fn pid(&self) -> u32 {
         self.num("pid")
     }
+
+    /// A figure in megabytes, `<digits>[.<digits>]MB` as the `sample#` lines write them.
+    pub fn megabytes(&self, key: &str) -> f64 {
+        let value = self.get(key);
+        let number = value.strip_suffix("MB").filter(|n| {
+            n.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                && n.bytes().any(|b| b.is_ascii_digit())
+        });
+        number
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{key}={value} is not <number>MB: {}", self.line))
+    }
 }
 
 /// logfmt: `key=value` pairs separated by spaces, values with spaces in double quotes.
