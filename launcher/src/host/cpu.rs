@@ -29,7 +29,7 @@ pub(super) fn read(
             readings.extend(quota(snapshot, &dir, hierarchy.version, notes));
         }
     }
-    smallest(readings).unwrap_or_else(|| Reading {
+    smallest(readings, |r| r.value).unwrap_or_else(|| Reading {
         value: 1,
         source: "default 1 CPU (no CPU information readable)".to_owned(),
     })

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
-use super::{procfs, Reading, Snapshot, MIB};
+use super::{procfs, smallest, Reading, Snapshot, MIB};
 use crate::config;
 
 /// The fallback when nothing at all is readable.
@@ -63,14 +63,7 @@ pub(super) fn read(
             }
         }
     }
-    // The smallest; of equal ones the first (the broadest source, as `smallest` does).
-    let best = limits
-        .iter()
-        .enumerate()
-        .min_by_key(|(index, (reading, _))| (reading.value, *index))
-        .map(|(index, _)| index);
-    if let Some(index) = best {
-        let (limit, dir) = limits.swap_remove(index);
+    if let Some((limit, dir)) = smallest(limits, |(reading, _)| reading.value) {
         return (limit, Some(dir));
     }
     let reading = match host_total {

@@ -102,10 +102,15 @@ struct Reading<T> {
 
 /// Of several readings, the smallest; on a tie, the first (callers list the broadest source first,
 /// so that a limit equal to the whole machine is not named as the reason).
-fn smallest<T: Ord + Copy>(readings: Vec<Reading<T>>) -> Option<Reading<T>> {
-    readings
-        .into_iter()
-        .reduce(|best, next| if next.value < best.value { next } else { best })
+/// `value` says which figure of an item is compared.
+fn smallest<I, T: Ord>(readings: Vec<I>, value: impl Fn(&I) -> T) -> Option<I> {
+    readings.into_iter().reduce(|best, next| {
+        if value(&next) < value(&best) {
+            next
+        } else {
+            best
+        }
+    })
 }
 
 #[cfg(test)]
