@@ -4,14 +4,21 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-/// pid -> parent pid for every process in `proc_dir`.
-pub fn parents(proc_dir: &Path) -> HashMap<i32, i32> {
+/// Every process id in `proc_dir`.
+pub fn pids(proc_dir: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir(proc_dir) else {
-        return HashMap::new();
+        return Vec::new();
     };
     entries
-        .filter_map(|entry| {
-            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// pid -> parent pid for every process in `proc_dir`.
+pub fn parents(proc_dir: &Path) -> HashMap<i32, i32> {
+    pids(proc_dir)
+        .into_iter()
+        .filter_map(|pid| {
             let stat = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")).ok()?;
             Some((pid, parent_in_stat(&stat)?))
         })

@@ -72,7 +72,7 @@ impl Meter {
             Meter::Cgroup(dir) => cgroup_usage(snapshot, dir),
             Meter::Processes => {
                 let proc_dir = snapshot.path(Path::new("/proc"));
-                Some(proportional(&proc_dir, &smaps::pids(&proc_dir)))
+                Some(proportional(&proc_dir, &procs::pids(&proc_dir)))
             }
             Meter::OwnTree { pid } => {
                 let proc_dir = snapshot.path(Path::new("/proc"));

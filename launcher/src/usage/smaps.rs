@@ -72,13 +72,3 @@ pub fn total(proc_dir: &Path, pids: &[i32]) -> Footprint {
         .filter_map(|pid| footprint(proc_dir, *pid))
         .fold(Footprint::default(), |sum, f| sum + f)
 }
-
-/// Every process id in `proc_dir`.
-pub fn pids(proc_dir: &Path) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir(proc_dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}

@@ -226,7 +226,7 @@ fn a_worker_tree_is_summed_and_exited_processes_are_skipped() {
     let sum = smaps::total(&proc_dir, &[10, 11, 12]);
     assert_eq!(sum.uss_bytes, 60 * 1024);
     assert_eq!(sum.pss_bytes, 75 * 1024);
-    let mut pids = smaps::pids(&proc_dir);
+    let mut pids = crate::procs::pids(&proc_dir);
     pids.sort_unstable();
     assert_eq!(pids, vec![10, 11]);
 }
