@@ -204,8 +204,28 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() ->
     }
 }
 
-/// A TCP port that was free on loopback a moment ago.
+/// A TCP port that was free a moment ago, for a launcher to bind `[::]` on. It is taken below the
+/// kernel's ephemeral range (32768-60999 by default): a port the kernel handed out as `:0` may be
+/// the source port of one of the tests' own client connections a moment later, and the launcher's
+/// bind then fails with EADDRINUSE.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = std::process::id() ^ nanos;
+    for _ in 0..1000 {
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(call.wrapping_mul(7_919)) % 12_000) as u16;
+        // `[::]` where the machine has IPv6 (it then takes IPv4 too), as the launcher binds.
+        let in_use = |host: &str| {
+            TcpListener::bind(format!("{host}:{port}"))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+        };
+        if !in_use("[::]") && !in_use("0.0.0.0") {
+            return port;
+        }
+    }
+    panic!("no free TCP port between 20000 and 32000");
 }
