@@ -119,10 +119,26 @@ fn json_has_exactly_the_documented_keys() {
             "notes",
             "running",
             "set_by",
+            "settings",
             "web_concurrency",
             "web_memory_mb"
         ]
     );
+    // Every setting the launcher reads, with its value and where it came from.
+    let settings = report["settings"].as_object().expect("settings");
+    assert_eq!(
+        settings["WEB_MEMORY"],
+        serde_json::json!({"value": 128, "source": "config var"})
+    );
+    assert_eq!(
+        settings["LAUNCHER_GRACEFUL_TIMEOUT"],
+        serde_json::json!({"value": 25.0, "source": "default"})
+    );
+    assert_eq!(
+        settings["LAUNCHER_MAX_WORKERS"],
+        serde_json::json!({"value": null, "source": "default"})
+    );
+    assert!(settings.len() >= 14, "{settings:?}");
     // A snapshot root is another host: no supervisor of this machine is shown for it.
     assert_eq!(report["running"], serde_json::json!([]));
     assert_eq!(report["web_memory_mb"], 128);

@@ -6,25 +6,26 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::config::{self, Env};
 use crate::dynos::DYNOS;
+use crate::env::Env;
 use crate::pinning;
+use crate::report::web_memory_source;
+use crate::settings::{self, Settings};
 use crate::sizing::{self, Formula, Incoming, Outcome};
+use crate::text::shown;
 
 const DETAIL: &str = "       ";
 const WARNING: &str = " !     ";
 
 /// The build log's detail lines and warnings for an app and its config vars.
 pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
-    let settings = config::load(env, Some(app_dir));
+    let settings = Settings::load(env, Some(app_dir));
     let mut details = Vec::new();
-    let mut warnings: Vec<String> = [&settings.warnings[..], &settings.file_problems[..]].concat();
-    // What would stop `launcher run` at boot is better seen in the build log (a file that is not
-    // TOML at all is already reported above).
-    if settings.file_problems.is_empty() {
-        warnings.extend(crate::supervisor::settings::file_problems(app_dir));
-    }
-    if settings.disable {
+    // What would stop `launcher run` at boot is better seen at `git push`.
+    let mut warnings = settings.build_log_warnings();
+    let web_memory_mb = settings.number(&settings::WEB_MEMORY);
+    let max_workers = settings.whole(&settings::MAX_WORKERS).map(|n| n as u32);
+    if settings.switch(&settings::DISABLE) {
         details.push(
             "LAUNCHER_DISABLE is set: the launcher is installed, WEB_CONCURRENCY is left alone"
                 .to_owned(),
@@ -32,20 +33,15 @@ pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
         return (details, warnings);
     }
     details.push(format!(
-        "WEB_CONCURRENCY by dyno size at {} MB per worker ({}):",
-        settings.web_memory_mb, settings.web_memory_source
+        "WEB_CONCURRENCY by dyno size at {web_memory_mb} MB per worker ({}):",
+        web_memory_source(&settings)
     ));
     let incoming = Incoming {
         web_concurrency: env.get("WEB_CONCURRENCY"),
         ..Incoming::default()
     };
     for dyno in &DYNOS {
-        let formula = Formula::new(
-            dyno.memory_mb,
-            dyno.cpus,
-            settings.web_memory_mb,
-            settings.max_workers,
-        );
+        let formula = Formula::new(dyno.memory_mb, dyno.cpus, web_memory_mb, max_workers);
         details.push(format!(
             "  {:<22} {:>7} MB {:>3} CPUs  {:>4}",
             dyno.name, dyno.memory_mb, dyno.cpus, formula.value
@@ -56,8 +52,8 @@ pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
     let fallback = Formula::new(
         smallest.memory_mb,
         smallest.cpus,
-        settings.web_memory_mb,
-        settings.max_workers,
+        web_memory_mb,
+        max_workers,
     );
     let decision = sizing::decide(incoming, &fallback, false);
     warnings.extend(decision.warnings);
@@ -123,7 +119,7 @@ pub fn read_env_dir(dir: &Path) -> (Env, Vec<String>) {
         if !is_identifier(&name) {
             warnings.push(format!(
                 "config var {} is not a valid name; ignored",
-                config::shown(&name)
+                shown(&name)
             ));
             continue;
         }

@@ -1,16 +1,19 @@
 //! `launcher`: sizes WEB_CONCURRENCY from the machine's real size and explains every number.
 
 mod build_report;
-mod config;
 mod dynos;
+mod env;
 mod host;
 mod pinning;
 mod procs;
 mod profile;
 mod report;
 mod servers;
+mod settings;
 mod sizing;
+mod state;
 mod supervisor;
+mod text;
 mod usage;
 
 use std::ffi::OsString;
@@ -21,8 +24,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use config::Env;
+use env::Env;
 use report::Report;
+use settings::Settings;
 
 #[derive(Parser)]
 #[command(
@@ -114,7 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let mut report = gather(&root, &env, app_dir);
             if root == Path::new("/") {
-                report.running = supervisor::state::read_live(&supervisor::state::dir());
+                report.running = state::read_live(&state::dir());
             }
             let text = if json {
                 report.to_json() + "\n"
@@ -169,7 +173,7 @@ fn run_supervisor(
 /// The sizing report; `launcher.toml` is looked for in `app_dir`, by default the current directory.
 fn gather(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Report {
     let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-    Report::gather(root, env, app_dir.as_deref())
+    Report::gather(root, env, Settings::load(env, app_dir.as_deref()))
 }
 
 fn write_stdout(text: &str) -> Result<()> {

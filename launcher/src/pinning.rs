@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::config::Env;
+use crate::env::Env;
 
 /// Servers whose worker-count flag we recognise in a Procfile command.
 const SERVERS: [&str; 4] = ["gunicorn", "uvicorn", "hypercorn", "puma"];

@@ -4,10 +4,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::{self, Env, Settings};
+use crate::env::Env;
 use crate::host::{self, Host};
+use crate::settings::{self, Settings, Source};
 use crate::sizing::{self, Decision, Formula, Incoming};
-use crate::supervisor::state::State;
+use crate::state::State;
 
 /// Everything the sizing looked at and decided, for one environment on one host.
 pub struct Report {
@@ -20,21 +21,23 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn gather(root: &Path, env: &Env, app_dir: Option<&Path>) -> Self {
+    /// Sizes `root`'s host with `settings` (read once by the caller) and the `WEB_CONCURRENCY`
+    /// family found in `env`.
+    pub fn gather(root: &Path, env: &Env, settings: Settings) -> Self {
         let host = host::read(root);
-        let settings = config::load(env, app_dir);
+        let max_workers = settings.whole(&settings::MAX_WORKERS);
         let formula = Formula::new(
             host.memory_mb(),
             host.cpus,
-            settings.web_memory_mb,
-            settings.max_workers,
+            settings.number(&settings::WEB_MEMORY),
+            max_workers.map(|n| n as u32),
         );
         let incoming = Incoming {
             web_concurrency: env.get("WEB_CONCURRENCY"),
             set_by: env.get("WEB_CONCURRENCY_SET_BY"),
             launcher_value: env.get("LAUNCHER_WEB_CONCURRENCY"),
         };
-        let decision = sizing::decide(incoming, &formula, settings.disable);
+        let decision = sizing::decide(incoming, &formula, settings.switch(&settings::DISABLE));
         Report {
             host,
             settings,
@@ -44,34 +47,45 @@ impl Report {
         }
     }
 
-    /// Warnings for stderr: config values that were replaced or ignored.
-    pub fn warnings(&self) -> impl Iterator<Item = &String> {
-        self.settings
-            .warnings
-            .iter()
-            .chain(&self.settings.file_problems)
-            .chain(&self.decision.warnings)
+    /// Warnings for stderr: settings that were replaced or ignored, and an invalid
+    /// `WEB_CONCURRENCY`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.settings.warnings();
+        warnings.extend(self.decision.warnings.iter().cloned());
+        warnings
     }
 
     /// The reason, then warnings, then what the host reading passed over.
     fn notes(&self) -> Vec<String> {
-        std::iter::once(&self.decision.reason)
+        std::iter::once(self.decision.reason.clone())
             .chain(self.warnings())
-            .chain(&self.host.notes)
-            .cloned()
+            .chain(self.host.notes.iter().cloned())
             .collect()
     }
 
     pub fn to_json(&self) -> String {
+        let settings = self
+            .settings
+            .entries()
+            .iter()
+            .map(|entry| {
+                let value = serde_json::json!({
+                    "value": entry.value.json(),
+                    "source": entry.source.label(),
+                });
+                (entry.spec.var.to_owned(), value)
+            })
+            .collect();
         let json = Json {
             memory_mb: self.host.memory_mb(),
             memory_source: &self.host.memory_source,
             cpus: self.host.cpus,
             cpus_source: &self.host.cpus_source,
-            web_memory_mb: self.settings.web_memory_mb,
+            web_memory_mb: self.formula.web_memory_mb,
             web_concurrency: self.decision.outcome.web_concurrency(),
             set_by: self.decision.outcome.set_by(),
             notes: self.notes(),
+            settings,
             running: &self.running,
         };
         serde_json::to_string_pretty(&json).unwrap_or_default()
@@ -95,18 +109,48 @@ impl Report {
             self.host.memory_source,
             self.host.cpus,
             self.host.cpus_source,
-            self.settings.web_memory_mb,
-            self.settings.web_memory_source,
+            self.formula.web_memory_mb,
+            web_memory_source(&self.settings),
             value,
             self.decision.reason,
         );
+        text.push_str(&self.settings_line());
         for state in &self.running {
             text.push_str(&running_line(state));
         }
-        for note in self.warnings().chain(&self.host.notes) {
+        for note in self.warnings().iter().chain(&self.host.notes) {
             text.push_str(&format!("note: {note}\n"));
         }
         text
+    }
+
+    /// The settings that are not at their default, with where each came from.
+    fn settings_line(&self) -> String {
+        let set: Vec<String> = self
+            .settings
+            .entries()
+            .iter()
+            .filter(|e| e.source != Source::Default)
+            .map(|e| {
+                let (var, value) = (e.spec.var, e.value.text());
+                format!("{var}={value} ({})", e.source.label())
+            })
+            .collect();
+        let listed = if set.is_empty() {
+            "all at their defaults".to_owned()
+        } else {
+            format!("{}; the rest at their defaults", set.join(", "))
+        };
+        format!("settings                     {listed} (launcher size --json lists each)\n")
+    }
+}
+
+/// Where the per-worker budget came from, for `launcher size` and the build log.
+pub fn web_memory_source(settings: &Settings) -> &'static str {
+    match settings.entry(&settings::WEB_MEMORY).map(|e| e.source) {
+        Some(Source::ConfigVar) => "WEB_MEMORY",
+        _ if settings.was_replaced(&settings::WEB_MEMORY) => "default, WEB_MEMORY invalid",
+        _ => "default, WEB_MEMORY unset",
     }
 }
 
@@ -120,6 +164,8 @@ struct Json<'a> {
     web_concurrency: Option<u32>,
     set_by: Option<&'a str>,
     notes: Vec<String>,
+    /// Every setting the launcher reads: its value and where it came from.
+    settings: serde_json::Map<String, serde_json::Value>,
     running: &'a [State],
 }
 

@@ -29,7 +29,7 @@ impl Mode {
     pub fn parse(text: &str) -> Option<Option<Mode>> {
         match text {
             "auto" => Some(None),
-            "fanout" | "fan-out" => Some(Some(Mode::FanOut)),
+            "fanout" => Some(Some(Mode::FanOut)),
             "delegate" => Some(Some(Mode::Delegate)),
             _ => None,
         }

@@ -1,11 +1,17 @@
 //! The policy: machine size -> default worker count, and whose `WEB_CONCURRENCY` the app gets.
 
-use crate::config::{shown, whole_number};
+use crate::text::{shown, whole_number};
 
 /// The largest worker count taken from anyone (user, formula or cap).
 pub const MAX_WEB_CONCURRENCY: u32 = 1024;
 /// Our `WEB_CONCURRENCY_SET_BY` value, and the buildpack's id.
 pub const SET_BY: &str = "launcher";
+
+/// The formula's CPU term, `2*cpus + 1`: the most workers the CPUs are taken to keep busy. Measured
+/// sizing is capped by it too.
+pub fn cpu_cap(cpus: u32) -> u32 {
+    cpus.saturating_mul(2).saturating_add(1)
+}
 
 /// `max(1, min(2*cpus + 1, memory_mb / web_memory_mb))`, Heroku's classic Python buildpack formula,
 /// then the optional `LAUNCHER_MAX_WORKERS` cap.
@@ -41,7 +47,7 @@ impl Formula {
     }
 
     fn by_cpu_of(cpus: u32) -> u64 {
-        2 * u64::from(cpus) + 1
+        u64::from(cpu_cap(cpus))
     }
 
     /// One sentence: which term decided, with both terms' arithmetic.

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
 use super::{procfs, smallest, Reading, Snapshot, MIB};
-use crate::config;
 
 /// The fallback when nothing at all is readable.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
@@ -100,7 +99,7 @@ fn read_limit(
     let Ok(bytes) = text.parse::<u64>() else {
         notes.push(format!(
             "ignored {shown}: not a number ({})",
-            config::shown(text)
+            crate::text::shown(text)
         ));
         return None;
     };

@@ -15,9 +15,10 @@ use nix::unistd::Pid;
 use super::log::Event;
 use super::memory::{mb, Watch};
 use super::pool::{Action, Pool};
-use super::{net, spawn, state};
+use super::{net, spawn};
 use crate::procs;
 use crate::servers::Mode;
+use crate::state;
 
 /// How often the state file for `launcher size` is rewritten, at most.
 const STATE_INTERVAL: Duration = Duration::from_secs(10);

@@ -8,9 +8,8 @@ mod memory;
 mod net;
 mod plan;
 mod pool;
-pub mod settings;
+mod settings;
 mod spawn;
-pub mod state;
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
@@ -20,10 +19,12 @@ use std::time::Instant;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::config::Env;
+use crate::env::Env;
 use crate::host::Snapshot;
 use crate::report::Report;
 use crate::servers::Mode;
+use crate::settings::Settings;
+use crate::state;
 use crate::usage::Meter;
 use event_loop::Loop;
 use log::Event;
@@ -71,11 +72,13 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
     let on_heroku = env.get("DYNO").is_some_and(|d| !d.is_empty());
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let app_dir = request.app_dir.clone().unwrap_or_else(|| cwd.clone());
-    let settings = settings::load(&env, Some(&app_dir), on_heroku).map_err(fatal(2))?;
-    let report = Report::gather(Path::new("/"), &env, Some(&app_dir));
-    if let Some(problem) = report.settings.file_problems.first() {
-        return Err(fatal(2)(problem.clone()));
+    // The file is read once; a problem in it stops `launcher run` (the build log has warned).
+    let loaded = Settings::load(&env, Some(&app_dir));
+    if let Some(refusal) = loaded.refusal() {
+        return Err(fatal(2)(refusal));
     }
+    let settings = settings::RunSettings::new(&loaded, on_heroku);
+    let report = Report::gather(Path::new("/"), &env, loaded);
     let port = port(env.get("PORT")).map_err(fatal(2))?;
     let program = request.command.first().cloned().unwrap_or_default();
     let path =
@@ -84,7 +87,7 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
             exit_code: e.exit_code,
         })?;
     let plan = Plan::new(&request, &settings, &report, port.is_some());
-    for warning in report.warnings().chain(&settings.warnings) {
+    for warning in report.warnings().iter().chain(&settings.warnings) {
         Event::warn("config").with("message", warning).emit();
     }
     let _ = nix::sys::prctl::set_child_subreaper(true);

@@ -17,12 +17,12 @@ pub fn port(text: Option<&str>) -> Result<Option<u16>, String> {
     let Some(text) = text.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    crate::config::whole_number(text, u64::from(u16::MAX))
+    crate::text::whole_number(text, u64::from(u16::MAX))
         .map(|n| Some(n as u16))
         .ok_or_else(|| {
             format!(
                 "PORT={} is not a port number from 1 to 65535",
-                crate::config::shown(text)
+                crate::text::shown(text)
             )
         })
 }

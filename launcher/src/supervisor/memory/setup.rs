@@ -5,7 +5,7 @@ use super::{mb, GuardConfig, SizerConfig, WatchConfig};
 use crate::host::MIB;
 use crate::report::Report;
 use crate::servers::Mode;
-use crate::sizing::{Outcome, MAX_WEB_CONCURRENCY};
+use crate::sizing::{cpu_cap, Outcome, MAX_WEB_CONCURRENCY};
 use crate::supervisor::log::Event;
 use crate::supervisor::settings::{RunSettings, Sizing};
 use crate::usage::Meter;
@@ -22,9 +22,9 @@ pub fn configure(settings: &RunSettings, report: &Report, mode: Mode, workers: u
         kill_after: settings.graceful_timeout,
     });
     let ours = matches!(report.decision.outcome, Outcome::Ours(_));
-    let by_cpu = 2 * report.host.cpus + 1;
+    let by_cpu = cpu_cap(report.host.cpus);
     let max_workers = report
-        .settings
+        .formula
         .max_workers
         .map_or(by_cpu, |cap| cap.min(by_cpu))
         .min(MAX_WEB_CONCURRENCY);

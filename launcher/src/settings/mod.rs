@@ -1,0 +1,14 @@
+//! Settings: config vars (the process environment) and `launcher.toml` at the app root, read by
+//! one reader from one table. Config vars win over the file; each value keeps its source.
+//! See docs/architecture.md, "Settings".
+
+mod read;
+pub mod table;
+#[cfg(test)]
+mod tests;
+
+pub use read::{Settings, Source};
+pub use table::*;
+
+/// The file looked up at the app root.
+pub const FILE_NAME: &str = "launcher.toml";

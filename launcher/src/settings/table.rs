@@ -1,0 +1,367 @@
+//! The one table of settings: every config var the buildpack and the launcher take, its
+//! `launcher.toml` key, its kind with bounds and unit, its default, when it applies and what it
+//! does. The reader (`read.rs`), `launcher size` and the README's settings table all come from
+//! here; a test fails when the README's table and this one disagree.
+
+use crate::sizing::MAX_WEB_CONCURRENCY;
+
+/// The largest `WEB_MEMORY` and `LAUNCHER_WORKER_MEMORY_MAX` taken, in MB (1 TiB).
+pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// `on`/`off` (also `1`/`0`, `true`/`false`, `yes`/`no`); in `launcher.toml` also a boolean.
+    Switch,
+    /// A whole number from `min` to `max`, in `unit`. The default may be empty: none.
+    Whole {
+        min: u64,
+        max: u64,
+        unit: &'static str,
+    },
+    /// A number of seconds from `min` to `max`, decimals allowed; with `zero_off`, 0 turns the
+    /// thing off.
+    Seconds { min: f64, max: f64, zero_off: bool },
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// `WEB_CONCURRENCY`: read by the precedence rules (`sizing::decide`), not by the reader.
+    WorkerCount,
+    /// Read by `bin/compile` (bash) before the binary exists: documented here, read there.
+    BuildText { values: &'static str },
+}
+
+/// When a setting is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// At every dyno boot (the `.profile.d` script) and by `launcher size`.
+    Boot,
+    /// In the build log's sizing step.
+    BuildLog,
+    /// By `bin/compile` while getting the binary.
+    Build,
+    /// By `launcher run`.
+    Run,
+}
+
+#[cfg(test)]
+impl When {
+    pub fn label(self) -> &'static str {
+        match self {
+            When::Boot => "boot",
+            When::BuildLog => "build log",
+            When::Build => "build",
+            When::Run => "`launcher run`",
+        }
+    }
+}
+
+/// One setting.
+#[derive(Debug, PartialEq)]
+pub struct Spec {
+    /// The config var.
+    pub var: &'static str,
+    /// The `launcher.toml` key: the config var's name without `LAUNCHER_`, in lower case. None
+    /// for Heroku's own names and the build-time settings, which are config vars only.
+    pub key: Option<&'static str>,
+    pub kind: Kind,
+    /// The default, written as the config var would be (`25`, `on`, `static`); empty for none.
+    /// For `WorkerCount` and `BuildText` a description.
+    pub default: &'static str,
+    pub when: &'static [When],
+    /// What it does, for the README.
+    pub doc: &'static str,
+}
+
+/// The inputs of the formula: read at boot, in the build log, and by `launcher run`.
+const SIZE: &[When] = &[When::Boot, When::BuildLog, When::Run];
+const RUN: &[When] = &[When::Run];
+const BUILD: &[When] = &[When::Build];
+
+pub const WEB_CONCURRENCY: Spec = Spec {
+    var: "WEB_CONCURRENCY",
+    key: None,
+    kind: Kind::WorkerCount,
+    default: "computed",
+    when: SIZE,
+    doc: "your worker count; wins over the computed one (see Whose value wins)",
+};
+
+pub const WEB_MEMORY: Spec = Spec {
+    var: "WEB_MEMORY",
+    key: None,
+    kind: Kind::Whole {
+        min: 1,
+        max: MAX_MEMORY_MB,
+        unit: "MB per worker",
+    },
+    default: "256",
+    when: SIZE,
+    doc: "the memory budget of one worker in the formula",
+};
+
+pub const MAX_WORKERS: Spec = Spec {
+    var: "LAUNCHER_MAX_WORKERS",
+    key: Some("max_workers"),
+    kind: Kind::Whole {
+        min: 1,
+        max: MAX_WEB_CONCURRENCY as u64,
+        unit: "workers",
+    },
+    default: "",
+    when: SIZE,
+    doc: "caps the computed value (never yours), and measured sizing",
+};
+
+pub const DISABLE: Spec = Spec {
+    var: "LAUNCHER_DISABLE",
+    key: Some("disable"),
+    kind: Kind::Switch,
+    default: "off",
+    when: SIZE,
+    doc: "sizing off: the environment is left as it is, the binary stays installed",
+};
+
+pub const MODE: Spec = Spec {
+    var: "LAUNCHER_MODE",
+    key: Some("mode"),
+    kind: Kind::Choice(&["auto", "fanout", "delegate"]),
+    default: "auto",
+    when: RUN,
+    doc: "how the app is run: N copies sharing the socket, or one server that forks its own \
+          workers; `auto` delegates to gunicorn only. `launcher run --mode` wins over it",
+};
+
+pub const GRACEFUL_TIMEOUT: Spec = Spec {
+    var: "LAUNCHER_GRACEFUL_TIMEOUT",
+    key: Some("graceful_timeout"),
+    kind: Kind::Seconds {
+        min: 0.0,
+        max: 3600.0,
+        zero_off: false,
+    },
+    default: "25",
+    when: RUN,
+    doc: "how long workers get to finish after SIGTERM/SIGINT before SIGKILL; at most 28 when \
+          `DYNO` is set",
+};
+
+pub const READY_GRACE: Spec = Spec {
+    var: "LAUNCHER_READY_GRACE",
+    key: Some("ready_grace"),
+    kind: Kind::Seconds {
+        min: 0.0,
+        max: 600.0,
+        zero_off: false,
+    },
+    default: "1",
+    when: RUN,
+    doc: "a worker that does not send `READY=1` counts as ready once it has run this long",
+};
+
+pub const GIVE_UP_AFTER: Spec = Spec {
+    var: "LAUNCHER_GIVE_UP_AFTER",
+    key: Some("give_up_after"),
+    kind: Kind::Seconds {
+        min: 1.0,
+        max: 86400.0,
+        zero_off: false,
+    },
+    default: "60",
+    when: RUN,
+    doc: "exit 1 when no worker has been ready for this long (a crash loop), so the platform \
+          restarts the dyno",
+};
+
+pub const SAMPLE_INTERVAL: Spec = Spec {
+    var: "LAUNCHER_SAMPLE_INTERVAL",
+    key: Some("sample_interval"),
+    kind: Kind::Seconds {
+        min: 0.0,
+        max: 86400.0,
+        zero_off: true,
+    },
+    default: "20",
+    when: RUN,
+    doc: "how often the `sample#` line is logged",
+};
+
+pub const MEMORY_GUARD: Spec = Spec {
+    var: "LAUNCHER_MEMORY_GUARD",
+    key: Some("memory_guard"),
+    kind: Kind::Switch,
+    default: "on",
+    when: RUN,
+    doc: "recycle the worker with the most unique memory when the dyno is over the soft limit or \
+          a worker over its cap",
+};
+
+pub const MEMORY_SOFT_LIMIT: Spec = Spec {
+    var: "LAUNCHER_MEMORY_SOFT_LIMIT",
+    key: Some("memory_soft_limit"),
+    kind: Kind::Whole {
+        min: 50,
+        max: 100,
+        unit: "percent of the dyno's memory",
+    },
+    default: "85",
+    when: RUN,
+    doc: "the soft limit, for the guard and for measured sizing",
+};
+
+pub const WORKER_MEMORY_MAX: Spec = Spec {
+    var: "LAUNCHER_WORKER_MEMORY_MAX",
+    key: Some("worker_memory_max"),
+    kind: Kind::Whole {
+        min: 1,
+        max: MAX_MEMORY_MB,
+        unit: "MB of unique memory per worker",
+    },
+    default: "",
+    when: RUN,
+    doc: "a per-worker cap for the guard",
+};
+
+pub const MEMORY_COOLDOWN: Spec = Spec {
+    var: "LAUNCHER_MEMORY_COOLDOWN",
+    key: Some("memory_cooldown"),
+    kind: Kind::Seconds {
+        min: 0.0,
+        max: 3600.0,
+        zero_off: false,
+    },
+    default: "3",
+    when: RUN,
+    doc: "the pause after a recycled worker has exited, before the guard looks again",
+};
+
+pub const SIZING: Spec = Spec {
+    var: "LAUNCHER_SIZING",
+    key: Some("sizing"),
+    kind: Kind::Choice(&["static", "measured"]),
+    default: "static",
+    when: RUN,
+    doc: "`measured`: after warm-up, move the worker count one at a time to what fits under the \
+          soft limit (only when `WEB_CONCURRENCY` is the launcher's own)",
+};
+
+pub const SIZING_WARMUP: Spec = Spec {
+    var: "LAUNCHER_SIZING_WARMUP",
+    key: Some("sizing_warmup"),
+    kind: Kind::Seconds {
+        min: 1.0,
+        max: 86400.0,
+        zero_off: false,
+    },
+    default: "30",
+    when: RUN,
+    doc: "how long every worker must have run before measured sizing measures",
+};
+
+pub const BINARY_URL: Spec = Spec {
+    var: "LAUNCHER_BINARY_URL",
+    key: None,
+    kind: Kind::BuildText { values: "URL" },
+    default: "from `buildpack.toml`",
+    when: BUILD,
+    doc: "where bin/compile downloads the release binary (a mirror)",
+};
+
+pub const BINARY_SHA256: Spec = Spec {
+    var: "LAUNCHER_BINARY_SHA256",
+    key: None,
+    kind: Kind::BuildText {
+        values: "hex SHA-256",
+    },
+    default: "from `buildpack.toml`",
+    when: BUILD,
+    doc: "the checksum that download must have",
+};
+
+pub const RUSTUP_INIT_URL: Spec = Spec {
+    var: "LAUNCHER_RUSTUP_INIT_URL",
+    key: None,
+    kind: Kind::BuildText { values: "URL" },
+    default: "static.rust-lang.org's rustup-init",
+    when: BUILD,
+    doc: "where a toolchain comes from when the build must compile the launcher and finds no \
+          cargo",
+};
+
+/// Every setting, in the README's order.
+pub const ALL: [&Spec; 18] = [
+    &WEB_CONCURRENCY,
+    &WEB_MEMORY,
+    &MAX_WORKERS,
+    &DISABLE,
+    &MODE,
+    &GRACEFUL_TIMEOUT,
+    &READY_GRACE,
+    &GIVE_UP_AFTER,
+    &SAMPLE_INTERVAL,
+    &MEMORY_GUARD,
+    &MEMORY_SOFT_LIMIT,
+    &WORKER_MEMORY_MAX,
+    &MEMORY_COOLDOWN,
+    &SIZING,
+    &SIZING_WARMUP,
+    &BINARY_URL,
+    &BINARY_SHA256,
+    &RUSTUP_INIT_URL,
+];
+
+impl Spec {
+    /// Whether the launcher's own reader takes it (not the precedence rules, not bash).
+    pub fn is_read(&self) -> bool {
+        !matches!(self.kind, Kind::WorkerCount | Kind::BuildText { .. })
+    }
+
+    /// The values it takes, for the README and error messages: `a number of seconds from 0 to 3600`.
+    pub fn expected(&self) -> String {
+        match self.kind {
+            Kind::Switch => "on or off".to_owned(),
+            Kind::Whole { min, max, .. } => format!("a whole number from {min} to {max}"),
+            Kind::Seconds { min, max, .. } => format!("a number of seconds from {min} to {max}"),
+            Kind::Choice(words) => format!("one of {}", words.join(", ")),
+            Kind::WorkerCount => format!("a whole number from 1 to {MAX_WEB_CONCURRENCY}"),
+            Kind::BuildText { values } => values.to_owned(),
+        }
+    }
+}
+
+/// The README's settings table, rendered from this one.
+#[cfg(test)]
+pub fn markdown() -> String {
+    let mut table = String::from(
+        "| setting | `launcher.toml` | default | values | when | what it does |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for spec in ALL {
+        let key = spec.key.map_or("-".to_owned(), |k| format!("`{k}`"));
+        let default = match (spec.kind, spec.default) {
+            (_, "") => "none".to_owned(),
+            (Kind::WorkerCount | Kind::BuildText { .. }, text) => text.to_owned(),
+            (_, value) => format!("`{value}`"),
+        };
+        let values = match spec.kind {
+            Kind::Switch => "`on`/`off` (or `1`/`0`, `true`/`false`, `yes`/`no`)".to_owned(),
+            Kind::Whole { min, max, unit } => format!("{unit}, {min}-{max}"),
+            Kind::Seconds { min, max, zero_off } => {
+                let off = if zero_off { "; `0` = off" } else { "" };
+                format!("seconds, {min}-{max}{off}")
+            }
+            Kind::Choice(words) => {
+                let words: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
+                words.join(", ")
+            }
+            Kind::WorkerCount => format!("whole number, 1-{MAX_WEB_CONCURRENCY}"),
+            Kind::BuildText { values } => values.to_owned(),
+        };
+        let when: Vec<&str> = spec.when.iter().map(|w| w.label()).collect();
+        table.push_str(&format!(
+            "| `{}` | {key} | {default} | {values} | {} | {} |\n",
+            spec.var,
+            when.join(", "),
+            spec.doc
+        ));
+    }
+    table
+}

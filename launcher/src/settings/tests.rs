@@ -1,0 +1,261 @@
+//! The table and the reader: defaults, precedence, bad values under both policies, and the
+//! README's table against this one.
+
+use std::time::Duration;
+
+use super::*;
+use crate::env::Env;
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    Env::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+fn with_file(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    std::fs::write(dir.path().join(FILE_NAME), text).expect("write");
+    dir
+}
+
+fn load(pairs: &[(&str, &str)], file: Option<&str>) -> Settings {
+    let dir = file.map(with_file);
+    Settings::load(&env(pairs), dir.as_ref().map(|d| d.path()))
+}
+
+#[test]
+fn every_default_is_a_value_of_its_own_kind() {
+    for spec in ALL.iter().filter(|s| s.is_read()) {
+        let settings = load(&[], None);
+        let entry = settings.entry(spec).expect("read");
+        assert_eq!(entry.source, Source::Default, "{}", spec.var);
+        let text = entry.value.text();
+        let shown = if spec.default.is_empty() {
+            "none"
+        } else {
+            spec.default
+        };
+        assert_eq!(text, shown, "{}: the default must parse", spec.var);
+    }
+    assert!(load(&[], None).warnings().is_empty());
+}
+
+#[test]
+fn the_defaults_by_type() {
+    let s = load(&[], None);
+    assert_eq!(s.whole(&WEB_MEMORY), Some(256));
+    assert_eq!(s.whole(&MAX_WORKERS), None);
+    assert!(!s.switch(&DISABLE));
+    assert_eq!(s.choice(&MODE), "auto");
+    assert_eq!(s.seconds(&GRACEFUL_TIMEOUT), Duration::from_secs(25));
+    assert_eq!(s.seconds(&READY_GRACE), Duration::from_secs(1));
+    assert_eq!(s.seconds(&GIVE_UP_AFTER), Duration::from_secs(60));
+    assert_eq!(s.seconds(&SAMPLE_INTERVAL), Duration::from_secs(20));
+    assert!(s.switch(&MEMORY_GUARD));
+    assert_eq!(s.whole(&MEMORY_SOFT_LIMIT), Some(85));
+    assert_eq!(s.whole(&WORKER_MEMORY_MAX), None);
+    assert_eq!(s.seconds(&MEMORY_COOLDOWN), Duration::from_secs(3));
+    assert_eq!(s.choice(&SIZING), "static");
+    assert_eq!(s.seconds(&SIZING_WARMUP), Duration::from_secs(30));
+}
+
+#[test]
+fn keys_are_the_config_var_without_launcher_in_lower_case() {
+    for spec in ALL {
+        let derived = spec
+            .var
+            .strip_prefix("LAUNCHER_")
+            .filter(|_| spec.is_read())
+            .map(str::to_ascii_lowercase);
+        assert_eq!(spec.key.map(str::to_owned), derived, "{}", spec.var);
+    }
+}
+
+#[test]
+fn every_key_is_taken_from_the_file_by_every_command() {
+    // A file holding every key at its default, written as TOML: no problem, whatever reads it.
+    let mut file = String::new();
+    let overridden = ["max_workers", "worker_memory_max", "sizing_warmup"];
+    let keys = ALL
+        .iter()
+        .filter(|s| s.key.is_some_and(|k| !overridden.contains(&k)));
+    for spec in keys {
+        let value = match spec.kind {
+            Kind::Choice(_) => format!("{:?}", spec.default),
+            Kind::Switch => (spec.default == "on").to_string(),
+            _ => spec.default.to_owned(),
+        };
+        file.push_str(&format!("{} = {value}\n", spec.key.expect("key")));
+    }
+    file.push_str("max_workers = 4\nworker_memory_max = 300\nsizing_warmup = 5\n");
+    let settings = load(&[], Some(&file));
+    assert!(settings.warnings().is_empty(), "{:?}", settings.warnings());
+    assert_eq!(settings.refusal(), None);
+    assert_eq!(
+        settings.entry(&SIZING_WARMUP).expect("read").source,
+        Source::File
+    );
+    assert_eq!(settings.seconds(&SIZING_WARMUP), Duration::from_secs(5));
+}
+
+#[test]
+fn config_vars_win_over_the_file_and_each_value_keeps_its_source() {
+    let file = "disable = true\nmax_workers = 4\nmode = \"delegate\"\nready_grace = 0.5\n\
+                memory_guard = false\nsizing = \"measured\"\n";
+    let from_file = load(&[], Some(file));
+    assert!(from_file.switch(&DISABLE));
+    assert_eq!(from_file.whole(&MAX_WORKERS), Some(4));
+    assert_eq!(from_file.choice(&MODE), "delegate");
+    assert_eq!(from_file.seconds(&READY_GRACE), Duration::from_millis(500));
+    assert!(!from_file.switch(&MEMORY_GUARD));
+    assert_eq!(from_file.entry(&MODE).expect("mode").source, Source::File);
+    let vars = [
+        ("LAUNCHER_DISABLE", "0"),
+        ("LAUNCHER_MAX_WORKERS", "8"),
+        ("LAUNCHER_MODE", "fanout"),
+        ("LAUNCHER_MEMORY_GUARD", "on"),
+    ];
+    let overridden = load(&vars, Some(file));
+    assert!(!overridden.switch(&DISABLE));
+    assert_eq!(overridden.whole(&MAX_WORKERS), Some(8));
+    assert_eq!(overridden.choice(&MODE), "fanout");
+    assert!(overridden.switch(&MEMORY_GUARD));
+    assert_eq!(
+        overridden.entry(&MODE).expect("mode").source,
+        Source::ConfigVar
+    );
+    assert_eq!(
+        overridden.entry(&SIZING).expect("sizing").source,
+        Source::File
+    );
+    assert_eq!(
+        overridden.entry(&GRACEFUL_TIMEOUT).expect("timeout").source,
+        Source::Default
+    );
+}
+
+#[test]
+fn a_bad_config_var_is_warned_about_and_the_next_source_used() {
+    let bad = [
+        ("WEB_MEMORY", "512MB"),
+        ("LAUNCHER_MODE", "turbo"),
+        ("LAUNCHER_GRACEFUL_TIMEOUT", "-1"),
+        ("LAUNCHER_READY_GRACE", "1e3"),
+        ("LAUNCHER_GIVE_UP_AFTER", "0"),
+        ("LAUNCHER_SAMPLE_INTERVAL", "20s"),
+        ("LAUNCHER_MEMORY_GUARD", "maybe"),
+        ("LAUNCHER_MEMORY_SOFT_LIMIT", "40"),
+        ("LAUNCHER_MAX_WORKERS", "0"),
+        ("LAUNCHER_SIZING", "Measured"),
+    ];
+    let settings = load(&bad, Some("graceful_timeout = 10\n"));
+    assert_eq!(settings.whole(&WEB_MEMORY), Some(256));
+    assert!(settings.was_replaced(&WEB_MEMORY));
+    assert_eq!(settings.choice(&MODE), "auto");
+    assert_eq!(settings.seconds(&GRACEFUL_TIMEOUT), Duration::from_secs(10));
+    assert!(
+        settings.switch(&MEMORY_GUARD),
+        "a bad switch leaves the guard on"
+    );
+    assert_eq!(settings.whole(&MAX_WORKERS), None);
+    let warnings = settings.warnings();
+    assert_eq!(warnings.len(), bad.len(), "{warnings:?}");
+    assert_eq!(settings.refusal(), None, "config vars never stop a dyno");
+    assert!(warnings.contains(
+        &"WEB_MEMORY=\"512MB\" is not a whole number from 1 to 1048576; using the default, 256"
+            .to_owned()
+    ));
+    assert!(warnings.contains(
+        &"LAUNCHER_GRACEFUL_TIMEOUT=\"-1\" is not a number of seconds from 0 to 3600; using 10 from launcher.toml"
+            .to_owned()
+    ));
+    assert!(warnings.contains(
+        &"LAUNCHER_MAX_WORKERS=\"0\" is not a whole number from 1 to 1024; using the default, none"
+            .to_owned()
+    ));
+}
+
+#[test]
+fn a_bad_file_is_ignored_at_boot_and_refused_by_launcher_run() {
+    for (text, named) in [
+        ("mode = [", "is not valid TOML"),
+        (
+            "mode = \"turbo\"",
+            "mode must be one of auto, fanout, delegate, not \"turbo\"",
+        ),
+        (
+            "graceful_timeout = \"25s\"",
+            "graceful_timeout must be a number of seconds",
+        ),
+        ("ready_grace = -1", "ready_grace must be"),
+        ("sample_interval = 1e9", "sample_interval must be"),
+        (
+            "memory_soft_limit = 101",
+            "memory_soft_limit must be a whole number from 50 to 100",
+        ),
+        ("disable = \"yes please\"", "disable must be on or off"),
+        ("colour = 1", "unknown setting \"colour\""),
+        ("web_memory = 512", "\"web_memory\" is a config var only"),
+        ("binary_url = \"x\"", "set LAUNCHER_BINARY_URL instead"),
+    ] {
+        let settings = load(&[], Some(text));
+        let warnings = settings.warnings();
+        assert_eq!(warnings.len(), 1, "{text}: {warnings:?}");
+        assert!(warnings[0].starts_with("launcher.toml"), "{}", warnings[0]);
+        assert!(warnings[0].contains(named), "{text}: {}", warnings[0]);
+        assert!(
+            warnings[0].ends_with("ignored") || warnings[0].contains("; using the default"),
+            "{}",
+            warnings[0]
+        );
+        let refusal = settings.refusal().expect(text);
+        assert!(refusal.contains(named), "{refusal}");
+        assert!(refusal.ends_with("; refusing to start"), "{refusal}");
+        assert!(!refusal.contains("ignored"), "{refusal}");
+        let build = settings.build_log_warnings();
+        assert!(
+            build[0].contains("`launcher run` refuses to start"),
+            "{build:?}"
+        );
+    }
+    let two = load(&[], Some("colour = 1\nsizing = \"fast\"\n"));
+    let refusal = two.refusal().expect("refused");
+    assert!(
+        refusal.contains("colour") && refusal.contains("sizing must be"),
+        "one line names both: {refusal}"
+    );
+}
+
+#[test]
+fn an_empty_config_var_is_unset() {
+    let settings = load(&[("LAUNCHER_MODE", ""), ("WEB_MEMORY", "")], None);
+    assert!(settings.warnings().is_empty(), "{:?}", settings.warnings());
+    assert_eq!(settings.entry(&MODE).expect("mode").source, Source::Default);
+}
+
+#[test]
+fn the_readme_settings_table_is_this_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).expect("README.md");
+    let table = markdown();
+    let header = table.lines().next().expect("header");
+    let Some(start) = readme.find(header) else {
+        panic!("README.md has no settings table; it should be:\n{table}");
+    };
+    let in_readme: Vec<&str> = readme[start..]
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    let in_code: Vec<&str> = table.lines().collect();
+    for (readme_row, code_row) in in_readme.iter().zip(&in_code) {
+        assert_eq!(
+            readme_row, code_row,
+            "README.md's settings table differs from launcher/src/settings/table.rs:\n{table}"
+        );
+    }
+    assert_eq!(
+        in_readme.len(),
+        in_code.len(),
+        "README.md's settings table has {} rows, the code's {}:\n{table}",
+        in_readme.len(),
+        in_code.len()
+    );
+}

@@ -1,0 +1,114 @@
+//! `launcher run`'s settings, typed, from the one reader (`crate::settings`), with the one rule of
+//! its own: on Heroku the graceful timeout must end before the platform's SIGKILL.
+
+use std::time::Duration;
+
+use crate::servers::Mode;
+use crate::settings::{self as table, Settings};
+
+/// Heroku sends SIGKILL 30 s after SIGTERM; the launcher must be done before that.
+pub const HEROKU_MAX_GRACEFUL: Duration = Duration::from_secs(28);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    /// The worker count is the computed `WEB_CONCURRENCY`, fixed.
+    Static,
+    /// Measured after warm-up, then moved one worker at a time to what fits.
+    Measured,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSettings {
+    /// None: chosen from the command.
+    pub mode: Option<Mode>,
+    pub graceful_timeout: Duration,
+    pub ready_grace: Duration,
+    pub give_up_after: Duration,
+    /// None: no `sample#` lines.
+    pub sample_interval: Option<Duration>,
+    pub memory_guard: bool,
+    /// The soft limit, in percent of the dyno's memory.
+    pub soft_limit_percent: u64,
+    /// The per-worker cap on unique memory, in MB; None: no cap.
+    pub worker_memory_max_mb: Option<u64>,
+    pub memory_cooldown: Duration,
+    pub sizing: Sizing,
+    pub sizing_warmup: Duration,
+    /// Changes made here (the Heroku cap), for the `config` lines.
+    pub warnings: Vec<String>,
+}
+
+impl RunSettings {
+    pub fn new(settings: &Settings, on_heroku: bool) -> RunSettings {
+        let mut warnings = Vec::new();
+        let mut graceful_timeout = settings.seconds(&table::GRACEFUL_TIMEOUT);
+        if on_heroku && graceful_timeout > HEROKU_MAX_GRACEFUL {
+            warnings.push(format!(
+                "a graceful timeout of {} s does not fit Heroku's 30 s before SIGKILL; using {} s",
+                graceful_timeout.as_secs_f64(),
+                HEROKU_MAX_GRACEFUL.as_secs()
+            ));
+            graceful_timeout = HEROKU_MAX_GRACEFUL;
+        }
+        let sample_interval = settings.seconds(&table::SAMPLE_INTERVAL);
+        RunSettings {
+            mode: Mode::parse(settings.choice(&table::MODE)).flatten(),
+            graceful_timeout,
+            ready_grace: settings.seconds(&table::READY_GRACE),
+            give_up_after: settings.seconds(&table::GIVE_UP_AFTER),
+            sample_interval: Some(sample_interval).filter(|d| !d.is_zero()),
+            memory_guard: settings.switch(&table::MEMORY_GUARD),
+            soft_limit_percent: settings.number(&table::MEMORY_SOFT_LIMIT),
+            worker_memory_max_mb: settings.whole(&table::WORKER_MEMORY_MAX),
+            memory_cooldown: settings.seconds(&table::MEMORY_COOLDOWN),
+            sizing: match settings.choice(&table::SIZING) {
+                "measured" => Sizing::Measured,
+                _ => Sizing::Static,
+            },
+            sizing_warmup: settings.seconds(&table::SIZING_WARMUP),
+            warnings,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::Env;
+
+    fn run_settings(pairs: &[(&str, &str)], on_heroku: bool) -> RunSettings {
+        let env = Env::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        RunSettings::new(&Settings::load(&env, None), on_heroku)
+    }
+
+    #[test]
+    fn heroku_caps_the_graceful_timeout_under_30_s() {
+        let vars = [("LAUNCHER_GRACEFUL_TIMEOUT", "60")];
+        let settings = run_settings(&vars, true);
+        assert_eq!(settings.graceful_timeout, HEROKU_MAX_GRACEFUL);
+        assert_eq!(settings.warnings.len(), 1);
+        let elsewhere = run_settings(&vars, false);
+        assert_eq!(elsewhere.graceful_timeout, Duration::from_secs(60));
+        assert!(elsewhere.warnings.is_empty());
+    }
+
+    #[test]
+    fn typed_values() {
+        let settings = run_settings(
+            &[
+                ("LAUNCHER_SAMPLE_INTERVAL", "0"),
+                ("LAUNCHER_MODE", "delegate"),
+                ("LAUNCHER_SIZING", "measured"),
+            ],
+            false,
+        );
+        assert_eq!(settings.sample_interval, None, "0 turns samples off");
+        assert_eq!(settings.mode, Some(Mode::Delegate));
+        assert_eq!(settings.sizing, Sizing::Measured);
+        let defaults = run_settings(&[], false);
+        assert_eq!(defaults.mode, None, "auto: chosen from the command");
+        assert_eq!(defaults.sample_interval, Some(Duration::from_secs(20)));
+        assert_eq!(defaults.soft_limit_percent, 85);
+        assert_eq!(defaults.sizing, Sizing::Static);
+    }
+}
