@@ -1,6 +1,9 @@
 //! Black-box tests of the settings: what `launcher run` does with a bad `launcher.toml` (refuses to
-//! start, and says so), that every key of the settings table is taken by every command.
+//! start, and says so), that every key of the settings table is taken by every command, and the
+//! labels `launcher run`'s children get, seen by sourcing the real `.profile.d` script inside a
+//! child, as anything that runs the profile again in that environment would.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -9,6 +12,7 @@ use tempfile::TempDir;
 
 mod support;
 use support::harness::{secs, Run, BOOT, LAUNCHER, SYSTEM_PATH};
+use support::slug::Slug;
 
 /// `launcher ARGS` in `dir` with only PATH and `env`, run to its end (killed after 10 s).
 fn finish(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
@@ -107,4 +111,98 @@ fn a_launcher_toml_holding_every_run_setting_starts_launcher_run() {
     run.wait_events("worker_spawn", 2, BOOT, |_| true);
     let (_, stderr) = run.end();
     assert!(stderr.is_empty(), "{stderr:?}");
+}
+
+/// The launcher's names as a child of `launcher run` sees them after sourcing the profile again,
+/// one map per child: the child writes them to `<dir>/<its pid>` and stays up.
+fn labels_after_profile(mode: &str, env: &[(&str, &str)]) -> Vec<BTreeMap<String, String>> {
+    let slug = Slug::new();
+    let out = TempDir::new().expect("temp dir");
+    let script = format!(
+        "set -eu; for f in \"$HOME\"/.profile.d/*.sh; do source \"$f\"; done; \
+         launcher size --json > {0}/$$.json.tmp; \
+         env | grep -E '^(WEB_CONCURRENCY|LAUNCHER_WEB_CONCURRENCY)' >> {0}/$$.json.tmp || true; \
+         mv {0}/$$.json.tmp {0}/$$.json; exec sleep 30",
+        out.path().display()
+    );
+    let mut command = Command::new(LAUNCHER);
+    command
+        .args(["run", "--mode", mode, "--", "bash", "--norc", "-c", &script])
+        .current_dir(slug.path())
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .env("HOME", slug.path())
+        .env("LAUNCHER_SAMPLE_INTERVAL", "0")
+        .envs(env.iter().copied());
+    let run = Run::spawn(command);
+    let start = run.wait_event("start", BOOT, |_| true);
+    let children: usize = match mode {
+        "delegate" => 1,
+        _ => start.num("workers"),
+    };
+    let files = run.wait(&format!("{children} children's labels"), BOOT, || {
+        let done: Vec<_> = fs::read_dir(out.path())
+            .expect("read dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        (done.len() == children).then_some(done)
+    });
+    files
+        .iter()
+        .map(|path| {
+            let text = fs::read_to_string(path).expect("read");
+            let (json, vars) = text.split_at(text.rfind('}').expect("json") + 1);
+            let json: serde_json::Value = serde_json::from_str(json).expect("json");
+            let mut labels: BTreeMap<String, String> = vars
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            labels.insert(
+                "size.web_concurrency".into(),
+                json["web_concurrency"].to_string(),
+            );
+            labels.insert("size.set_by".into(), json["set_by"].to_string());
+            labels
+        })
+        .collect()
+}
+
+#[test]
+fn a_delegated_server_keeps_the_users_value_when_the_profile_runs_again_inside_it() {
+    let children = labels_after_profile("delegate", &[("WEB_CONCURRENCY", "3")]);
+    let child = &children[0];
+    assert_eq!(child["WEB_CONCURRENCY"], "3", "{child:?}");
+    assert!(!child.contains_key("WEB_CONCURRENCY_SET_BY"), "{child:?}");
+    assert_eq!(child["size.web_concurrency"], "3", "{child:?}");
+    assert_eq!(
+        child["size.set_by"], "null",
+        "the user's value stays the user's: {child:?}"
+    );
+}
+
+#[test]
+fn a_delegated_server_of_the_launchers_own_count_gets_it_marked_as_the_launchers() {
+    let children = labels_after_profile("delegate", &[("LAUNCHER_MAX_WORKERS", "2")]);
+    let child = &children[0];
+    assert_eq!(child["WEB_CONCURRENCY"], "2", "{child:?}");
+    assert_eq!(child["WEB_CONCURRENCY_SET_BY"], "launcher", "{child:?}");
+    assert_eq!(child["LAUNCHER_WEB_CONCURRENCY"], "2", "{child:?}");
+    assert_eq!(child["size.set_by"], "\"launcher\"", "{child:?}");
+}
+
+#[test]
+fn fan_out_children_keep_one_worker_each_when_the_profile_runs_again_inside_them() {
+    for env in [
+        &[("WEB_CONCURRENCY", "3")][..],
+        &[("LAUNCHER_MAX_WORKERS", "3")][..],
+    ] {
+        let children = labels_after_profile("fanout", env);
+        assert_eq!(children.len(), 3, "{env:?}");
+        for child in &children {
+            assert_eq!(child["WEB_CONCURRENCY"], "1", "{env:?}: {child:?}");
+            assert_eq!(child["size.web_concurrency"], "1", "{env:?}: {child:?}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod harness;
 pub mod http;
 pub mod logfmt;
 pub mod procs;
+pub mod slug;
 
 use std::fs;
 use std::net::TcpListener;

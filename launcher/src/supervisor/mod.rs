@@ -100,7 +100,7 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         })
         .ok();
     plan.log_start(port, listener.as_ref());
-    let env = plan.child_env(notify.as_ref().map(|n| n.name.as_str()));
+    let env = plan.child_env(&report, notify.as_ref().map(|n| n.name.as_str()));
     let listener_fd = listener.as_ref().map(|l| l.fd.as_raw_fd());
     let mut command =
         spawn::Prepared::new(&path, &plan.argv, &env, listener_fd, plan.death_signal())

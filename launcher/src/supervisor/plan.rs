@@ -9,8 +9,10 @@ use super::log::Event;
 use super::net;
 use super::settings::RunSettings;
 use super::Request;
+use crate::profile;
 use crate::report::Report;
 use crate::servers::{self, Mode};
+use crate::sizing::SET_BY;
 
 /// `PORT`: none (no socket), or a port number.
 pub fn port(text: Option<&str>) -> Result<Option<u16>, String> {
@@ -122,32 +124,48 @@ impl Plan {
         })
     }
 
-    /// The launcher's environment with the worker count a child must see: 1 per copy in
-    /// fan-out (servers would multiply it otherwise), N for a delegated server.
-    pub fn child_env(&self, notify: Option<&str>) -> Vec<(OsString, OsString)> {
-        let per_child = match self.mode {
-            Mode::FanOut => 1,
-            Mode::Delegate => self.workers,
-        };
-        let replaced = [
-            "WEB_CONCURRENCY",
-            "WEB_CONCURRENCY_SET_BY",
-            "LAUNCHER_WEB_CONCURRENCY",
+    /// The launcher's environment as the profile leaves it (`profile::exports`, so a child sees
+    /// what a dyno's boot would have given it, also where no profile ran), with the worker count
+    /// a child must see. One rule (docs/architecture.md, "What children get"):
+    /// - fan-out: `WEB_CONCURRENCY=1`, marked as the launcher's, with the launcher's computed value
+    ///   in `LAUNCHER_WEB_CONCURRENCY`: the profile run again in the child keeps 1, as a value set
+    ///   inline (servers would multiply a count of N by N copies otherwise);
+    /// - delegate: `WEB_CONCURRENCY=N`, its `WEB_CONCURRENCY_SET_BY` and `LAUNCHER_WEB_CONCURRENCY`
+    ///   exactly as the profile set them: a user's value stays the user's.
+    pub fn child_env(&self, report: &Report, notify: Option<&str>) -> Vec<(OsString, OsString)> {
+        let exports = profile::exports(report);
+        let mut replaced = vec![
             "LISTEN_FDS",
             "LISTEN_PID",
             "LISTEN_FDNAMES",
             "NOTIFY_SOCKET",
         ];
+        replaced.extend(exports.iter().map(|(name, _)| *name));
+        let mut set: Vec<(&str, String)> = exports;
+        match self.mode {
+            Mode::FanOut => {
+                replaced.extend(["WEB_CONCURRENCY", "WEB_CONCURRENCY_SET_BY"]);
+                replaced.push("LAUNCHER_WEB_CONCURRENCY");
+                set.retain(|(name, _)| name.starts_with("DYNO"));
+                set.push(("WEB_CONCURRENCY", "1".to_owned()));
+                set.push(("WEB_CONCURRENCY_SET_BY", SET_BY.to_owned()));
+                let computed = report.formula.value.to_string();
+                set.push(("LAUNCHER_WEB_CONCURRENCY", computed));
+            }
+            Mode::Delegate => {
+                replaced.push("WEB_CONCURRENCY");
+                set.retain(|(name, _)| *name != "WEB_CONCURRENCY");
+                set.push(("WEB_CONCURRENCY", self.workers.to_string()));
+            }
+        }
+        if let Some(name) = notify {
+            replaced.push("NOTIFY_SOCKET");
+            set.push(("NOTIFY_SOCKET", name.to_owned()));
+        }
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(k, _)| !replaced.iter().any(|r| k == r))
             .collect();
-        let mut set = |k: &str, v: String| env.push((k.into(), v.into()));
-        set("WEB_CONCURRENCY", per_child.to_string());
-        set("WEB_CONCURRENCY_SET_BY", crate::sizing::SET_BY.to_owned());
-        set("LAUNCHER_WEB_CONCURRENCY", per_child.to_string());
-        if let Some(name) = notify {
-            set("NOTIFY_SOCKET", name.to_owned());
-        }
+        env.extend(set.into_iter().map(|(k, v)| (k.into(), v.into())));
         env
     }
 }
