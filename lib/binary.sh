@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Obtains the launcher binary at build time, in the order DESIGN.md gives:
+# Obtains the launcher binary at build time, in this order (docs/architecture.md, "Getting the binary"):
 #   (a) a prebuilt binary in the buildpack tree (bin/prebuilt/launcher-linux-ARCH + .sha256),
 #   (b) a download of the release binary named in buildpack.toml, verified against its SHA-256,
 #   (c) a build from the buildpack's own source with cargo, cached in CACHE_DIR by source hash

@@ -135,7 +135,7 @@ pub struct Decision {
     pub warnings: Vec<String>,
 }
 
-/// Applies the precedence rules of DESIGN.md. `formula` is the computed default.
+/// Applies the precedence rules (docs/architecture.md, "Whose value is it"). `formula` is the computed default.
 pub fn decide(incoming: Incoming<'_>, formula: &Formula, disabled: bool) -> Decision {
     let ours = |reason: String, warnings: Vec<String>| Decision {
         outcome: Outcome::Ours(formula.value),
