@@ -27,8 +27,55 @@ pub fn parents(proc_dir: &Path) -> HashMap<i32, i32> {
 
 /// The 4th field of /proc/PID/stat; the command name before it may hold spaces and parentheses.
 fn parent_in_stat(stat: &str) -> Option<i32> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    parse_stat(stat).map(|s| s.parent)
+}
+
+/// A process as /proc/PID/stat shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: i32,
+    /// The command name (`comm`), at most 15 bytes.
+    pub name: String,
+    /// `R`, `S`, `D` (uninterruptible: not even SIGKILL ends it before its system call does),
+    /// `Z` (ended, waiting to be reaped), `T`...
+    pub state: char,
+    pub parent: i32,
+    /// The process group.
+    pub group: i32,
+}
+
+/// `PID (name) STATE PPID ...`; the name may hold spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    Some(Stat {
+        pid: stat.get(..open)?.trim().parse().ok()?,
+        name: stat.get(open + 1..close)?.to_owned(),
+        state: rest.next()?.chars().next()?,
+        parent: rest.next()?.parse().ok()?,
+        group: rest.next()?.parse().ok()?,
+    })
+}
+
+pub fn stat(proc_dir: &Path, pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// A process's arguments from /proc/PID/cmdline (empty once it has exited).
+pub fn cmdline(proc_dir: &Path, pid: i32) -> Vec<String> {
+    let bytes = std::fs::read(proc_dir.join(pid.to_string()).join("cmdline")).unwrap_or_default();
+    let args = bytes.split(|b| *b == 0).filter(|a| !a.is_empty());
+    args.map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Every process under `root` that has not ended (no zombies), following the children files.
+pub fn living_under(proc_dir: &Path, root: i32) -> Vec<Stat> {
+    let tree = tree(proc_dir, root).into_iter().skip(1);
+    let stats = tree.filter_map(|pid| stat(proc_dir, pid));
+    stats.filter(|s| s.state != 'Z').collect()
 }
 
 /// Every process under `root`, children before grandchildren.
@@ -125,6 +172,12 @@ mod tests {
         assert_eq!(parent_in_stat("41 (gunicorn) S 40 41 1 0"), Some(40));
         assert_eq!(parent_in_stat("42 (a) b (c) R 7 1 1 0"), Some(7));
         assert_eq!(parent_in_stat("garbage"), None);
+        let stat = parse_stat("43 (sh -c (x)) D 7 41 1 0").expect("parsed");
+        assert_eq!(
+            (stat.pid, stat.name.as_str(), stat.state),
+            (43, "sh -c (x)", 'D')
+        );
+        assert_eq!((stat.parent, stat.group), (7, 41));
     }
 
     #[test]

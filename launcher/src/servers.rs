@@ -141,6 +141,50 @@ fn assignments_len(args: &[OsString]) -> usize {
         .count()
 }
 
+/// Programs that run the server as their child instead of becoming it: shells (unless the
+/// command `exec`s) and Node's package runners.
+const SHELLS: [&str; 7] = ["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh"];
+const PACKAGE_RUNNERS: [&str; 4] = ["npm", "npx", "yarn", "pnpm"];
+
+/// What to tell the user when a worker's first process (`argv`, from /proc) is a shell or a
+/// package runner with `children` processes of its own: the server is a grandchild of the
+/// launcher, and the kernel's signal on the launcher's death (`PR_SET_PDEATHSIG`) reaches only
+/// the launcher's children, so a SIGKILLed launcher would leave the server holding the port.
+pub fn wrapper_hint(argv: &[String], children: usize) -> Option<String> {
+    let name = |arg: Option<&String>| {
+        let base = arg?.rsplit('/').next()?;
+        Some(
+            base.split('.')
+                .next()
+                .unwrap_or(base)
+                .trim_end_matches("-cli")
+                .to_owned(),
+        )
+    };
+    let mut program = name(argv.first())?;
+    if program == "node" {
+        program = name(argv.get(1)).unwrap_or(program);
+    }
+    if children == 0 {
+        return None;
+    }
+    let consequence = "if the launcher is SIGKILLed (an OOM kill, a platform's SIGKILL) the \
+                       server survives it and holds the port";
+    if SHELLS.contains(&program.as_str()) {
+        return Some(format!(
+            "this worker is a shell ({program}) that runs the server as its child: {consequence}. \
+             Start the server with exec (e.g. bash -c 'exec uvicorn app:app --fd 3'), or name it \
+             right after `launcher run --`"
+        ));
+    }
+    PACKAGE_RUNNERS.contains(&program.as_str()).then(|| {
+        format!(
+            "this worker is {program}, which runs the app as its child: {consequence}. Run the \
+             app itself, e.g. `launcher run -- node server.js`"
+        )
+    })
+}
+
 /// The mode `auto` picks, with the reason for the log.
 pub fn auto_mode(server: Server) -> (Mode, String) {
     match server {
@@ -347,6 +391,28 @@ mod tests {
             text(&use_socket(&args, identify(&args)).argv),
             "env --port=1 uvicorn app:app"
         );
+    }
+
+    #[test]
+    fn wrappers_that_do_not_exec_are_hinted_at() {
+        let words = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        for line in [
+            "/bin/bash -c uvicorn app:app --fd 3; echo done",
+            "sh ./bin/web",
+            "npm start",
+            "node /usr/lib/node_modules/npm/bin/npm-cli.js start",
+            "/usr/bin/yarn start",
+        ] {
+            assert!(wrapper_hint(&words(line), 1).is_some(), "{line}");
+            assert!(wrapper_hint(&words(line), 0).is_none(), "no child: {line}");
+        }
+        for line in ["uvicorn app:app", "node server.js", "gunicorn app:app", ""] {
+            assert!(wrapper_hint(&words(line), 2).is_none(), "{line}");
+        }
     }
 
     #[test]

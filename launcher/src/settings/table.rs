@@ -140,7 +140,7 @@ pub const GRACEFUL_TIMEOUT: Spec = Spec {
     },
     default: "25",
     when: RUN,
-    doc: "how long workers get to finish after SIGTERM/SIGINT before SIGKILL; at most 28 when \
+    doc: "how long workers get to finish after SIGTERM/SIGINT before SIGKILL; at most 27 when \
           `DYNO` is set",
 };
 

@@ -1,5 +1,7 @@
 //! The supervisor's one loop, as in gunicorn's arbiter: wait for a signal, a readiness message or
-//! a timer -> handle signals -> reap -> read readiness -> check memory -> converge.
+//! a timer -> handle signals -> reap -> read readiness -> check memory -> converge. Nothing in a
+//! turn waits on a worker: log lines are queued (`log`), workers are started a batch at a time,
+//! readiness messages are read a bounded number at a time.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -13,15 +15,21 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::log::Event;
-use super::memory::{mb, Watch};
-use super::pool::{Action, Pool};
-use super::{net, spawn};
+use super::memory::Watch;
+use super::pool::{Action, KillTarget, Pool};
+use super::{figures, kill, net, spawn};
 use crate::procs;
-use crate::servers::Mode;
+use crate::servers::{self, Mode};
 use crate::state;
 
 /// How often the state file for `launcher size` is rewritten, at most.
 const STATE_INTERVAL: Duration = Duration::from_secs(10);
+/// At most this many readiness messages are read per turn; when there were more, the socket is
+/// left alone for `NOTIFY_PAUSE`, so that a worker flooding it cannot keep a core busy.
+const NOTIFY_BATCH: usize = 64;
+const NOTIFY_PAUSE: Duration = Duration::from_millis(50);
+/// How many adopted processes an `adopted_exit` line names.
+const ADOPTED_NAMED: usize = 10;
 
 pub struct Loop<'a> {
     pub pool: Pool,
@@ -35,6 +43,10 @@ pub struct Loop<'a> {
     pub mode: Mode,
     pub state_dir: PathBuf,
     pub next_state: Instant,
+    /// The notify socket is not read before then (after a flood).
+    pub notify_paused_until: Option<Instant>,
+    /// Whether the first ready worker has been looked at for a wrapper that does not `exec`.
+    pub wrapper_checked: bool,
 }
 
 impl Loop<'_> {
@@ -44,7 +56,11 @@ impl Loop<'_> {
             let actions = self.pool.converge(now);
             self.carry_out(actions);
             if let Some(code) = self.pool.exit_code() {
-                if !has_children() {
+                let abandoned = self.pool.abandon_at().is_some_and(|at| now >= at);
+                if !has_children() || abandoned {
+                    if has_children() {
+                        report_stuck();
+                    }
                     let reason = if code == 0 {
                         "shutdown complete"
                     } else {
@@ -62,7 +78,9 @@ impl Loop<'_> {
             let now = Instant::now();
             self.read_signals(now);
             self.reap(now);
+            self.look_at_groups();
             self.read_notify(now);
+            self.check_wrapper();
             self.check_memory(now);
             self.sample(now);
         }
@@ -80,10 +98,22 @@ impl Loop<'_> {
                 Action::Signal { pid, signal } => {
                     let _ = signal::kill(Pid::from_raw(pid), signal);
                 }
-                Action::KillAll => {
-                    let parents = procs::parents(Path::new("/proc"));
-                    for pid in procs::descendants(&parents, std::process::id() as i32) {
-                        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                Action::SignalGroup { pgid, signal } => {
+                    let _ = signal::killpg(Pid::from_raw(pgid), signal);
+                }
+                Action::Kill { target, report } => {
+                    let killed = match target {
+                        KillTarget::Group(pgid) => kill::group(pgid),
+                        KillTarget::All => {
+                            let mut groups = self.pool.worker_pids();
+                            groups.extend(self.pool.lingering_groups());
+                            kill::everything(&groups)
+                        }
+                    };
+                    // A sweep that found nothing left says nothing.
+                    let quiet = report.as_ref().is_some_and(|r| r.name == "sweep") && killed == 0;
+                    if let Some(report) = report.filter(|_| !quiet) {
+                        report.with("killed", killed).emit();
                     }
                 }
                 Action::CloseListener => self.listener = None,
@@ -107,7 +137,14 @@ impl Loop<'_> {
     fn wait(&self) {
         let now = Instant::now();
         let memory = Some(self.watch.next_wakeup()).filter(|_| self.pool.exit_code().is_none());
-        let wakeups = [self.pool.next_wakeup(), self.next_sample, memory];
+        let abandon = self.pool.abandon_at();
+        let wakeups = [
+            self.pool.next_wakeup(now),
+            self.next_sample,
+            memory,
+            abandon,
+            self.notify_paused_until,
+        ];
         let timeout = wakeups
             .into_iter()
             .flatten()
@@ -117,7 +154,8 @@ impl Loop<'_> {
             PollTimeout::try_from(d.min(Duration::from_secs(60))).unwrap_or(PollTimeout::MAX)
         });
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(notify) = &self.notify {
+        let paused = self.notify_paused_until.is_some_and(|until| now < until);
+        if let Some(notify) = self.notify.as_ref().filter(|_| !paused) {
             fds.push(PollFd::new(notify.as_fd(), PollFlags::POLLIN));
         }
         match nix::poll::poll(&mut fds, timeout) {
@@ -146,8 +184,10 @@ impl Loop<'_> {
         }
     }
 
-    /// Reaps every child that ended: workers, and orphans adopted as subreaper.
+    /// Reaps every child that ended: workers, and orphans adopted as subreaper, whose exits are
+    /// summed up in one line per turn.
     fn reap(&mut self, now: Instant) {
+        let mut adopted: Vec<(i32, String)> = Vec::new();
         loop {
             let (pid, status, killed) =
                 match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -157,28 +197,84 @@ impl Loop<'_> {
                         format!("signal:{}", signal as i32),
                         signal == Signal::SIGKILL,
                     ),
-                    Ok(WaitStatus::StillAlive) | Err(_) => return,
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
                     Ok(_) => continue,
                 };
-            let worker = self.pool.worker_pids().contains(&pid.as_raw());
-            let oom = killed && worker && self.watch.claim_oom_kill(pid.as_raw());
+            let pid = pid.as_raw();
+            if !self.pool.worker_pids().contains(&pid) {
+                adopted.push((pid, status));
+                continue;
+            }
+            let oom = killed && self.watch.claim_oom_kill(pid);
             let cause = oom.then_some("oom_kill");
-            self.pool.exited(pid.as_raw(), &status, cause, now);
+            let group_alive = kill::group_alive(pid);
+            let actions = self.pool.exited(pid, &status, cause, group_alive, now);
+            self.carry_out(actions);
+        }
+        if !adopted.is_empty() {
+            adopted_exits(&adopted).emit();
+        }
+    }
+
+    /// Groups that workers left behind: done with once no process is left in them.
+    fn look_at_groups(&mut self) {
+        for pgid in self.pool.lingering_groups() {
+            if !kill::group_alive(pgid) {
+                self.pool.group_gone(pgid);
+            }
         }
     }
 
     fn read_notify(&mut self, now: Instant) {
+        if self.notify_paused_until.is_some_and(|until| now < until) {
+            return;
+        }
+        self.notify_paused_until = None;
         let Some(notify) = &self.notify else { return };
-        let senders = notify.ready_senders();
+        let (senders, more) = notify.ready_senders(NOTIFY_BATCH);
+        if more {
+            self.notify_paused_until = Some(now + NOTIFY_PAUSE);
+        }
         if senders.is_empty() {
             return;
         }
-        let parents = procs::parents(Path::new("/proc"));
         let workers = self.pool.worker_pids();
-        for sender in senders {
+        // A worker that sends for itself needs no look at /proc; a process under one does.
+        let (direct, below): (Vec<i32>, Vec<i32>) =
+            senders.into_iter().partition(|s| workers.contains(s));
+        for worker in direct {
+            self.pool.notified_ready(worker, now);
+        }
+        if below.is_empty() {
+            return;
+        }
+        let parents = procs::parents(Path::new("/proc"));
+        for sender in below {
             if let Some(worker) = procs::ancestor_in(&parents, sender, &workers) {
                 self.pool.notified_ready(worker, now);
             }
+        }
+    }
+
+    /// Once, when the first worker is ready: a worker that is a shell (or npm) with the server
+    /// as its child gets a hint, since the server would survive the launcher's SIGKILL.
+    fn check_wrapper(&mut self) {
+        if self.wrapper_checked {
+            return;
+        }
+        let Some((slot, pid, ..)) = self.pool.live_workers().into_iter().find(|w| w.2) else {
+            return;
+        };
+        self.wrapper_checked = true;
+        let proc_dir = Path::new("/proc");
+        let argv = procs::cmdline(proc_dir, pid);
+        let children = procs::children(proc_dir, pid);
+        if let Some(message) = servers::wrapper_hint(&argv, children.len()) {
+            Event::warn("hint")
+                .with("worker", slot)
+                .with("pid", pid)
+                .with("message", message)
+                .emit();
         }
     }
 
@@ -208,81 +304,57 @@ impl Loop<'_> {
             return;
         }
         self.next_sample = Some(now + interval);
-        let proc_dir = Path::new("/proc");
-        let me = std::process::id() as i32;
-        let (mut workers, mut ready, restarts) = self.pool.counts();
-        if self.mode == Mode::Delegate {
-            // The server's own workers, not the one server process.
-            let servers = self.pool.worker_pids().into_iter();
-            let forked = servers.map(|s| procs::children(proc_dir, s).len()).sum();
-            (workers, ready) = (forked, if ready > 0 { forked } else { 0 });
-        }
-        let mut event = Event::info("sample")
-            .with("sample#workers", workers)
-            .with("sample#workers_ready", ready)
-            .with("sample#restarts", restarts);
-        if let Some(usage) = self.watch.usage {
-            event = event
-                .with("sample#memory_total", mb(usage.total_bytes()))
-                .with("sample#memory_rss", mb(usage.rss_bytes))
-                .with("sample#memory_swap", mb(usage.swap_bytes));
-        }
-        event = event.with("sample#memory_quota", mb(self.watch.config().quota_bytes));
-        if let Some(reading) = &self.watch.reading {
-            let uss = reading.workers.iter().map(|w| w.uss_bytes).max();
-            let pss: u64 = reading.workers.iter().map(|w| w.pss_bytes).sum();
-            event = event
-                .with("sample#worker_uss_max", mb(uss.unwrap_or(0)))
-                .with("sample#worker_pss_total", mb(pss));
-        }
-        if let Some(fit) = self.watch.sizer().and_then(|s| s.last_fit) {
-            event = event.with("sample#workers_fit", format!("{:.2}", fit.workers));
-        }
-        event
-            .with("sample#memory_recycles", self.watch.recycles)
-            .with("sample#oom_kills", self.watch.oom_total)
-            .with("sample#launcher_rss", mb(procs::rss_bytes(proc_dir, me)))
-            .emit();
+        figures::sample(&self.pool, &self.watch, self.mode).emit();
     }
 
     fn write_state(&self) {
-        let megabytes = |bytes: u64| (bytes as f64 / 104_857.6).round() / 10.0;
-        let config = self.watch.config();
-        let workers = self.watch.reading.as_ref().map(|r| &r.workers[..]);
-        let mut uss: Vec<u64> = workers
-            .unwrap_or_default()
-            .iter()
-            .map(|w| w.uss_bytes)
-            .collect();
-        uss.sort_unstable_by(|a, b| b.cmp(a));
-        let fit = self.watch.sizer().and_then(|s| s.last_fit);
-        let written = state::State {
-            pid: std::process::id(),
-            mode: self.mode.to_string(),
-            // What runs: `measured` asked for a user's WEB_CONCURRENCY is static.
-            sizing: if self.watch.sizer().is_some() {
-                "measured"
-            } else {
-                "static"
-            }
-            .to_owned(),
-            memory_guard: config.guard.is_some(),
-            workers: workers.map_or(0, <[_]>::len),
-            meter: self.watch.meter().describe(),
-            memory_quota_mb: megabytes(config.quota_bytes),
-            soft_limit_mb: megabytes(config.soft_limit_bytes),
-            memory_total_mb: self.watch.usage.map(|u| megabytes(u.total_bytes())),
-            worker_uss_mb: uss.into_iter().map(megabytes).collect(),
-            fit: fit.map(|f| (f.workers * 100.0).round() / 100.0),
-            worker_cost_mb: fit.map(|f| megabytes(f.worker_bytes)),
-            base_mb: fit.map(|f| megabytes(f.base_bytes)),
-            oom_kills: self.watch.oom_total,
-            memory_recycles: self.watch.recycles,
-            updated_at: state::unix_now(),
-        };
+        let written = figures::state(&self.watch, self.mode);
         // Best effort: a read-only /tmp costs `launcher size` its figures, not the dyno its app.
         let _ = state::write(&self.state_dir, &written);
     }
+}
+
+/// One line for the adopted processes that ended in a turn: how many, the first few, and how
+/// they ended.
+fn adopted_exits(adopted: &[(i32, String)]) -> Event {
+    let mut named: Vec<String> = adopted
+        .iter()
+        .take(ADOPTED_NAMED)
+        .map(|(pid, _)| pid.to_string())
+        .collect();
+    if adopted.len() > ADOPTED_NAMED {
+        named.push("...".to_owned());
+    }
+    let mut statuses: Vec<(&str, usize)> = Vec::new();
+    for (_, status) in adopted {
+        match statuses.iter_mut().find(|(s, _)| s == status) {
+            Some((_, n)) => *n += 1,
+            None => statuses.push((status, 1)),
+        }
+    }
+    let statuses: Vec<String> = statuses.iter().map(|(s, n)| format!("{n}x{s}")).collect();
+    Event::info("adopted_exit")
+        .with("count", adopted.len())
+        .with("pids", named.join(","))
+        .with("status", statuses.join(","))
+}
+
+/// At the end of the wait after the final SIGKILL: what is still there, named.
+fn report_stuck() {
+    let left = kill::left();
+    let named: Vec<String> = left
+        .iter()
+        .take(ADOPTED_NAMED)
+        .map(|s| format!("{}:{}:{}", s.pid, s.name, s.state))
+        .collect();
+    Event::error("stuck")
+        .with("count", left.len())
+        .with("processes", named.join(","))
+        .with(
+            "reason",
+            "still there after SIGKILL (state D: in a system call that cannot be interrupted); not waited for",
+        )
+        .emit();
 }
 
 /// Whether any child (worker or adopted orphan) is left to wait for.

@@ -3,6 +3,8 @@
 
 mod backoff;
 mod event_loop;
+mod figures;
+mod kill;
 mod log;
 mod memory;
 mod net;
@@ -66,8 +68,17 @@ const HANDLED: [Signal; 10] = [
 
 /// Runs the app until it is asked to stop (exit 0) or gives up on a crash loop (exit 1).
 pub fn run(request: Request) -> Result<u8, Fatal> {
-    // First, so that a signal during setup waits for the loop instead of killing the launcher.
+    // First, so that a signal during setup waits for the loop instead of killing the launcher;
+    // then the log's writer thread, which inherits the blocked mask.
     let signals = block_signals()?;
+    log::start();
+    let result = supervise(request, signals);
+    // At exit, the lines still queued for a slow stdout get at most a second.
+    log::flush(std::time::Duration::from_secs(1));
+    result
+}
+
+fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
     let env = Env::from_process();
     let on_heroku = env.get("DYNO").is_some_and(|d| !d.is_empty());
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
@@ -131,6 +142,8 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
         mode: plan.mode,
         state_dir: state::dir(),
         next_state: now,
+        notify_paused_until: None,
+        wrapper_checked: false,
     };
     Ok(looped.run())
 }

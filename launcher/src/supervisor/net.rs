@@ -105,11 +105,12 @@ impl Notify {
         self.socket.as_fd()
     }
 
-    /// The pids that sent `READY=1` since the last call.
-    pub fn ready_senders(&self) -> Vec<i32> {
+    /// The pids that sent `READY=1` since the last call, reading at most `max` messages, and
+    /// whether more may be waiting.
+    pub fn ready_senders(&self, max: usize) -> (Vec<i32>, bool) {
         let mut senders = Vec::new();
         let mut buffer = [0u8; 4096];
-        loop {
+        for _ in 0..max {
             let mut control = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
             let mut iov = [IoSliceMut::new(&mut buffer)];
             let Ok(message) = socket::recvmsg::<()>(
@@ -118,7 +119,7 @@ impl Notify {
                 Some(&mut control),
                 MsgFlags::MSG_DONTWAIT,
             ) else {
-                return senders;
+                return (senders, false);
             };
             let sender = message.cmsgs().ok().and_then(|mut cmsgs| {
                 cmsgs.find_map(|c| match c {
@@ -128,9 +129,11 @@ impl Notify {
             });
             let length = message.bytes;
             let text = String::from_utf8_lossy(&buffer[..length]);
-            if let Some(pid) = sender.filter(|_| text.lines().any(|l| l == "READY=1")) {
+            let ready = sender.filter(|_| text.lines().any(|l| l == "READY=1"));
+            if let Some(pid) = ready.filter(|pid| !senders.contains(pid)) {
                 senders.push(pid);
             }
         }
+        (senders, true)
     }
 }

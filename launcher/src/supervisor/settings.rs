@@ -6,8 +6,9 @@ use std::time::Duration;
 use crate::servers::Mode;
 use crate::settings::{self as table, Settings};
 
-/// Heroku sends SIGKILL 30 s after SIGTERM; the launcher must be done before that.
-pub const HEROKU_MAX_GRACEFUL: Duration = Duration::from_secs(28);
+/// Heroku sends SIGKILL 30 s after SIGTERM; the launcher must be done before that: the graceful
+/// timeout, then at most `pool::STUCK_WAIT` (2 s) for what the final SIGKILL cannot end at once.
+pub const HEROKU_MAX_GRACEFUL: Duration = Duration::from_secs(27);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sizing {
@@ -90,6 +91,12 @@ mod tests {
         let elsewhere = run_settings(&vars, false);
         assert_eq!(elsewhere.graceful_timeout, Duration::from_secs(60));
         assert!(elsewhere.warnings.is_empty());
+    }
+
+    #[test]
+    fn on_heroku_the_whole_shutdown_ends_before_the_platforms_sigkill() {
+        let longest = HEROKU_MAX_GRACEFUL + crate::supervisor::pool::STUCK_WAIT;
+        assert!(longest < Duration::from_secs(30), "{longest:?}");
     }
 
     #[test]

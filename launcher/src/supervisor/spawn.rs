@@ -1,6 +1,9 @@
 //! Starting a worker: fork, then in the child only async-signal-safe calls (everything is
 //! prepared before the fork) and exec. The child gets the socket as fd 3 with `LISTEN_PID` set to
-//! its own pid, an empty signal mask, SIGPIPE back to default, and a signal when the launcher dies.
+//! its own pid, an empty signal mask, SIGPIPE back to default, a signal when the launcher dies, a
+//! process group of its own (so that a worker is stopped whole, whatever it runs under: a shell
+//! that does not `exec`, `npm start`), and a higher `oom_score_adj` than the launcher's (so that
+//! the kernel's OOM killer takes a worker before the supervisor).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::RawFd;
@@ -72,6 +75,19 @@ pub struct Prepared {
     listener: Option<RawFd>,
     /// What the child gets when the launcher dies (`PR_SET_PDEATHSIG`).
     death_signal: Signal,
+    /// The child's `oom_score_adj`, as the digits to write; None if the launcher's is unreadable.
+    oom_score_adj: Option<Vec<u8>>,
+}
+
+/// How much higher a worker's `oom_score_adj` is than the launcher's (any process may raise its
+/// own): on a 512 MB dyno the kernel then counts ~150 MB more against each worker than against
+/// the launcher, which holds ~3 MB.
+pub const OOM_SCORE_ADJ_RAISE: i32 = 300;
+
+/// A worker's `oom_score_adj` for a launcher whose own is `own` (the kernel's range is -1000 to
+/// 1000).
+pub fn worker_oom_score_adj(own: i32) -> i32 {
+    own.saturating_add(OOM_SCORE_ADJ_RAISE).clamp(-1000, 1000)
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -106,6 +122,9 @@ impl Prepared {
             buffer.resize(LISTEN_PID_PREFIX.len() + 24, 0);
             buffer
         });
+        let own = std::fs::read_to_string("/proc/self/oom_score_adj").ok();
+        let own: Option<i32> = own.and_then(|text| text.trim().parse().ok());
+        let oom_score_adj = own.map(|own| worker_oom_score_adj(own).to_string().into_bytes());
         Ok(Prepared {
             path: c(path.as_os_str().as_bytes())?,
             argv,
@@ -113,11 +132,12 @@ impl Prepared {
             listen_pid,
             listener,
             death_signal,
+            oom_score_adj,
         })
     }
 
-    /// Forks and execs. The launcher must be single-threaded (it is): the child runs only
-    /// async-signal-safe calls on memory prepared here.
+    /// Forks and execs. The child runs only async-signal-safe calls on memory prepared here, which
+    /// is what makes fork safe in a process with more than one thread (the log writer's).
     pub fn spawn(&mut self) -> nix::Result<Pid> {
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
@@ -134,30 +154,64 @@ impl Prepared {
             -1 => Err(nix::errno::Errno::last()),
             0 => unsafe {
                 child(
-                    parent,
-                    self.death_signal as libc::c_int,
-                    self.listener,
-                    listen_pid,
+                    Inherited {
+                        parent,
+                        death_signal: self.death_signal as libc::c_int,
+                        listener: self.listener,
+                        listen_pid,
+                        oom_score_adj: self.oom_score_adj.as_deref(),
+                    },
                     self.path.as_ptr(),
                     &argv,
                     &envp,
                 )
             },
-            pid => Ok(Pid::from_raw(pid)),
+            pid => {
+                // The child does the same; whichever runs first, the group exists before the
+                // launcher signals it. EACCES once the child has exec'd is fine: it did it.
+                // SAFETY: setpgid has no memory effects.
+                unsafe { libc::setpgid(pid, pid) };
+                Ok(Pid::from_raw(pid))
+            }
         }
     }
 }
 
-/// In the forked child. Never returns.
-unsafe fn child(
+/// What the child sets up before exec, all prepared before the fork.
+struct Inherited<'a> {
     parent: libc::pid_t,
     death_signal: libc::c_int,
     listener: Option<RawFd>,
     listen_pid: Option<*mut u8>,
+    oom_score_adj: Option<&'a [u8]>,
+}
+
+/// In the forked child. Never returns.
+unsafe fn child(
+    inherited: Inherited<'_>,
     path: *const libc::c_char,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> ! {
+    let Inherited {
+        parent,
+        death_signal,
+        listener,
+        listen_pid,
+        oom_score_adj,
+    } = inherited;
+    // Its own process group: the launcher stops the worker and whatever it started as one.
+    libc::setpgid(0, 0);
+    if let Some(digits) = oom_score_adj {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            libc::write(fd, digits.as_ptr().cast(), digits.len());
+            libc::close(fd);
+        }
+    }
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
@@ -257,6 +311,14 @@ mod tests {
                 .exit_code,
             127
         );
+    }
+
+    #[test]
+    fn workers_are_raised_above_the_launcher_within_the_kernels_range() {
+        assert_eq!(worker_oom_score_adj(0), 300);
+        assert_eq!(worker_oom_score_adj(-500), -200);
+        assert_eq!(worker_oom_score_adj(900), 1000);
+        assert_eq!(worker_oom_score_adj(-1000), -700);
     }
 
     #[test]

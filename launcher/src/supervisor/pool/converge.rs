@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use super::{Action, Event, Pending, Phase, Pool, Worker};
+use super::{Action, Event, KillTarget, Pending, Phase, Pool, Worker};
+use super::{SPAWN_BATCH, SWEEP_INTERVAL};
 
 impl Pool {
     /// Moves towards the wanted workers; call after every batch of events.
@@ -13,29 +14,13 @@ impl Pool {
         if let Phase::Stopping {
             deadline,
             fast,
-            killed: false,
+            killed,
             exit_code,
         } = self.phase
         {
-            if now < deadline {
-                return Vec::new();
-            }
-            self.phase = Phase::Stopping {
-                deadline,
-                fast,
-                killed: true,
-                exit_code,
-            };
-            self.events.push(
-                Event::warn("shutdown_timeout")
-                    .with("killed", self.workers.len())
-                    .secs("timeout_s", self.config.graceful_timeout),
-            );
-            return vec![Action::KillAll];
+            return self.finish_stopping(now, (deadline, fast, killed, exit_code));
         }
-        if self.phase != Phase::Running {
-            return Vec::new();
-        }
+        self.more_to_spawn = false;
         for index in 0..self.workers.len() {
             let worker = &self.workers[index];
             let graced = now.saturating_duration_since(worker.started) >= self.config.ready_grace;
@@ -50,9 +35,41 @@ impl Pool {
         }
         let mut actions = self.kill_overdue(now);
         actions.extend(self.roll(now));
-        actions.extend(self.respawn_due(now));
-        actions.extend(self.scale(now));
+        let mut budget = SPAWN_BATCH.saturating_sub(actions.len());
+        actions.extend(self.respawn_due(now, &mut budget));
+        actions.extend(self.scale(now, &mut budget));
         actions
+    }
+
+    /// During a shutdown: SIGKILL to everything left at the deadline, then again every
+    /// `SWEEP_INTERVAL` (whatever forked or left its group since) until nothing is left.
+    fn finish_stopping(
+        &mut self,
+        now: Instant,
+        (deadline, fast, killed, exit_code): (Instant, bool, Option<(Instant, Instant)>, u8),
+    ) -> Vec<Action> {
+        let (report, at) = match killed {
+            None if now >= deadline => {
+                let report =
+                    Event::warn("shutdown_timeout").secs("timeout_s", self.config.graceful_timeout);
+                (report, now)
+            }
+            Some((at, swept)) if now >= swept + SWEEP_INTERVAL => {
+                let report = Event::warn("sweep").with("reason", "started after the final SIGKILL");
+                (report, at)
+            }
+            _ => return Vec::new(),
+        };
+        self.phase = Phase::Stopping {
+            deadline,
+            fast,
+            killed: Some((at, now)),
+            exit_code,
+        };
+        vec![Action::Kill {
+            target: KillTarget::All,
+            report: Some(report),
+        }]
     }
 
     fn give_up(&mut self, now: Instant) -> Vec<Action> {
@@ -71,10 +88,14 @@ impl Pool {
         self.phase = Phase::Stopping {
             deadline: now,
             fast: true,
-            killed: true,
+            killed: Some((now, now)),
             exit_code: 1,
         };
-        vec![Action::CloseListener, Action::KillAll]
+        let kill = Action::Kill {
+            target: KillTarget::All,
+            report: None,
+        };
+        vec![Action::CloseListener, kill]
     }
 
     /// One step at a time: a new worker is spawned, and once it is ready the old one is stopped.
@@ -112,14 +133,17 @@ impl Pool {
         actions
     }
 
-    /// TERM to the worker in `slot`, which is not replaced here; SIGKILL follows after the
-    /// graceful timeout.
+    /// TERM to the worker in `slot` (its whole group), which is not replaced here; SIGKILL
+    /// follows after the graceful timeout.
     pub(super) fn stop_slot(&mut self, slot: u32, reason: &str, now: Instant) -> Option<Action> {
-        let worker = self
+        let index = self
             .workers
-            .iter_mut()
-            .find(|w| w.slot == slot && !w.stopping)?;
+            .iter()
+            .position(|w| w.slot == slot && !w.stopping)?;
+        let action = self.stop(self.workers[index].pid, Signal::SIGTERM);
+        let worker = &mut self.workers[index];
         worker.stopping = true;
+        worker.group_signalled = matches!(action, Action::SignalGroup { .. });
         worker.kill_at = Some(now + self.config.graceful_timeout);
         self.events.push(
             Event::info("worker_stop")
@@ -128,38 +152,48 @@ impl Pool {
                 .with("signal", "TERM")
                 .with("reason", reason),
         );
-        Some(Action::Signal {
-            pid: worker.pid,
-            signal: Signal::SIGTERM,
-        })
+        Some(action)
     }
 
-    /// Workers stopped while the pool runs on that outlived the graceful timeout.
+    /// Workers stopped while the pool runs on, and what workers left behind, that outlived the
+    /// graceful timeout: SIGKILL to the whole group.
     fn kill_overdue(&mut self, now: Instant) -> Vec<Action> {
-        let mut actions = Vec::new();
+        let overdue = |at: &mut Option<Instant>| at.take_if(|at| *at <= now).is_some();
+        let mut due: Vec<(u32, &str, i32)> = Vec::new();
         for worker in &mut self.workers {
-            if worker.kill_at.is_some_and(|at| at <= now) {
-                worker.kill_at = None;
-                self.events.push(
-                    Event::warn("worker_kill")
-                        .with("worker", worker.slot)
-                        .with("pid", worker.pid)
-                        .secs("waited_s", self.config.graceful_timeout)
-                        .with("reason", "did not stop within the graceful timeout"),
-                );
-                actions.push(Action::Signal {
-                    pid: worker.pid,
-                    signal: Signal::SIGKILL,
-                });
+            if overdue(&mut worker.kill_at) {
+                due.push((worker.slot, "pid", worker.pid));
             }
         }
-        actions
+        for left in &mut self.lingering {
+            if overdue(&mut left.kill_at) {
+                due.push((left.slot, "group", left.pgid));
+            }
+        }
+        let timeout = self.config.graceful_timeout;
+        due.into_iter()
+            .map(|(slot, key, pgid)| Action::Kill {
+                target: KillTarget::Group(pgid),
+                report: Some(
+                    Event::warn("worker_kill")
+                        .with("worker", slot)
+                        .with(key, pgid)
+                        .secs("waited_s", timeout)
+                        .with("reason", "did not stop within the graceful timeout"),
+                ),
+            })
+            .collect()
     }
 
-    fn respawn_due(&mut self, now: Instant) -> Vec<Action> {
+    fn respawn_due(&mut self, now: Instant, budget: &mut usize) -> Vec<Action> {
         let mut actions = Vec::new();
         for pending in &mut self.pending {
             if pending.due.is_some_and(|due| due <= now) {
+                if *budget == 0 {
+                    self.more_to_spawn = true;
+                    break;
+                }
+                *budget -= 1;
                 pending.due = None;
                 actions.push(Action::Spawn { slot: pending.slot });
             }
@@ -179,13 +213,18 @@ impl Pool {
         Action::Spawn { slot }
     }
 
-    /// New slots up to the target (a rolling step may add one); the newest workers stopped above it.
-    fn scale(&mut self, now: Instant) -> Vec<Action> {
+    /// New slots up to the target (a rolling step may add one), `budget` at a time; the newest
+    /// workers stopped above it.
+    fn scale(&mut self, now: Instant, budget: &mut usize) -> Vec<Action> {
         let stepping = self.rolling.as_ref().is_some_and(|r| r.step.is_some());
         let wanted = self.target as usize + usize::from(stepping);
         let live = self.workers.iter().filter(|w| !w.stopping).count() + self.pending.len();
         let mut actions = Vec::new();
-        for _ in live..wanted {
+        let missing = wanted.saturating_sub(live);
+        let now_started = missing.min(*budget);
+        *budget -= now_started;
+        self.more_to_spawn |= missing > now_started;
+        for _ in 0..now_started {
             actions.push(self.new_slot());
         }
         if live > wanted && !stepping {

@@ -17,20 +17,41 @@ use super::log::{Event, Level};
 use crate::servers::Mode;
 use crate::sizing::MAX_WEB_CONCURRENCY;
 
+/// At most this many workers are started per turn of the loop, so that signals and exits are
+/// handled in between even when a thousand workers are wanted at once.
+pub const SPAWN_BATCH: usize = 8;
+/// After the shutdown deadline's SIGKILL, how often what is left is killed again: a process that
+/// forks in a loop, or one that left its worker's group, cannot outlast the shutdown.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the launcher waits after the deadline's SIGKILL before it exits anyway, naming what
+/// is left (a process in uninterruptible sleep cannot die until its system call returns).
+pub const STUCK_WAIT: Duration = Duration::from_secs(2);
+/// How often the groups workers left behind are looked at, besides when a child exits.
+pub const LINGER_CHECK: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Start a worker in this slot, then report it with `spawned`.
-    Spawn {
-        slot: u32,
+    Spawn { slot: u32 },
+    /// A signal to one process: a delegated server, or a signal forwarded as it is.
+    Signal { pid: i32, signal: Signal },
+    /// A signal to a worker's whole process group: the worker and everything it started that
+    /// stayed in its group (a shell that does not `exec` and its server).
+    SignalGroup { pgid: i32, signal: Signal },
+    /// SIGKILL to a group or to every process under the launcher; `report`, if any, is logged
+    /// with `killed=N`, the processes that were still there.
+    Kill {
+        target: KillTarget,
+        report: Option<Event>,
     },
-    Signal {
-        pid: i32,
-        signal: Signal,
-    },
-    /// SIGKILL every process left under the launcher.
-    KillAll,
     /// Stop accepting: close the launcher's copy of the listening socket.
     CloseListener,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillTarget {
+    Group(i32),
+    All,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +79,17 @@ struct Worker {
     kill_at: Option<Instant>,
     /// Failed boots of this slot in a row before this worker was started.
     failures: u32,
+    /// Whether its whole group has had a stop signal from the launcher.
+    group_signalled: bool,
+}
+
+/// Processes a worker left in its group when it exited (a shell's server), until they are gone.
+#[derive(Debug, Clone)]
+struct Lingering {
+    slot: u32,
+    pgid: i32,
+    /// SIGKILL then; None during a shutdown, whose deadline applies.
+    kill_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +114,8 @@ enum Phase {
     Stopping {
         deadline: Instant,
         fast: bool,
-        killed: bool,
+        /// When everything left got SIGKILL, and when it was last killed again.
+        killed: Option<(Instant, Instant)>,
         exit_code: u8,
     },
 }
@@ -92,6 +125,9 @@ pub struct Pool {
     target: u32,
     workers: Vec<Worker>,
     pending: Vec<Pending>,
+    lingering: Vec<Lingering>,
+    /// More workers are wanted than the last turn started.
+    more_to_spawn: bool,
     next_slot: u32,
     rolling: Option<Rolling>,
     phase: Phase,
@@ -113,6 +149,8 @@ impl Pool {
             target,
             workers: Vec::new(),
             pending: Vec::new(),
+            lingering: Vec::new(),
+            more_to_spawn: false,
             next_slot: 1,
             rolling: None,
             phase: Phase::Running,
@@ -179,6 +217,36 @@ impl Pool {
         }
     }
 
+    /// When the loop stops waiting for what is left after the final SIGKILL and exits.
+    pub fn abandon_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Stopping {
+                killed: Some((at, _)),
+                ..
+            } => Some(at + STUCK_WAIT),
+            _ => None,
+        }
+    }
+
+    /// The process groups workers left behind, for the loop to see whether they are gone.
+    pub fn lingering_groups(&self) -> Vec<i32> {
+        self.lingering.iter().map(|l| l.pgid).collect()
+    }
+
+    /// No process is left in this group.
+    pub fn group_gone(&mut self, pgid: i32) {
+        self.lingering.retain(|l| l.pgid != pgid);
+    }
+
+    /// The signal that stops a worker gracefully or fast: to its whole group in fan-out; to the
+    /// server alone in delegate mode (it stops its own workers, which share its group).
+    fn stop(&self, pid: i32, signal: Signal) -> Action {
+        match self.config.mode {
+            Mode::FanOut => Action::SignalGroup { pgid: pid, signal },
+            Mode::Delegate => Action::Signal { pid, signal },
+        }
+    }
+
     pub fn spawned(&mut self, slot: u32, pid: i32, now: Instant) {
         let failures = self.take_pending_failures(slot);
         self.workers.push(Worker {
@@ -189,6 +257,7 @@ impl Pool {
             stopping: false,
             kill_at: None,
             failures,
+            group_signalled: false,
         });
         self.events.push(
             Event::info("worker_spawn")
@@ -220,12 +289,25 @@ impl Pool {
     }
 
     /// A child exited; `status` is `exit:N` or `signal:N`, `cause` what is known of why (the
-    /// kernel's OOM killer). Unknown pids (orphans the launcher adopted as subreaper) are ignored.
-    pub fn exited(&mut self, pid: i32, status: &str, cause: Option<&str>, now: Instant) {
+    /// kernel's OOM killer), `group_alive` whether processes are left in its process group.
+    /// Unknown pids (orphans the launcher adopted as subreaper) are the loop's to report.
+    pub fn exited(
+        &mut self,
+        pid: i32,
+        status: &str,
+        cause: Option<&str>,
+        group_alive: bool,
+        now: Instant,
+    ) -> Vec<Action> {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
-            return;
+            return Vec::new();
         };
         let worker = self.workers.remove(index);
+        let actions = if group_alive {
+            self.left_behind(&worker, now)
+        } else {
+            Vec::new()
+        };
         let uptime = now.saturating_duration_since(worker.started);
         let mut event = Event::info("worker_exit")
             .with("worker", worker.slot)
@@ -267,6 +349,34 @@ impl Pool {
                 .with("failures", failures);
         }
         self.events.push(event);
+        actions
+    }
+
+    /// The worker exited and left processes in its group: they are stopped too (a shell that ran
+    /// the server without `exec` and died would leave the server serving on), with SIGKILL after
+    /// the graceful timeout, or at the shutdown's deadline.
+    fn left_behind(&mut self, worker: &Worker, now: Instant) -> Vec<Action> {
+        let running = self.phase == Phase::Running;
+        let kill_at = running.then(|| worker.kill_at.unwrap_or(now + self.config.graceful_timeout));
+        self.lingering.push(Lingering {
+            slot: worker.slot,
+            pgid: worker.pid,
+            kill_at,
+        });
+        if worker.group_signalled {
+            return Vec::new();
+        }
+        self.events.push(
+            Event::info("worker_stop")
+                .with("worker", worker.slot)
+                .with("group", worker.pid)
+                .with("signal", "TERM")
+                .with("reason", "left_behind"),
+        );
+        vec![Action::SignalGroup {
+            pgid: worker.pid,
+            signal: Signal::SIGTERM,
+        }]
     }
 
     /// `READY=1` from this worker (or a process under it).
@@ -289,21 +399,30 @@ impl Pool {
         );
     }
 
-    /// The earliest time something is due: a respawn, a grace period, a deadline.
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    /// The earliest time something is due: a respawn, a grace period, a deadline, a sweep;
+    /// `now` while more workers are to be started than one turn starts.
+    pub fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        if self.more_to_spawn && self.phase == Phase::Running {
+            return Some(now);
+        }
         let grace = self
             .workers
             .iter()
             .filter(|w| !w.ready && !w.stopping)
             .map(|w| w.started + self.config.ready_grace);
         let kills = self.workers.iter().filter_map(|w| w.kill_at);
+        let left = self.lingering.iter().filter_map(|l| l.kill_at);
+        let look = (!self.lingering.is_empty()).then(|| now + LINGER_CHECK);
         let respawns = self.pending.iter().filter_map(|p| p.due);
         let deadline = match self.phase {
             Phase::Running => Some(self.last_ready + self.config.give_up_after),
-            // Everything got SIGKILL: only the children's exits are awaited.
-            Phase::Stopping { killed: true, .. } => None,
+            Phase::Stopping {
+                killed: Some((at, swept)),
+                ..
+            } => Some((swept + SWEEP_INTERVAL).min(at + STUCK_WAIT)),
             Phase::Stopping { deadline, .. } => Some(deadline),
         };
-        grace.chain(respawns).chain(kills).chain(deadline).min()
+        let all = grace.chain(respawns).chain(kills).chain(left).chain(look);
+        all.chain(deadline).min()
     }
 }

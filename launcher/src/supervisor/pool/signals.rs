@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use super::{Action, Event, Phase, Pool, Rolling};
+use super::{Action, Event, KillTarget, Phase, Pool, Rolling};
 use crate::servers::Mode;
 use crate::sizing::MAX_WEB_CONCURRENCY;
 
@@ -19,7 +19,7 @@ impl Pool {
             Signal::SIGTERM if stopping => ("ignored", Vec::new()),
             Signal::SIGTERM => ("shutdown", self.shut_down(false, Signal::SIGTERM, now)),
             Signal::SIGINT | Signal::SIGQUIT => match self.phase {
-                Phase::Stopping { fast: true, .. } => ("kill", vec![Action::KillAll]),
+                Phase::Stopping { fast: true, .. } => ("kill", self.kill_now(now)),
                 _ => {
                     let forwarded = if delegate { signal } else { Signal::SIGQUIT };
                     ("fast_shutdown", self.shut_down(true, forwarded, now))
@@ -65,9 +65,33 @@ impl Pool {
         actions
     }
 
+    /// A signal forwarded as it is goes to each worker's first process alone: a shell wrapper
+    /// would die of a USR1 its server handles.
     fn to_all(&self, signal: Signal) -> Vec<Action> {
         let pids = self.workers.iter().map(|w| w.pid);
         pids.map(|pid| Action::Signal { pid, signal }).collect()
+    }
+
+    /// A second fast shutdown: SIGKILL to everything at once, and the stuck wait starts.
+    fn kill_now(&mut self, now: Instant) -> Vec<Action> {
+        if let Phase::Stopping {
+            deadline,
+            fast,
+            exit_code,
+            ..
+        } = self.phase
+        {
+            self.phase = Phase::Stopping {
+                deadline,
+                fast,
+                killed: Some((now, now)),
+                exit_code,
+            };
+        }
+        vec![Action::Kill {
+            target: KillTarget::All,
+            report: None,
+        }]
     }
 
     fn shut_down(&mut self, fast: bool, forwarded: Signal, now: Instant) -> Vec<Action> {
@@ -80,10 +104,14 @@ impl Pool {
             // A fast shutdown during a graceful one does not push its deadline back.
             deadline = deadline.min(earlier);
         }
+        let killed = match self.phase {
+            Phase::Stopping { killed, .. } => killed,
+            Phase::Running => None,
+        };
         self.phase = Phase::Stopping {
             deadline,
             fast,
-            killed: false,
+            killed,
             exit_code: 0,
         };
         self.pending.clear();
@@ -99,17 +127,21 @@ impl Pool {
                 .with("workers", self.workers.len()),
         );
         let mut actions = vec![Action::CloseListener];
-        for worker in &mut self.workers {
+        for index in 0..self.workers.len() {
+            let worker = &self.workers[index];
             // A worker a rolling restart already stopped got its TERM.
             if forward && (fast || !worker.stopping) {
-                actions.push(Action::Signal {
-                    pid: worker.pid,
-                    signal: forwarded,
-                });
+                let action = self.stop(worker.pid, forwarded);
+                self.workers[index].group_signalled |= matches!(action, Action::SignalGroup { .. });
+                actions.push(action);
             }
+            let worker = &mut self.workers[index];
             worker.stopping = true;
             // The shutdown's own deadline applies now.
             worker.kill_at = None;
+        }
+        for left in &mut self.lingering {
+            left.kill_at = None;
         }
         actions
     }

@@ -61,7 +61,8 @@ impl Harness {
     }
 
     fn exit(&mut self, pid: i32, status: &str) {
-        self.pool.exited(pid, status, None, self.now);
+        let actions = self.pool.exited(pid, status, None, false, self.now);
+        assert!(actions.is_empty(), "nothing left in its group: {actions:?}");
         self.events.extend(self.pool.take_events());
     }
 
@@ -77,14 +78,31 @@ impl Harness {
     }
 }
 
+/// The signals among `actions`, to a process or to its group alike.
 fn signals(actions: &[Action]) -> Vec<(i32, Signal)> {
     actions
         .iter()
         .filter_map(|a| match a {
             Action::Signal { pid, signal } => Some((*pid, *signal)),
+            Action::SignalGroup { pgid, signal } => Some((*pgid, *signal)),
+            Action::Kill {
+                target: KillTarget::Group(pgid),
+                ..
+            } => Some((*pgid, Signal::SIGKILL)),
             _ => None,
         })
         .collect()
+}
+
+/// Whether `actions` kill everything under the launcher, and the event they report it with.
+fn kills_all(actions: &[Action]) -> Option<Option<&'static str>> {
+    actions.iter().find_map(|a| match a {
+        Action::Kill {
+            target: KillTarget::All,
+            report,
+        } => Some(report.as_ref().map(|r| r.name)),
+        _ => None,
+    })
 }
 
 #[test]
@@ -138,11 +156,12 @@ fn a_crash_loop_backs_off_and_gives_up() {
             .expect("number");
         delays.push(delay);
         // Sleep until the respawn is due, as the loop does.
-        let wakeup = h.pool.next_wakeup().expect("a wakeup");
+        let wakeup = h.pool.next_wakeup(h.now).expect("a wakeup");
         t = wakeup.duration_since(h.start).as_secs_f64();
         let actions = h.at(t);
         if h.pool.exit_code().is_some() {
-            assert_eq!(actions, vec![Action::CloseListener, Action::KillAll]);
+            assert_eq!(actions[0], Action::CloseListener);
+            assert_eq!(kills_all(&actions), Some(None), "{actions:?}");
         }
     }
     assert_eq!(h.pool.exit_code(), Some(1));
@@ -196,7 +215,7 @@ fn a_worker_that_dies_soon_after_its_grace_period_keeps_backing_off() {
         delays.push(exit.get("failures").unwrap_or_default().to_owned());
         t = h
             .pool
-            .next_wakeup()
+            .next_wakeup(h.now)
             .expect("respawn")
             .duration_since(h.start)
             .as_secs_f64();
@@ -306,8 +325,23 @@ fn term_is_forwarded_once_elsewhere_and_not_at_all_on_heroku() {
         assert!(h.at(5.0).is_empty(), "no respawn while stopping");
         h.exit(100, "exit:0");
         assert!(h.at(6.0).is_empty(), "not even for a worker that exits");
-        assert_eq!(h.at(25.0), vec![Action::KillAll], "the deadline");
-        assert!(h.at(26.0).is_empty(), "killed once");
+        let deadline = h.at(25.0);
+        assert_eq!(
+            kills_all(&deadline),
+            Some(Some("shutdown_timeout")),
+            "the deadline"
+        );
+        assert_eq!(kills_all(&h.at(25.05)), None, "not again at once");
+        assert_eq!(
+            kills_all(&h.at(25.1)),
+            Some(Some("sweep")),
+            "again after the sweep interval"
+        );
+        assert_eq!(
+            h.pool.abandon_at(),
+            Some(h.start + Duration::from_secs(27)),
+            "given up waiting 2 s after the deadline"
+        );
         assert_eq!(h.pool.exit_code(), Some(0));
         assert_eq!(
             h.names()[2..4],
@@ -330,7 +364,8 @@ fn int_is_fast_and_a_second_one_kills() {
             "{mode}"
         );
         assert!(!signals(&first).is_empty());
-        assert_eq!(h.signal(Signal::SIGINT), vec![Action::KillAll]);
+        assert_eq!(kills_all(&h.signal(Signal::SIGINT)), Some(None));
+        assert!(h.pool.abandon_at().is_some(), "the stuck wait starts");
     }
 }
 
@@ -360,8 +395,8 @@ fn int_during_a_graceful_shutdown_keeps_its_deadline() {
         vec![(100, Signal::SIGQUIT)]
     );
     assert_eq!(
-        h.at(25.0),
-        vec![Action::KillAll],
+        kills_all(&h.at(25.0)),
+        Some(Some("shutdown_timeout")),
         "the TERM's deadline, not 20 + 25 s"
     );
 }
@@ -383,17 +418,24 @@ fn a_recycle_stops_the_worker_and_starts_its_replacement_at_once() {
     assert!(h.pool.recycle(100, h.now).is_empty(), "once");
     // A worker that ignores TERM gets SIGKILL after the graceful timeout (25 s).
     assert!(signals(&h.at(25.9)).is_empty());
-    assert_eq!(signals(&h.at(26.0)), vec![(100, Signal::SIGKILL)]);
+    let kill = h.at(26.0);
+    assert_eq!(signals(&kill), vec![(100, Signal::SIGKILL)]);
+    let Some(Action::Kill {
+        report: Some(report),
+        ..
+    }) = kill.first()
+    else {
+        panic!("{kill:?}");
+    };
+    assert_eq!(
+        (report.name, report.get("worker")),
+        ("worker_kill", Some("1"))
+    );
     assert!(signals(&h.at(27.0)).is_empty(), "killed once");
     h.exit(100, "signal:9");
     let exit = h.events.last().expect("exit line");
     assert_eq!(exit.level, Level::Info, "asked for: not a crash");
     assert_eq!(h.pool.counts().2, 0, "not a restart");
-    assert!(
-        h.names().contains(&"worker_kill:1".to_owned()),
-        "{:?}",
-        h.names()
-    );
 }
 
 #[test]
@@ -404,8 +446,104 @@ fn measured_sizing_moves_the_target_and_an_oom_kill_is_named() {
     assert_eq!(h.at(1.0).len(), 1, "one more worker");
     h.pool.set_target(0);
     assert_eq!(h.pool.target(), 1, "never below one");
-    h.pool.exited(101, "signal:9", Some("oom_kill"), h.now);
+    h.pool
+        .exited(101, "signal:9", Some("oom_kill"), false, h.now);
     let exit = h.pool.take_events().pop().expect("exit line");
     assert_eq!(exit.get("cause"), Some("oom_kill"));
     assert_eq!(exit.level, Level::Warn);
+}
+
+#[test]
+fn fan_out_stops_whole_groups_and_delegate_the_server_alone() {
+    for (mode, group) in [(Mode::FanOut, true), (Mode::Delegate, false)] {
+        let mut h = Harness::new(config(mode, 1));
+        h.at(0.0);
+        let stop = h.signal(Signal::SIGTERM);
+        let expected = if group {
+            Action::SignalGroup {
+                pgid: 100,
+                signal: Signal::SIGTERM,
+            }
+        } else {
+            Action::Signal {
+                pid: 100,
+                signal: Signal::SIGTERM,
+            }
+        };
+        assert_eq!(stop[1..], [expected], "{mode}");
+        // Forwarded as they are, to the first process only: a shell would die of them.
+        let usr1 = h.signal(Signal::SIGUSR1);
+        assert!(usr1.is_empty(), "not while stopping: {usr1:?}");
+    }
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    assert_eq!(
+        h.signal(Signal::SIGUSR1),
+        vec![Action::Signal {
+            pid: 100,
+            signal: Signal::SIGUSR1
+        }]
+    );
+}
+
+#[test]
+fn what_a_stopped_worker_leaves_in_its_group_is_killed_after_the_graceful_timeout() {
+    let mut h = Harness::new(config(Mode::FanOut, 2));
+    h.at(0.0);
+    h.at(1.0);
+    h.signal(Signal::SIGTTOU);
+    assert_eq!(signals(&h.at(1.1)), vec![(101, Signal::SIGTERM)]);
+    // The shell exits on TERM; its server, in the same group, does not.
+    let actions = h.pool.exited(101, "signal:15", None, true, h.now);
+    assert!(actions.is_empty(), "the group had its TERM: {actions:?}");
+    assert_eq!(h.pool.lingering_groups(), vec![101]);
+    assert!(signals(&h.at(25.0)).is_empty());
+    assert_eq!(signals(&h.at(26.1)), vec![(101, Signal::SIGKILL)]);
+    assert!(signals(&h.at(27.0)).is_empty(), "killed once");
+    h.pool.group_gone(101);
+    assert!(h.pool.lingering_groups().is_empty());
+}
+
+#[test]
+fn a_worker_that_dies_leaving_its_server_behind_has_the_server_stopped() {
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    h.at(1.0);
+    let actions = h.pool.exited(100, "signal:9", None, true, h.now);
+    assert_eq!(
+        actions,
+        vec![Action::SignalGroup {
+            pgid: 100,
+            signal: Signal::SIGTERM
+        }]
+    );
+    h.events.extend(h.pool.take_events());
+    let stop = h
+        .events
+        .iter()
+        .find(|e| e.name == "worker_stop")
+        .expect("stop");
+    assert_eq!(stop.get("reason"), Some("left_behind"));
+    assert_eq!(stop.get("group"), Some("100"));
+    assert_eq!(h.at(1.2).len(), 1, "the slot is respawned meanwhile");
+    assert_eq!(signals(&h.at(26.0)), vec![(100, Signal::SIGKILL)]);
+}
+
+#[test]
+fn a_thousand_workers_start_a_batch_per_turn() {
+    let mut h = Harness::new(config(Mode::FanOut, 20));
+    let mut batches = Vec::new();
+    for turn in 0..5 {
+        batches.push(h.at(0.001 * f64::from(turn)).len());
+        let due = h.pool.next_wakeup(h.now).expect("wakeup");
+        if h.pool.counts().0 < 20 {
+            assert_eq!(due, h.now, "more to start: the next turn is at once");
+        }
+    }
+    assert_eq!(batches, [SPAWN_BATCH, SPAWN_BATCH, 4, 0, 0]);
+    let mut h = Harness::new(config(Mode::FanOut, 1024));
+    h.at(0.0);
+    h.signal(Signal::SIGTERM);
+    assert!(h.at(0.01).is_empty(), "no more starts once stopping");
+    assert_eq!(h.pool.counts().0, 0, "the started ones are stopping");
 }

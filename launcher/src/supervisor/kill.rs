@@ -1,0 +1,71 @@
+//! Ending processes for good: SIGKILL to a worker's group or to everything under the launcher,
+//! counting what was still there; whether a group still has processes; what is left that will not
+//! die. The launcher is a child subreaper, so every process it started, also one that left its
+//! worker's group with `setsid()`, is below it until it has ended.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use crate::procs::{self, Stat};
+
+/// How many times everything under the launcher is listed and killed in one sweep: a process
+/// that forked between the listing and the kill is found by the next listing.
+const LISTINGS: usize = 3;
+
+fn me() -> i32 {
+    std::process::id() as i32
+}
+
+/// SIGKILL to every process under the launcher: each worker group in `groups` first (a group
+/// kill reaches a process that is forking at that moment, and its new child), then every
+/// process found below the launcher, listed again until a listing finds nothing new. Returns
+/// how many processes were still there.
+pub fn everything(groups: &[i32]) -> usize {
+    let proc_dir = Path::new("/proc");
+    let mut killed: HashSet<i32> = HashSet::new();
+    for round in 0..LISTINGS {
+        let found: Vec<i32> = procs::living_under(proc_dir, me())
+            .into_iter()
+            .map(|s| s.pid)
+            .filter(|pid| !killed.contains(pid))
+            .collect();
+        if round == 0 {
+            for pgid in groups {
+                let _ = signal::killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+            }
+        }
+        if found.is_empty() {
+            break;
+        }
+        for pid in found {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            killed.insert(pid);
+        }
+    }
+    killed.len()
+}
+
+/// SIGKILL to a worker's process group; returns how many of its processes were still there.
+pub fn group(pgid: i32) -> usize {
+    let members = procs::living_under(Path::new("/proc"), me())
+        .into_iter()
+        .filter(|s| s.group == pgid)
+        .count();
+    let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    members
+}
+
+/// Whether any process is left in the group (`kill(-pgid, 0)`).
+pub fn group_alive(pgid: i32) -> bool {
+    !matches!(signal::killpg(Pid::from_raw(pgid), None), Err(Errno::ESRCH))
+}
+
+/// The processes still under the launcher: what would not die (state `D`: in a system call that
+/// cannot be interrupted, even by SIGKILL).
+pub fn left() -> Vec<Stat> {
+    procs::living_under(Path::new("/proc"), me())
+}
