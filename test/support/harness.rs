@@ -108,9 +108,11 @@ fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>>>, JoinHa
 
 /// A running launcher (or `unshare` running one) in its own process group, with its stdout and
 /// stderr collected line by line (the workers inherit both). Dropping it kills the group and every
-/// descendant.
+/// descendant. Unless the command sets `TMPDIR`, it gets one of its own, removed with the `Run`:
+/// the launcher's state file goes there, not into the machine's /tmp.
 pub struct Run {
     child: Child,
+    _tmpdir: Option<tempfile::TempDir>,
     out: Arc<Mutex<Vec<String>>>,
     err: Arc<Mutex<Vec<String>>>,
     readers: Vec<JoinHandle<()>>,
@@ -120,6 +122,11 @@ pub struct Run {
 
 impl Run {
     pub fn spawn(mut command: Command) -> Run {
+        let has_tmpdir = command.get_envs().any(|(key, _)| key == "TMPDIR");
+        let tmpdir = (!has_tmpdir).then(|| tempfile::TempDir::new().expect("temp dir"));
+        if let Some(dir) = &tmpdir {
+            command.env("TMPDIR", dir.path());
+        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -131,6 +138,7 @@ impl Run {
         let (err, err_reader) = collect(child.stderr.take().expect("stderr"));
         Run {
             child,
+            _tmpdir: tmpdir,
             out,
             err,
             readers: vec![out_reader, err_reader],
