@@ -94,6 +94,61 @@ fn a_leak_oom_kills_gunicorn_alone_and_is_recycled_under_the_launcher() {
 }
 
 #[test]
+fn a_mass_oom_kill_is_attributed_to_every_worker_it_ended_and_counted_whole() {
+    needs_machine(|| {
+        let venv = venv(&["python"])?;
+        let cgroup = MemoryCgroup::create(&["launcher-test-oom-mass"], 128 * MB)?;
+        // Twelve workers of 40 MB each in 128 MB, the guard off: the kernel kills several at
+        // once, again at every respawn.
+        let env = [
+            ("LAUNCHER_MEMORY_GUARD", "off"),
+            ("WEB_CONCURRENCY", "12"),
+            ("LAUNCHER_SAMPLE_INTERVAL", "0"),
+        ];
+        let hog = "import time; b = b'x' * (30 << 20); time.sleep(600)";
+        let args = ["run", "--", "python", "-c", hog];
+        let mut run =
+            Run::spawn(cgroup.wrap(&command(Some(&venv), "hostile", &env, LAUNCHER, &args)));
+        run.wait("a dozen OOM kills", secs(30), || {
+            (cgroup.oom_kills() >= 12).then_some(())
+        });
+        support::procs::signal("TERM", &[run.pid()]);
+        run.wait_exit(secs(30));
+        let total = cgroup.oom_kills();
+        let lines = run.events("oom_kill");
+        let sum = |key: &str| lines.iter().map(|e| e.num::<u64>(key)).sum::<u64>();
+        assert_eq!(sum("kills"), total, "every kill is reported\n{}", run.log());
+        assert_eq!(
+            sum("attributed") + sum("unattributed"),
+            total,
+            "each is attributed or said not to be"
+        );
+        let exits = run
+            .events("worker_exit")
+            .into_iter()
+            .filter(|e| e.opt("cause") == Some("oom_kill"))
+            .count() as u64;
+        assert_eq!(exits, sum("attributed"), "\n{}", run.log());
+        // The workers are the launcher's children: nearly every kill is theirs and attributed.
+        assert!(
+            exits * 10 >= total * 9,
+            "{exits} of {total} attributed\n{}",
+            run.log()
+        );
+        let known: Vec<_> = lines
+            .iter()
+            .filter(|e| e.get("memory_total") != "unknown")
+            .collect();
+        assert!(!known.is_empty(), "\n{}", run.log());
+        for line in known {
+            assert!(line.megabytes("memory_total") > 0.0, "{}", line.line);
+            assert!(line.num::<f64>("memory_total_age_s") < 2.0, "{}", line.line);
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn oom_kills_are_reported_in_both_modes_and_a_plain_sigkill_is_not_one() {
     needs_machine(|| {
         let venv = venv(&["gunicorn", "uvicorn"])?;
@@ -283,14 +338,13 @@ fn measured_sizing_settles_where_the_workers_fit_and_holds_under_load() {
         let after = run.events("resize").last().map(|e| e.index);
         assert_eq!(after, last_resize, "a resize while held:\n{}", run.log());
 
-        // `launcher size` in the same container shows what the supervisor measured.
-        let size = Command::new(LAUNCHER)
-            .args(["size", "--json"])
+        // `launcher size` in the same container (its cgroup) shows what the supervisor measured.
+        let mut size = Command::new(LAUNCHER);
+        size.args(["size", "--json"])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .env("TMPDIR", &tmpdir)
-            .output()
-            .expect("launcher size");
+            .env("TMPDIR", &tmpdir);
+        let size = cgroup.wrap(&size).output().expect("launcher size");
         let report: serde_json::Value = serde_json::from_slice(&size.stdout).expect("JSON");
         let running = &report["running"][0];
         assert_eq!(running["workers"], count, "{report}");

@@ -280,7 +280,7 @@ fn bad_input_is_one_error_line_and_its_exit_code() {
     fs::write(dir.path().join("launcher.toml"), "mode = [\n").expect("write");
     let bad_toml = dir.path().to_str().expect("utf-8");
     // A launcher that wrongly accepts the input runs `sleep 30` and is caught by the timeout.
-    let cases: [BadInput; 8] = [
+    let cases: [BadInput; 9] = [
         ("no command", &[], &["run"], 2),
         ("no command after --", &[], &["run", "--"], 2),
         (
@@ -297,6 +297,8 @@ fn bad_input_is_one_error_line_and_its_exit_code() {
             2,
         ),
         ("PORT=0", &[("PORT", "0")], &["run", "--", "sleep", "30"], 2),
+        // Set but empty is not "no socket": a web process would silently serve nothing.
+        ("PORT=", &[("PORT", "")], &["run", "--", "sleep", "30"], 2),
         (
             "PORT=65536",
             &[("PORT", "65536")],
@@ -315,6 +317,24 @@ fn bad_input_is_one_error_line_and_its_exit_code() {
         let line = assert_error(case, &output, code);
         eprintln!("{case}: {line}");
     }
+}
+
+#[test]
+fn a_worker_that_dies_before_it_is_ready_gets_a_hint_without_port_too() {
+    let env = [
+        ("WEB_CONCURRENCY", "1"),
+        ("LAUNCHER_READY_GRACE", "5"),
+        ("LAUNCHER_GIVE_UP_AFTER", "2"),
+    ];
+    let output = finish(&env, &["run", "--", "sh", "-c", "exit 3"], secs(15));
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let hints: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("event=hint"))
+        .collect();
+    assert_eq!(hints.len(), 1, "{stdout}");
+    assert!(hints[0].contains("before it was ready"), "{}", hints[0]);
 }
 
 #[test]

@@ -330,10 +330,12 @@ fn small_pipe() -> (OwnedFd, OwnedFd) {
 fn a_stdout_nobody_reads_never_stalls_the_loop_and_dropped_lines_are_counted() {
     let _serial = serial();
     let (read, write) = small_pipe();
+    let tmp = tempfile::TempDir::new().expect("temp dir");
     let mut child = Command::new(LAUNCHER)
         .args(["run", "--", "sleep", "1000"])
         .env_clear()
         .env("PATH", SYSTEM_PATH)
+        .env("TMPDIR", tmp.path())
         .env("WEB_CONCURRENCY", "2")
         .env("LAUNCHER_GRACEFUL_TIMEOUT", "1")
         .env("LAUNCHER_SAMPLE_INTERVAL", "0")
@@ -406,10 +408,12 @@ fn a_stdout_nobody_reads_never_stalls_the_loop_and_dropped_lines_are_counted() {
 fn the_launcher_exits_within_the_deadline_when_stdout_is_stalled_at_shutdown() {
     let _serial = serial();
     let (_read, write) = small_pipe();
+    let tmp = tempfile::TempDir::new().expect("temp dir");
     let mut child = Command::new(LAUNCHER)
         .args(["run", "--", "sleep", "1000"])
         .env_clear()
         .env("PATH", SYSTEM_PATH)
+        .env("TMPDIR", tmp.path())
         .env("WEB_CONCURRENCY", "2")
         .env("LAUNCHER_GRACEFUL_TIMEOUT", "1")
         .env("LAUNCHER_SAMPLE_INTERVAL", "0")

@@ -171,6 +171,53 @@ fn hup_replaces_every_worker_one_at_a_time_without_a_failed_request() {
     });
 }
 
+#[test]
+fn a_rolling_restart_whose_new_workers_hang_at_boot_keeps_the_old_ones_serving() {
+    needs_machine(|| {
+        let venv = venv(&["uvicorn"])?;
+        let port = free_port();
+        let dir = tempfile::TempDir::new().map_err(|e| e.to_string())?;
+        let hang = dir.path().join("hang");
+        let hang_text = hang.display().to_string();
+        // uvicorn catches TERM before it imports the app, and a hung import never gets to act
+        // on it: the stopped replacement gets SIGKILL at the graceful timeout.
+        let env = [
+            ("HANG_IF_EXISTS", hang_text.as_str()),
+            ("LAUNCHER_READY_TIMEOUT", "4"),
+            ("LAUNCHER_GRACEFUL_TIMEOUT", "3"),
+        ];
+        let (run, originals) = fanout(&venv, port, 2, &env);
+        let load = Load::start(port, 8);
+        load.wait_more(100, &run);
+        // From now on a new worker hangs at import: it never sends READY=1 (uvicorn does not) and
+        // never waits on the socket; its grace period passes all the same.
+        std::fs::write(&hang, "").map_err(|e| e.to_string())?;
+        signal("HUP", &[run.pid()]);
+        let failed = run.wait_event("restart_failed", secs(20), |_| true);
+        assert!(failed.num::<f64>("waited_s") >= 4.0, "{}", failed.line);
+        load.wait_more(100, &run);
+        let tally = load.finish();
+        assert!(
+            tally.failures.is_empty(),
+            "failed requests: {tally:?}\n{}",
+            run.log()
+        );
+        run.wait_event("worker_kill", secs(10), |e| e.get("worker") == failed.get("worker"));
+        let now = run.wait_children(2, secs(10));
+        assert_eq!(now, originals, "the old workers serve on\n{}", run.log());
+        assert!(
+            run.events("worker_stop")
+                .iter()
+                .all(|e| !originals.contains(&e.pid())),
+            "an old worker was stopped\n{}",
+            run.log()
+        );
+        assert!(run.events("restart_done").is_empty(), "\n{}", run.log());
+        let _ = std::fs::remove_file(&hang);
+        Ok(())
+    });
+}
+
 // ---- Delegate: real gunicorn -------------------------------------------------------------------------
 
 #[test]

@@ -213,7 +213,7 @@ fn fanout_ttin_adds_a_worker_and_ttou_stops_the_newest() {
 fn the_sample_line_counts_workers_restarts_and_memory() {
     needs_machine(|| {
         let venv = venv(&["uvicorn"])?;
-        let interval = [("LAUNCHER_SAMPLE_INTERVAL", "0.5")];
+        let interval = [("LAUNCHER_SAMPLE_INTERVAL", "1")];
         let (run, workers) = fanout(&venv, free_port(), 2, &interval);
         let ready = run.wait_ready(2).iter().map(|e| e.index).max();
         let sample = run.wait_event("sample", secs(5), |e| Some(e.index) > ready);

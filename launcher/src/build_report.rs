@@ -123,8 +123,12 @@ pub fn read_env_dir(dir: &Path) -> (Env, Vec<String>) {
             ));
             continue;
         }
-        if let Ok(bytes) = std::fs::read(entry.path()) {
-            pairs.push((name, String::from_utf8_lossy(&bytes).into_owned()));
+        match crate::files::read_bytes(&entry.path(), crate::files::MAX_BYTES) {
+            Ok(bytes) => pairs.push((name, String::from_utf8_lossy(&bytes).into_owned())),
+            Err(err) => warnings.push(format!(
+                "config var {} cannot be read ({err}); ignored",
+                shown(&name)
+            )),
         }
     }
     (Env::from_pairs(pairs), warnings)

@@ -3,6 +3,7 @@
 mod build_report;
 mod dynos;
 mod env;
+mod files;
 mod host;
 mod pinning;
 mod procs;
@@ -118,7 +119,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let mut report = gather(&root, &env, app_dir);
             if root == Path::new("/") {
-                report.running = state::read_live(&state::dir());
+                read_running(&mut report);
             }
             let text = if json {
                 report.to_json() + "\n"
@@ -167,6 +168,20 @@ fn run_supervisor(
             eprintln!("launcher: error: {}", fatal.message);
             ExitCode::from(fatal.exit_code)
         }
+    }
+}
+
+/// What the `launcher run` supervisors of this user in this container measured, from their state
+/// files; why they could not be read goes into the notes.
+fn read_running(report: &mut Report) {
+    let uid = nix::unistd::geteuid().as_raw();
+    let place = state::place(std::env::var_os("TMPDIR").as_deref(), uid);
+    report.running_notes.extend(place.note);
+    match state::read_live(&place.dir, uid, &state::Scope::own()) {
+        Ok(states) => report.running = states,
+        Err(why) => report
+            .running_notes
+            .push(format!("the supervisors' state files were not read: {why}")),
     }
 }
 

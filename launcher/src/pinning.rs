@@ -20,7 +20,8 @@ pub struct Finding {
 /// Scans the app at `app_dir` and the config vars in `env`.
 pub fn scan(app_dir: &Path, env: &Env) -> Vec<Finding> {
     let mut findings = Vec::new();
-    let read = |name: &str| std::fs::read_to_string(app_dir.join(name)).ok();
+    let read =
+        |name: &str| crate::files::read_text(&app_dir.join(name), crate::files::MAX_BYTES).ok();
     let web = read("Procfile").and_then(|text| web_command(&text));
     let mut gunicorn_configs = vec!["gunicorn.conf.py".to_owned()];
     if let Some(command) = &web {

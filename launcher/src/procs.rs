@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::files::{read_bytes, read_text, MAX_BYTES};
+
 /// Every process id in `proc_dir`.
 pub fn pids(proc_dir: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir(proc_dir) else {
@@ -19,7 +21,7 @@ pub fn parents(proc_dir: &Path) -> HashMap<i32, i32> {
     pids(proc_dir)
         .into_iter()
         .filter_map(|pid| {
-            let stat = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")).ok()?;
+            let stat = read_text(&proc_dir.join(pid.to_string()).join("stat"), MAX_BYTES).ok()?;
             Some((pid, parent_in_stat(&stat)?))
         })
         .collect()
@@ -59,13 +61,14 @@ fn parse_stat(stat: &str) -> Option<Stat> {
 }
 
 pub fn stat(proc_dir: &Path, pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")).ok()?;
+    let text = read_text(&proc_dir.join(pid.to_string()).join("stat"), MAX_BYTES).ok()?;
     parse_stat(&text)
 }
 
 /// A process's arguments from /proc/PID/cmdline (empty once it has exited).
 pub fn cmdline(proc_dir: &Path, pid: i32) -> Vec<String> {
-    let bytes = std::fs::read(proc_dir.join(pid.to_string()).join("cmdline")).unwrap_or_default();
+    let path = proc_dir.join(pid.to_string()).join("cmdline");
+    let bytes = read_bytes(&path, MAX_BYTES).unwrap_or_default();
     let args = bytes.split(|b| *b == 0).filter(|a| !a.is_empty());
     args.map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
@@ -104,7 +107,7 @@ pub fn children(proc_dir: &Path, pid: i32) -> Vec<i32> {
     let listed: Option<Vec<i32>> = std::fs::read_dir(&tasks).ok().and_then(|entries| {
         let mut found = Vec::new();
         for entry in entries {
-            let text = std::fs::read_to_string(entry.ok()?.path().join("children")).ok()?;
+            let text = read_text(&entry.ok()?.path().join("children"), MAX_BYTES).ok()?;
             found.extend(
                 text.split_whitespace()
                     .filter_map(|c| c.parse::<i32>().ok()),
@@ -149,7 +152,7 @@ pub fn ancestor_in(parents: &HashMap<i32, i32>, pid: i32, candidates: &[i32]) ->
 
 /// Resident memory in bytes, from the second field of /proc/PID/statm (in pages).
 pub fn rss_bytes(proc_dir: &Path, pid: i32) -> u64 {
-    let statm = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("statm"));
+    let statm = read_text(&proc_dir.join(pid.to_string()).join("statm"), MAX_BYTES);
     let pages: u64 = statm
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())

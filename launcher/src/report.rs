@@ -18,6 +18,8 @@ pub struct Report {
     pub decision: Decision,
     /// What the `launcher run` supervisors running here measured (`launcher size` only).
     pub running: Vec<State>,
+    /// Why the state files were looked for elsewhere, or not read.
+    pub running_notes: Vec<String>,
 }
 
 impl Report {
@@ -44,6 +46,7 @@ impl Report {
             formula,
             decision,
             running: Vec::new(),
+            running_notes: Vec::new(),
         }
     }
 
@@ -60,6 +63,7 @@ impl Report {
         std::iter::once(self.decision.reason.clone())
             .chain(self.warnings())
             .chain(self.host.notes.iter().cloned())
+            .chain(self.running_notes.iter().cloned())
             .collect()
     }
 
@@ -118,7 +122,8 @@ impl Report {
         for state in &self.running {
             text.push_str(&running_line(state));
         }
-        for note in self.warnings().iter().chain(&self.host.notes) {
+        let notes = self.host.notes.iter().chain(&self.running_notes);
+        for note in self.warnings().iter().chain(notes) {
             text.push_str(&format!("note: {note}\n"));
         }
         text

@@ -55,7 +55,7 @@ fn quota(
     let (shown, quota, period) = match version {
         Version::V2 => {
             let path = dir.join("cpu.max");
-            let text = snapshot.read(&path).ok()?;
+            let text = snapshot.read_optional(&path, notes)?;
             let mut fields = text.split_whitespace();
             let quota = fields.next()?.to_owned();
             let period = fields.next().unwrap_or("100000").to_owned();
@@ -63,8 +63,8 @@ fn quota(
         }
         Version::V1 => {
             let path = dir.join("cpu.cfs_quota_us");
-            let quota = snapshot.read(&path).ok()?.trim().to_owned();
-            let period = snapshot.read(&dir.join("cpu.cfs_period_us")).ok()?;
+            let quota = snapshot.read_optional(&path, notes)?.trim().to_owned();
+            let period = snapshot.read_optional(&dir.join("cpu.cfs_period_us"), notes)?;
             (path.display().to_string(), quota, period.trim().to_owned())
         }
     };

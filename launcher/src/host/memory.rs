@@ -90,7 +90,7 @@ fn read_limit(
     host_total: Option<u64>,
     notes: &mut Vec<String>,
 ) -> Option<(Reading<u64>, CgroupDir)> {
-    let text = snapshot.read(path).ok()?;
+    let text = snapshot.read_optional(path, notes)?;
     let text = text.trim();
     let shown = path.display();
     if text == "max" {
@@ -106,8 +106,10 @@ fn read_limit(
     if bytes >= NO_LIMIT_THRESHOLD {
         return None;
     }
-    if bytes == 0 {
-        notes.push(format!("ignored {shown}: a limit of 0 bytes"));
+    if bytes < MIB {
+        notes.push(format!(
+            "ignored {shown}: {bytes} bytes is not a usable memory limit (under 1 MB)"
+        ));
         return None;
     }
     if let Some(total) = host_total.filter(|total| bytes > *total) {

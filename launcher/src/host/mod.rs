@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 pub const MIB: u64 = 1024 * 1024;
 
+/// The longest cgroup path taken from /proc/self/cgroup: PATH_MAX.
+const MAX_CGROUP_PATH: usize = 4096;
+
 /// What the machine offers this process, each figure with the place it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -48,9 +51,24 @@ impl Snapshot {
         }
     }
 
-    /// Reads the file that the host knows as `host_path` (an absolute path).
+    /// Reads the file that the host knows as `host_path` (an absolute path): a regular file of
+    /// bounded size, never blocking (`files`), whatever a snapshot holds under that name.
     pub fn read(&self, host_path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(self.path(host_path))
+        crate::files::read_text(&self.path(host_path), crate::files::MAX_BYTES)
+    }
+
+    /// Reads a file that may well not exist: a missing one is silent, one that exists but cannot
+    /// be read (no permission, not a regular file, too large) is noted, so that `launcher size`
+    /// says why a limit was not taken.
+    pub fn read_optional(&self, host_path: &Path, notes: &mut Vec<String>) -> Option<String> {
+        match self.read(host_path) {
+            Ok(text) => Some(text),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => {
+                notes.push(format!("cannot read {}: {err}", host_path.display()));
+                None
+            }
+        }
     }
 
     /// Where the host's `host_path` is in this snapshot.
@@ -64,13 +82,22 @@ impl Snapshot {
 pub fn read(root: &Path) -> Host {
     let snapshot = Snapshot::new(root);
     let mut notes = Vec::new();
-    let membership = match snapshot.read(Path::new("/proc/self/cgroup")) {
+    let mut membership = match snapshot.read(Path::new("/proc/self/cgroup")) {
         Ok(text) => procfs::parse_cgroup_membership(&text),
         Err(err) => {
             notes.push(format!("cannot read /proc/self/cgroup: {err}"));
             Vec::new()
         }
     };
+    // No real cgroup path is longer than a path can be; a longer one would cost time and memory
+    // in proportion to its square (every level up to the mount is read).
+    let before = membership.len();
+    membership.retain(|m| m.path.len() <= MAX_CGROUP_PATH);
+    if membership.len() < before {
+        notes.push(format!(
+            "ignored /proc/self/cgroup paths longer than {MAX_CGROUP_PATH} bytes"
+        ));
+    }
     let mounts = match snapshot.read(Path::new("/proc/self/mountinfo")) {
         Ok(text) => procfs::parse_mountinfo(&text),
         Err(err) => {

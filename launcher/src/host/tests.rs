@@ -156,7 +156,7 @@ fn garbage_files_are_noted_and_passed_over() {
     let host = FakeHost::new();
     host.cgroup_v2("/")
         .write("/sys/fs/cgroup/memory.max", "lots\n")
-        .write("/sys/fs/cgroup/memory.high", "0\n")
+        .write("/sys/fs/cgroup/memory.high", "1\n")
         .write("/sys/fs/cgroup/cpu.max", "half 100000\n")
         .write("/sys/devices/system/cpu/online", "zero-seven\n");
     let read = host.read();
@@ -168,7 +168,7 @@ fn garbage_files_are_noted_and_passed_over() {
         "{notes}"
     );
     assert!(
-        notes.contains("/sys/fs/cgroup/memory.high: a limit of 0 bytes"),
+        notes.contains("/sys/fs/cgroup/memory.high: 1 bytes is not a usable memory limit"),
         "{notes}"
     );
     assert!(
@@ -306,4 +306,38 @@ fn equal_limits_name_the_broadest_source() {
 fn the_live_machine_reads_without_panicking() {
     let read = read(Path::new("/"));
     assert!(read.memory_bytes > 0 && read.cpus > 0);
+}
+
+#[test]
+fn devices_fifos_and_huge_paths_in_a_snapshot_are_noted_not_read() {
+    let host = FakeHost::new();
+    host.cgroup_v2("/");
+    let root = host.root();
+    std::fs::create_dir_all(root.join("sys/fs/cgroup")).expect("mkdir");
+    std::os::unix::fs::symlink("/dev/zero", root.join("sys/fs/cgroup/memory.max")).expect("link");
+    let meminfo = root.join("proc/meminfo");
+    std::fs::remove_file(&meminfo).expect("remove");
+    let c_path = std::ffi::CString::new(meminfo.to_str().expect("utf-8")).expect("cstring");
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let read = host.read();
+    assert_eq!(read.memory_bytes, 512 * MIB, "the last fallback");
+    let notes = read.notes.join("\n");
+    assert!(
+        notes.contains("memory.max: not a regular file (a device)"),
+        "{notes}"
+    );
+    assert!(notes.contains("/proc/meminfo"), "{notes}");
+
+    // 50,000 levels in 100 KB: passed over at once, not walked level by level.
+    let deep = "/a".repeat(50_000);
+    host.write("/proc/self/cgroup", &format!("0::{deep}\n"));
+    let read = host.read();
+    assert!(
+        read.notes
+            .iter()
+            .any(|n| n.contains("longer than 4096 bytes")),
+        "{:?}",
+        read.notes
+    );
 }

@@ -203,7 +203,7 @@ fn read_file(app_dir: &Path, problems: &mut Vec<Problem>) -> Option<toml::Table>
             instead: "its settings are ignored".to_owned(),
         })
     };
-    let text = match std::fs::read_to_string(app_dir.join(FILE_NAME)) {
+    let text = match crate::files::read_text(&app_dir.join(FILE_NAME), crate::files::MAX_BYTES) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
         Err(err) => {
@@ -311,9 +311,18 @@ fn parse_text(spec: &Spec, text: &str) -> Option<Value> {
             .filter(|n| *n >= min)
             .map(|n| Value::Whole(Some(n))),
         Kind::Seconds { .. } => seconds_in(spec, seconds(text)?),
+        Kind::Interval { max } => match text {
+            "0" => interval(0),
+            _ => interval(whole_number(text, max)?),
+        },
         Kind::Choice(words) => words.iter().find(|w| **w == text).map(|w| Value::Choice(w)),
         Kind::WorkerCount | Kind::BuildText { .. } => None,
     }
+}
+
+/// An interval of whole seconds; 0 is off.
+fn interval(seconds: u64) -> Option<Value> {
+    Some(Value::Seconds(Duration::from_secs(seconds)))
 }
 
 /// `seconds` as `spec`'s value, if within its bounds (NaN is in none).
@@ -345,6 +354,10 @@ fn parse_toml(spec: &Spec, value: &toml::Value) -> Option<Value> {
             .map(|n| Value::Whole(Some(n))),
         (Kind::Seconds { .. }, toml::Value::Integer(n)) => seconds_in(spec, *n as f64),
         (Kind::Seconds { .. }, toml::Value::Float(x)) => seconds_in(spec, *x),
+        (Kind::Interval { max }, toml::Value::Integer(n)) => u64::try_from(*n)
+            .ok()
+            .filter(|n| *n <= max)
+            .and_then(interval),
         (Kind::Switch | Kind::Choice(_), toml::Value::String(text)) => parse_text(spec, text),
         _ => None,
     }

@@ -18,9 +18,11 @@ pub enum Kind {
         max: u64,
         unit: &'static str,
     },
-    /// A number of seconds from `min` to `max`, decimals allowed; with `zero_off`, 0 turns the
-    /// thing off.
-    Seconds { min: f64, max: f64, zero_off: bool },
+    /// A number of seconds from `min` to `max`, decimals allowed.
+    Seconds { min: f64, max: f64 },
+    /// How often something is done: `0` (off) or whole seconds from 1 to `max` (an interval of a
+    /// fraction of a second would flood the log).
+    Interval { max: u64 },
     /// One of these words.
     Choice(&'static [&'static str]),
     /// `WEB_CONCURRENCY`: read by the precedence rules (`sizing::decide`), not by the reader.
@@ -134,9 +136,8 @@ pub const GRACEFUL_TIMEOUT: Spec = Spec {
     var: "LAUNCHER_GRACEFUL_TIMEOUT",
     key: Some("graceful_timeout"),
     kind: Kind::Seconds {
-        min: 0.0,
+        min: 1.0,
         max: 3600.0,
-        zero_off: false,
     },
     default: "25",
     when: RUN,
@@ -148,13 +149,25 @@ pub const READY_GRACE: Spec = Spec {
     var: "LAUNCHER_READY_GRACE",
     key: Some("ready_grace"),
     kind: Kind::Seconds {
-        min: 0.0,
+        min: 0.1,
         max: 600.0,
-        zero_off: false,
     },
     default: "1",
     when: RUN,
     doc: "a worker that does not send `READY=1` counts as ready once it has run this long",
+};
+
+pub const READY_TIMEOUT: Spec = Spec {
+    var: "LAUNCHER_READY_TIMEOUT",
+    key: Some("ready_timeout"),
+    kind: Kind::Seconds {
+        min: 1.0,
+        max: 3600.0,
+    },
+    default: "60",
+    when: RUN,
+    doc: "how long a rolling restart waits for a new worker to serve (send `READY=1` or wait on \
+          the socket) before it ends with `restart_failed`, keeping the old workers",
 };
 
 pub const GIVE_UP_AFTER: Spec = Spec {
@@ -163,7 +176,6 @@ pub const GIVE_UP_AFTER: Spec = Spec {
     kind: Kind::Seconds {
         min: 1.0,
         max: 86400.0,
-        zero_off: false,
     },
     default: "60",
     when: RUN,
@@ -174,11 +186,7 @@ pub const GIVE_UP_AFTER: Spec = Spec {
 pub const SAMPLE_INTERVAL: Spec = Spec {
     var: "LAUNCHER_SAMPLE_INTERVAL",
     key: Some("sample_interval"),
-    kind: Kind::Seconds {
-        min: 0.0,
-        max: 86400.0,
-        zero_off: true,
-    },
+    kind: Kind::Interval { max: 86400 },
     default: "20",
     when: RUN,
     doc: "how often the `sample#` line is logged",
@@ -224,9 +232,8 @@ pub const MEMORY_COOLDOWN: Spec = Spec {
     var: "LAUNCHER_MEMORY_COOLDOWN",
     key: Some("memory_cooldown"),
     kind: Kind::Seconds {
-        min: 0.0,
+        min: 0.5,
         max: 3600.0,
-        zero_off: false,
     },
     default: "3",
     when: RUN,
@@ -249,7 +256,6 @@ pub const SIZING_WARMUP: Spec = Spec {
     kind: Kind::Seconds {
         min: 1.0,
         max: 86400.0,
-        zero_off: false,
     },
     default: "30",
     when: RUN,
@@ -287,7 +293,7 @@ pub const RUSTUP_INIT_URL: Spec = Spec {
 };
 
 /// Every setting, in the README's order.
-pub const ALL: [&Spec; 18] = [
+pub const ALL: [&Spec; 19] = [
     &WEB_CONCURRENCY,
     &WEB_MEMORY,
     &MAX_WORKERS,
@@ -295,6 +301,7 @@ pub const ALL: [&Spec; 18] = [
     &MODE,
     &GRACEFUL_TIMEOUT,
     &READY_GRACE,
+    &READY_TIMEOUT,
     &GIVE_UP_AFTER,
     &SAMPLE_INTERVAL,
     &MEMORY_GUARD,
@@ -319,7 +326,10 @@ impl Spec {
         match self.kind {
             Kind::Switch => "on or off".to_owned(),
             Kind::Whole { min, max, .. } => format!("a whole number from {min} to {max}"),
-            Kind::Seconds { min, max, .. } => format!("a number of seconds from {min} to {max}"),
+            Kind::Seconds { min, max } => format!("a number of seconds from {min} to {max}"),
+            Kind::Interval { max } => {
+                format!("0 (off) or a whole number of seconds from 1 to {max}")
+            }
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
             Kind::WorkerCount => format!("a whole number from 1 to {MAX_WEB_CONCURRENCY}"),
             Kind::BuildText { values } => values.to_owned(),
@@ -344,10 +354,8 @@ pub fn markdown() -> String {
         let values = match spec.kind {
             Kind::Switch => "`on`/`off` (or `1`/`0`, `true`/`false`, `yes`/`no`)".to_owned(),
             Kind::Whole { min, max, unit } => format!("{unit}, {min}-{max}"),
-            Kind::Seconds { min, max, zero_off } => {
-                let off = if zero_off { "; `0` = off" } else { "" };
-                format!("seconds, {min}-{max}{off}")
-            }
+            Kind::Seconds { min, max } => format!("seconds, {min}-{max}"),
+            Kind::Interval { max } => format!("`0` (off) or whole seconds, 1-{max}"),
             Kind::Choice(words) => {
                 let words: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
                 words.join(", ")

@@ -164,7 +164,7 @@ fn a_bad_config_var_is_warned_about_and_the_next_source_used() {
             .to_owned()
     ));
     assert!(warnings.contains(
-        &"LAUNCHER_GRACEFUL_TIMEOUT=\"-1\" is not a number of seconds from 0 to 3600; using 10 from launcher.toml"
+        &"LAUNCHER_GRACEFUL_TIMEOUT=\"-1\" is not a number of seconds from 1 to 3600; using 10 from launcher.toml"
             .to_owned()
     ));
     assert!(warnings.contains(
@@ -222,6 +222,36 @@ fn a_bad_file_is_ignored_at_boot_and_refused_by_launcher_run() {
         refusal.contains("colour") && refusal.contains("sizing must be"),
         "one line names both: {refusal}"
     );
+}
+
+#[test]
+fn intervals_are_off_or_whole_seconds_and_durations_have_sane_minimums() {
+    let off = load(&[("LAUNCHER_SAMPLE_INTERVAL", "0")], None);
+    assert_eq!(off.seconds(&SAMPLE_INTERVAL), Duration::ZERO);
+    assert!(off.warnings().is_empty());
+    for bad in ["0.0001", "0.5", "1.5", "86401", "00"] {
+        let settings = load(&[("LAUNCHER_SAMPLE_INTERVAL", bad)], None);
+        assert_eq!(
+            settings.seconds(&SAMPLE_INTERVAL),
+            Duration::from_secs(20),
+            "{bad}"
+        );
+        assert_eq!(settings.warnings().len(), 1, "{bad}");
+    }
+    let file = load(&[], Some("sample_interval = 0.5\n"));
+    assert!(file.refusal().expect("refused").contains("sample_interval"));
+    for (var, tiny) in [
+        ("LAUNCHER_GRACEFUL_TIMEOUT", "0"),
+        ("LAUNCHER_READY_GRACE", "0.01"),
+        ("LAUNCHER_MEMORY_COOLDOWN", "0.1"),
+    ] {
+        let settings = load(&[(var, tiny)], None);
+        assert_eq!(
+            settings.warnings().len(),
+            1,
+            "{var}={tiny} is below its minimum"
+        );
+    }
 }
 
 #[test]

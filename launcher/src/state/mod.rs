@@ -1,11 +1,19 @@
 //! The state file: what a running `launcher run` measured, for `launcher size` in the same dyno or
 //! container (`heroku ps:exec`, `docker exec`). One JSON file per supervisor,
-//! `$TMPDIR/launcher/<pid>.json`, replaced whole at each update and removed at exit.
+//! `<place>/<pid>.json` (see `place.rs`), created new (never through a name an attacker could
+//! have planted), renamed into place at each update, and removed at exit. `launcher size` reads
+//! only regular files of bounded size, of supervisors of the same user in the same cgroup and
+//! pid namespace.
 
-use std::io;
-use std::path::{Path, PathBuf};
+mod place;
+
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+pub use place::{check, place, prepare};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -31,21 +39,56 @@ pub struct State {
     pub memory_recycles: u64,
     /// Seconds since the Unix epoch.
     pub updated_at: u64,
+    /// Where the supervisor runs: `launcher size` shows only its own container's.
+    #[serde(flatten)]
+    pub scope: Scope,
 }
 
-/// Where the state files are: `$TMPDIR/launcher`.
-pub fn dir() -> PathBuf {
-    std::env::temp_dir().join("launcher")
+/// A process's pid namespace (`pid:[4026531836]`) and cgroup (/proc/self/cgroup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    pub pid_namespace: String,
+    pub cgroup: String,
 }
 
-/// Writes `state` to `<dir>/<pid>.json` through a temporary file, so a reader never sees half.
+impl Scope {
+    /// This process's.
+    pub fn own() -> Scope {
+        let namespace = std::fs::read_link("/proc/self/ns/pid").ok();
+        let cgroup = crate::files::read_text(Path::new("/proc/self/cgroup"), 64 * 1024);
+        Scope {
+            pid_namespace: namespace.map_or_else(String::new, |p| p.display().to_string()),
+            cgroup: cgroup.map(|t| t.trim().to_owned()).unwrap_or_default(),
+        }
+    }
+}
+
+/// The largest state file read.
+const MAX_STATE_BYTES: u64 = 64 * 1024;
+
+/// Writes `state` to `<dir>/<pid>.json` through a file created new next to it (exclusive, not
+/// following a symlink), renamed into place, so a reader never sees half and a name planted
+/// beforehand is never written through.
 pub fn write(dir: &Path, state: &State) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{}.json", state.pid));
-    let temporary = dir.join(format!(".{}.json.tmp", state.pid));
-    let text = serde_json::to_string_pretty(state).map_err(io::Error::other)?;
-    std::fs::write(&temporary, text + "\n")?;
-    std::fs::rename(&temporary, path)
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let temporary = dir.join(format!(".{}.{nanos}.tmp", state.pid));
+    let text = serde_json::to_string_pretty(state).map_err(io::Error::other)? + "\n";
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&temporary)?;
+    let written = file.write_all(text.as_bytes());
+    drop(file);
+    if let Err(err) = written.and_then(|()| std::fs::rename(&temporary, &path)) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(err);
+    }
+    Ok(())
 }
 
 pub fn remove(dir: &Path, pid: u32) {
@@ -63,13 +106,16 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The states of the supervisors still running, by pid; files left by one that was killed are
-/// passed over.
-pub fn read_live(dir: &Path) -> Vec<State> {
+/// The states of the supervisors still running in `scope`, by pid; files left by one that was
+/// killed, and anything that is not a regular file of bounded size, are passed over. The
+/// directory is checked first (`place::check`); why it was not read is the `Err`.
+pub fn read_live(dir: &Path, uid: u32, scope: &Scope) -> Result<Vec<State>, String> {
     let now = unix_now();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    check(dir, uid)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut states: Vec<State> = entries
         .filter_map(|entry| {
             let path = entry.ok()?.path();
@@ -79,13 +125,15 @@ pub fn read_live(dir: &Path) -> Vec<State> {
                 .strip_suffix(".json")?
                 .parse()
                 .ok()?;
-            let state: State = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+            let text = crate::files::read_own_text(&path, MAX_STATE_BYTES).ok()?;
+            let state: State = serde_json::from_str(&text).ok()?;
             let fresh = now.saturating_sub(state.updated_at) <= STALE_AFTER_SECS;
-            (state.pid == pid && fresh && alive(pid)).then_some(state)
+            let here = state.scope == *scope;
+            (state.pid == pid && fresh && here && alive(pid)).then_some(state)
         })
         .collect();
     states.sort_by_key(|s| s.pid);
-    states
+    Ok(states)
 }
 
 fn alive(pid: u32) -> bool {
@@ -118,7 +166,13 @@ mod tests {
             oom_kills: 0,
             memory_recycles: 1,
             updated_at: unix_now(),
+            scope: Scope::own(),
         }
+    }
+
+    fn read(dir: &Path) -> Vec<State> {
+        let me = nix::unistd::geteuid().as_raw();
+        read_live(dir, me, &Scope::own()).expect("read")
     }
 
     #[test]
@@ -126,22 +180,55 @@ mod tests {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let me = std::process::id();
         write(dir.path(), &state(me)).expect("write");
+        let elsewhere = State {
+            scope: Scope {
+                pid_namespace: "pid:[1]".to_owned(),
+                ..Scope::own()
+            },
+            ..state(me)
+        };
+        assert_eq!(read(dir.path()), vec![state(me)]);
+        write(dir.path(), &elsewhere).expect("write");
+        assert!(read(dir.path()).is_empty(), "another pid namespace's");
+        write(dir.path(), &state(me)).expect("write");
         // No process has pid 2^22 + 1 (above the kernel's pid_max).
         write(dir.path(), &state(4_194_305)).expect("write");
         std::fs::write(dir.path().join("12.json"), "{ half").expect("write");
-        assert_eq!(read_live(dir.path()), vec![state(me)]);
+        assert_eq!(read(dir.path()), vec![state(me)]);
         let stale = State {
             updated_at: unix_now() - 61,
             ..state(me)
         };
         write(dir.path(), &stale).expect("write");
         assert!(
-            read_live(dir.path()).is_empty(),
+            read(dir.path()).is_empty(),
             "a file not rewritten for a minute"
         );
         write(dir.path(), &state(me)).expect("write");
         remove(dir.path(), me);
-        assert!(read_live(dir.path()).is_empty());
-        assert!(read_live(&dir.path().join("missing")).is_empty());
+        assert!(read(dir.path()).is_empty());
+        assert!(read(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn a_planted_name_is_never_written_through_nor_a_fifo_read() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let me = std::process::id();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "precious").expect("write");
+        std::os::unix::fs::symlink(&target, dir.path().join(format!("{me}.json"))).expect("ln");
+        assert!(read(dir.path()).is_empty(), "a symlink is not read");
+        write(dir.path(), &state(me)).expect("write");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "precious");
+        assert_eq!(read(dir.path()), vec![state(me)], "the link was replaced");
+        let fifo = dir.path().join("4.json");
+        let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("cstring");
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            read(dir.path()).len(),
+            1,
+            "the FIFO is passed over, not waited on"
+        );
     }
 }

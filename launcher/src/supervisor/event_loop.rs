@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use super::log::Event;
 use super::memory::Watch;
 use super::pool::{Action, KillTarget, Pool};
-use super::{figures, kill, net, spawn};
+use super::{figures, kill, net, serving, spawn};
 use crate::procs;
 use crate::servers::{self, Mode};
 use crate::state;
@@ -41,7 +41,11 @@ pub struct Loop<'a> {
     pub sample_interval: Option<Duration>,
     pub next_sample: Option<Instant>,
     pub mode: Mode,
-    pub state_dir: PathBuf,
+    /// Where the state file is kept; None when it cannot be (said once at start).
+    pub state_dir: Option<PathBuf>,
+    pub scope: state::Scope,
+    /// Whether a failed write of the state file has been logged.
+    pub state_failed: bool,
     pub next_state: Instant,
     /// The notify socket is not read before then (after a flood).
     pub notify_paused_until: Option<Instant>,
@@ -61,6 +65,9 @@ impl Loop<'_> {
                     if has_children() {
                         report_stuck();
                     }
+                    // Every OOM kill counted is reported, attributed or not, before the end.
+                    self.watch.report_unclaimed_oom_kills(now, true);
+                    self.emit_events();
                     let reason = if code == 0 {
                         "shutdown complete"
                     } else {
@@ -70,7 +77,9 @@ impl Loop<'_> {
                         .with("status", code)
                         .with("reason", reason)
                         .emit();
-                    state::remove(&self.state_dir, std::process::id());
+                    if let Some(dir) = &self.state_dir {
+                        state::remove(dir, std::process::id());
+                    }
                     return code;
                 }
             }
@@ -80,6 +89,7 @@ impl Loop<'_> {
             self.reap(now);
             self.look_at_groups();
             self.read_notify(now);
+            self.check_serving(now);
             self.check_wrapper();
             self.check_memory(now);
             self.sample(now);
@@ -185,8 +195,11 @@ impl Loop<'_> {
     }
 
     /// Reaps every child that ended: workers, and orphans adopted as subreaper, whose exits are
-    /// summed up in one line per turn.
+    /// summed up in one line per turn. The OOM kill counter is read once for all the workers
+    /// SIGKILLed in the turn, so that a mass kill is attributed to every worker it ended.
     fn reap(&mut self, now: Instant) {
+        let workers = self.pool.worker_pids();
+        let mut ended: Vec<(i32, String, bool)> = Vec::new();
         let mut adopted: Vec<(i32, String)> = Vec::new();
         loop {
             let (pid, status, killed) =
@@ -201,12 +214,16 @@ impl Loop<'_> {
                     Ok(_) => continue,
                 };
             let pid = pid.as_raw();
-            if !self.pool.worker_pids().contains(&pid) {
+            if workers.contains(&pid) {
+                ended.push((pid, status, killed));
+            } else {
                 adopted.push((pid, status));
-                continue;
             }
-            let oom = killed && self.watch.claim_oom_kill(pid);
-            let cause = oom.then_some("oom_kill");
+        }
+        let killed: Vec<i32> = ended.iter().filter(|e| e.2).map(|e| e.0).collect();
+        let oom_killed = self.watch.claim_oom_kills(&killed, now);
+        for (pid, status, _) in ended {
+            let cause = oom_killed.contains(&pid).then_some("oom_kill");
             let group_alive = kill::group_alive(pid);
             let actions = self.pool.exited(pid, &status, cause, group_alive, now);
             self.carry_out(actions);
@@ -253,6 +270,20 @@ impl Loop<'_> {
             if let Some(worker) = procs::ancestor_in(&parents, sender, &workers) {
                 self.pool.notified_ready(worker, now);
             }
+        }
+    }
+
+    /// A rolling restart's new worker that has not sent `READY=1`: is it waiting on the socket?
+    fn check_serving(&mut self, now: Instant) {
+        let Some(pid) = self.pool.awaiting_serving() else {
+            return;
+        };
+        let inode = self
+            .listener
+            .as_ref()
+            .and_then(|l| serving::socket_inode(&l.fd));
+        if inode.is_some_and(|inode| serving::waits_on(Path::new("/proc"), pid, inode)) {
+            self.pool.seen_serving(pid, now);
         }
     }
 
@@ -307,10 +338,21 @@ impl Loop<'_> {
         figures::sample(&self.pool, &self.watch, self.mode).emit();
     }
 
-    fn write_state(&self) {
-        let written = figures::state(&self.watch, self.mode);
+    fn write_state(&mut self) {
+        let Some(dir) = &self.state_dir else {
+            return;
+        };
+        let written = figures::state(&self.watch, self.mode, &self.scope);
         // Best effort: a read-only /tmp costs `launcher size` its figures, not the dyno its app.
-        let _ = state::write(&self.state_dir, &written);
+        if let Err(err) = state::write(dir, &written) {
+            if !std::mem::replace(&mut self.state_failed, true) {
+                let message = format!(
+                    "cannot write the state file in {}: {err}; launcher size will not show this supervisor's figures",
+                    dir.display()
+                );
+                Event::warn("state").with("message", message).emit();
+            }
+        }
     }
 }
 

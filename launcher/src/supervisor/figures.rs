@@ -44,12 +44,12 @@ pub fn sample(pool: &Pool, watch: &Watch, mode: Mode) -> Event {
     }
     event
         .with("sample#memory_recycles", watch.recycles)
-        .with("sample#oom_kills", watch.oom_total)
+        .with("sample#oom_kills", watch.oom_total())
         .with("sample#launcher_rss", mb(procs::rss_bytes(proc_dir, me)))
 }
 
 /// What `launcher size` shows of this supervisor.
-pub fn state(watch: &Watch, mode: Mode) -> state::State {
+pub fn state(watch: &Watch, mode: Mode, scope: &state::Scope) -> state::State {
     let megabytes = |bytes: u64| (bytes as f64 / 104_857.6).round() / 10.0;
     let config = watch.config();
     let workers = watch.reading.as_ref().map(|r| &r.workers[..]);
@@ -80,8 +80,9 @@ pub fn state(watch: &Watch, mode: Mode) -> state::State {
         fit: fit.map(|f| (f.workers * 100.0).round() / 100.0),
         worker_cost_mb: fit.map(|f| megabytes(f.worker_bytes)),
         base_mb: fit.map(|f| megabytes(f.base_bytes)),
-        oom_kills: watch.oom_total,
+        oom_kills: watch.oom_total(),
         memory_recycles: watch.recycles,
         updated_at: state::unix_now(),
+        scope: scope.clone(),
     }
 }

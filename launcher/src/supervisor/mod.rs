@@ -10,6 +10,7 @@ mod memory;
 mod net;
 mod plan;
 mod pool;
+mod serving;
 mod settings;
 mod spawn;
 
@@ -122,6 +123,8 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
         ready_grace: settings.ready_grace,
         give_up_after: settings.give_up_after,
         graceful_timeout: settings.graceful_timeout,
+        ready_timeout: settings.ready_timeout,
+        socket: port.is_some(),
         on_heroku,
         boot_failure_hint: plan.boot_failure_hint(port),
     };
@@ -140,12 +143,33 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
         sample_interval: settings.sample_interval,
         next_sample: settings.sample_interval.map(|i| now + i),
         mode: plan.mode,
-        state_dir: state::dir(),
+        state_dir: state_dir(),
+        scope: state::Scope::own(),
+        state_failed: false,
         next_state: now,
         notify_paused_until: None,
         wrapper_checked: false,
     };
     Ok(looped.run())
+}
+
+/// The state file's directory, made ready; when none can be used, one line says why.
+fn state_dir() -> Option<PathBuf> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let place = state::place(std::env::var_os("TMPDIR").as_deref(), uid);
+    if let Some(note) = &place.note {
+        Event::warn("state").with("message", note).emit();
+    }
+    match state::prepare(&place.dir, uid) {
+        Ok(()) => Some(place.dir),
+        Err(why) => {
+            let message = format!(
+                "no state file is kept ({why}); launcher size will not show this supervisor"
+            );
+            Event::warn("state").with("message", message).emit();
+            None
+        }
+    }
 }
 
 /// Blocks the handled signals and opens the signalfd the loop reads them from.

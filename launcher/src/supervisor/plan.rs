@@ -14,9 +14,10 @@ use crate::report::Report;
 use crate::servers::{self, Mode};
 use crate::sizing::SET_BY;
 
-/// `PORT`: none (no socket), or a port number.
+/// `PORT`: unset (no socket: a worker dyno), or a port number. Set but empty is an error like any
+/// other value that is not a port: a web process that silently got no socket would serve nothing.
 pub fn port(text: Option<&str>) -> Result<Option<u16>, String> {
-    let Some(text) = text.filter(|t| !t.is_empty()) else {
+    let Some(text) = text else {
         return Ok(None);
     };
     crate::text::whole_number(text, u64::from(u16::MAX))
@@ -111,10 +112,9 @@ impl Plan {
     /// What to check when a worker dies before it is ready: in fan-out, an app that binds $PORT
     /// itself fails because the launcher holds the port.
     pub fn boot_failure_hint(&self, port: Option<u16>) -> Option<String> {
-        let port = port?;
         let told = !self.rewrite.added.is_empty();
-        Some(match (self.mode, told) {
-            (Mode::FanOut, false) => format!(
+        Some(match (port, self.mode, told) {
+            (Some(port), Mode::FanOut, false) => format!(
                 "a worker exited before it was ready. If the app binds port {port} itself it \
                  cannot share the launcher's socket: make it use the inherited socket (fd 3, \
                  LISTEN_FDS as in systemd), pass {{fd}} in the command where it takes a file \

@@ -24,6 +24,7 @@ pub struct RunSettings {
     pub mode: Option<Mode>,
     pub graceful_timeout: Duration,
     pub ready_grace: Duration,
+    pub ready_timeout: Duration,
     pub give_up_after: Duration,
     /// None: no `sample#` lines.
     pub sample_interval: Option<Duration>,
@@ -56,6 +57,7 @@ impl RunSettings {
             mode: Mode::parse(settings.choice(&table::MODE)).flatten(),
             graceful_timeout,
             ready_grace: settings.seconds(&table::READY_GRACE),
+            ready_timeout: settings.seconds(&table::READY_TIMEOUT),
             give_up_after: settings.seconds(&table::GIVE_UP_AFTER),
             sample_interval: Some(sample_interval).filter(|d| !d.is_zero()),
             memory_guard: settings.switch(&table::MEMORY_GUARD),

@@ -122,7 +122,7 @@ impl Prepared {
             buffer.resize(LISTEN_PID_PREFIX.len() + 24, 0);
             buffer
         });
-        let own = std::fs::read_to_string("/proc/self/oom_score_adj").ok();
+        let own = crate::files::read_text(Path::new("/proc/self/oom_score_adj"), 64).ok();
         let own: Option<i32> = own.and_then(|text| text.trim().parse().ok());
         let oom_score_adj = own.map(|own| worker_oom_score_adj(own).to_string().into_bytes());
         Ok(Prepared {

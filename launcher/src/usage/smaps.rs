@@ -48,12 +48,13 @@ pub fn parse_rollup(text: &str) -> Option<Footprint> {
 /// `pid`'s footprint from `proc_dir` (`/proc`, or a fake tree); None once it has exited.
 pub fn footprint(proc_dir: &Path, pid: i32) -> Option<Footprint> {
     let dir = proc_dir.join(pid.to_string());
-    match std::fs::read_to_string(dir.join("smaps_rollup")) {
+    let read = |name: &str| crate::files::read_text(&dir.join(name), crate::files::MAX_BYTES);
+    match read("smaps_rollup") {
         Ok(text) => parse_rollup(&text),
         // Kernels before 4.14 have no smaps_rollup: resident and swap from status, counted as
         // unique (an overestimate, which errs on the safe side).
         Err(_) => {
-            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let status = read("status").ok()?;
             let rss_bytes = kib_field_bytes(&status, "VmRSS")?;
             let swap_bytes = kib_field_bytes(&status, "VmSwap").unwrap_or(0);
             Some(Footprint {

@@ -4,6 +4,7 @@
 //! with the figures that led to it.
 
 mod guard;
+mod oom;
 mod setup;
 mod sizer;
 #[cfg(test)]
@@ -71,9 +72,7 @@ pub struct Watch {
     config: WatchConfig,
     guard: Option<Guard>,
     sizer: Option<Sizer>,
-    oom_kills: Option<u64>,
-    /// A rise in the OOM counter left for the reaper to claim, once.
-    oom_deferred: bool,
+    oom: oom::Ledger,
     /// Delegate mode: the server process, to notice when it was restarted.
     server: Option<i32>,
     next_check: Instant,
@@ -82,31 +81,31 @@ pub struct Watch {
     seen: HashMap<i32, Instant>,
     /// The last check's figures, for the `sample#` line and the state file.
     pub usage: Option<Usage>,
+    /// When `usage` was read.
+    usage_at: Option<Instant>,
     pub reading: Option<Reading>,
     pub recycles: u64,
-    pub oom_total: u64,
     events: Vec<Event>,
 }
 
 impl Watch {
     pub fn new(snapshot: Snapshot, meter: Meter, config: WatchConfig, now: Instant) -> Self {
-        let oom_kills = meter.oom_kills(&snapshot);
+        let oom = oom::Ledger::new(meter.oom_kills(&snapshot));
         Watch {
             guard: config.guard.clone().map(Guard::new),
             sizer: config.sizer.clone().map(|c| Sizer::new(c, config.workers)),
             snapshot,
             meter,
             config,
-            oom_kills,
-            oom_deferred: false,
+            oom,
             server: None,
             next_check: now,
             next_sizing: now,
             seen: HashMap::new(),
             usage: None,
+            usage_at: None,
             reading: None,
             recycles: 0,
-            oom_total: 0,
             events: Vec::new(),
         }
     }
@@ -144,18 +143,62 @@ impl Watch {
         }
     }
 
-    /// A child of the launcher died of SIGKILL: was it the kernel's OOM killer? Only a rise in the
-    /// cgroup's own counter says so; a SIGKILL alone is not taken as proof.
-    pub fn claim_oom_kill(&mut self, pid: i32) -> bool {
-        let kills = self.take_oom_kills(self.meter.oom_kills(&self.snapshot));
-        if kills == 0 {
-            return false;
+    /// Workers, children of the launcher, that died of SIGKILL in one turn of the loop: which of
+    /// them did the kernel's OOM killer end? Only a rise in the cgroup's own counter says so (a
+    /// SIGKILL alone is not taken as proof), and how many: each claims one kill of the rise.
+    pub fn claim_oom_kills(&mut self, killed: &[i32], now: Instant) -> Vec<i32> {
+        if killed.is_empty() {
+            return Vec::new();
         }
-        let event = Event::error("oom_kill")
+        self.oom.counted(self.meter.oom_kills(&self.snapshot), now);
+        let claimed = self.oom.claim(killed);
+        if !claimed.is_empty() {
+            let event = self.oom_event(&claimed, 0, now);
+            self.events.push(event);
+        }
+        claimed
+    }
+
+    /// OOM kills no process was found for in time, all of them at `now` = None (at exit).
+    pub fn report_unclaimed_oom_kills(&mut self, now: Instant, all: bool) {
+        if all {
+            self.oom.counted(self.meter.oom_kills(&self.snapshot), now);
+        }
+        let unattributed = self.oom.expire((!all).then_some(now));
+        if unattributed > 0 {
+            let event = self.oom_event(&[], unattributed, now);
+            self.events.push(event);
+        }
+    }
+
+    pub fn oom_total(&self) -> u64 {
+        self.oom.total
+    }
+
+    /// The `oom_kill` line: the kills it reports (`kills`), those attributed to the pids named
+    /// and those that could not be, and the dyno's usage as last read before the counter rose
+    /// (after the kill it has fallen), with its age.
+    fn oom_event(&self, pids: &[i32], unattributed: u64, now: Instant) -> Event {
+        let named: Vec<String> = pids.iter().take(10).map(i32::to_string).collect();
+        let more = if pids.len() > 10 { ",..." } else { "" };
+        let pid = match named.is_empty() {
+            true => "unknown".to_owned(),
+            false => named.join(",") + more,
+        };
+        let mut event = Event::error("oom_kill")
             .with("pid", pid)
-            .with("kills", kills);
-        self.events.push(self.with_usage(event));
-        true
+            .with("kills", pids.len() as u64 + unattributed)
+            .with("attributed", pids.len())
+            .with("unattributed", unattributed);
+        event = match (self.usage, self.usage_at) {
+            (Some(usage), Some(at)) => event
+                .with("memory_total", mb(usage.total_bytes()))
+                .secs("memory_total_age_s", now.saturating_duration_since(at)),
+            _ => event.with("memory_total", "unknown"),
+        };
+        event
+            .with("soft_limit", mb(self.config.soft_limit_bytes))
+            .with("memory_quota", mb(self.config.quota_bytes))
     }
 
     /// Reads the dyno's usage and lets the guard and the sizer decide. `all_figures` asks for
@@ -165,9 +208,11 @@ impl Watch {
         let Some(usage) = self.meter.usage(&self.snapshot) else {
             return Vec::new();
         };
-        self.usage = Some(usage);
         let mut workers = self.workers(pool, now);
-        self.report_vanished_oom_kills(&workers);
+        // Before the new reading replaces the last one: that one was taken before the kill.
+        self.report_vanished_oom_kills(&workers, now);
+        self.usage = Some(usage);
+        self.usage_at = Some(now);
         let over = usage.total_bytes() > self.config.soft_limit_bytes;
         let capped = self
             .guard
@@ -246,52 +291,29 @@ impl Watch {
         }
     }
 
-    /// OOM kills the reaper did not claim: a delegated server's worker, or another process.
-    fn report_vanished_oom_kills(&mut self, workers: &[WorkerMemory]) {
-        let before: Vec<i32> = self
-            .reading
-            .as_ref()
-            .map(|r| r.workers.iter().map(|w| w.pid).collect())
-            .unwrap_or_default();
-        let gone: Vec<String> = before
-            .iter()
-            .filter(|pid| !workers.iter().any(|w| w.pid == **pid))
-            .map(i32::to_string)
-            .collect();
-        let counted = self.meter.oom_kills(&self.snapshot);
-        let unseen = counted.unwrap_or(0) > self.oom_kills.unwrap_or(0);
-        // A fan-out worker killed since the last reap is still listed: the reaper names it on the
-        // next turn of the loop. Wait one check before calling the kill unattributed.
-        let reaper_may_claim = self.config.mode == Mode::FanOut && gone.is_empty();
-        if unseen && reaper_may_claim && !self.oom_deferred {
-            self.oom_deferred = true;
-            return;
+    /// OOM kills the reaper did not claim: in delegate mode the server's workers (the launcher's
+    /// grandchildren) that vanished since the last check claim them; what is left unclaimed for
+    /// a check is reported as not attributed (another process of the dyno, or lost to a race).
+    fn report_vanished_oom_kills(&mut self, workers: &[WorkerMemory], now: Instant) {
+        self.oom.counted(self.meter.oom_kills(&self.snapshot), now);
+        if self.config.mode == Mode::Delegate {
+            let before = self
+                .reading
+                .as_ref()
+                .map(|r| &r.workers[..])
+                .unwrap_or_default();
+            let gone: Vec<i32> = before
+                .iter()
+                .map(|w| w.pid)
+                .filter(|pid| !workers.iter().any(|w| w.pid == *pid))
+                .collect();
+            let claimed = self.oom.claim(&gone);
+            if !claimed.is_empty() {
+                let event = self.oom_event(&claimed, 0, now);
+                self.events.push(event);
+            }
         }
-        self.oom_deferred = false;
-        let kills = self.take_oom_kills(counted);
-        if kills == 0 {
-            return;
-        }
-        let pid = if gone.is_empty() {
-            "unknown".to_owned()
-        } else {
-            gone.join(",")
-        };
-        let event = Event::error("oom_kill")
-            .with("pid", pid)
-            .with("kills", kills);
-        self.events.push(self.with_usage(event));
-    }
-
-    /// How many OOM kills the cgroup has `counted` since the last look; they are now seen.
-    fn take_oom_kills(&mut self, counted: Option<u64>) -> u64 {
-        let Some(now) = counted else {
-            return 0;
-        };
-        let new = now.saturating_sub(self.oom_kills.unwrap_or(0));
-        self.oom_kills = Some(now);
-        self.oom_total += new;
-        new
+        self.report_unclaimed_oom_kills(now, false);
     }
 
     fn guard_actions(&mut self, reading: &Reading, pool: &mut Pool, now: Instant) -> Vec<Action> {

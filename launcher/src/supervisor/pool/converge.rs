@@ -98,14 +98,21 @@ impl Pool {
         vec![Action::CloseListener, kill]
     }
 
-    /// One step at a time: a new worker is spawned, and once it is ready the old one is stopped.
+    /// One step at a time: a new worker is spawned, and once it is seen to serve (`READY=1`, or
+    /// waiting on the socket; the grace period is not enough) the old one is stopped. A new worker
+    /// not serving within `ready_timeout` ends the restart: it is stopped, the old ones stay.
     fn roll(&mut self, now: Instant) -> Vec<Action> {
         let Some(mut rolling) = self.rolling.take() else {
             return Vec::new();
         };
         let mut actions = Vec::new();
-        if let Some((old, new)) = rolling.step {
-            if !self.workers.iter().any(|w| w.slot == new && w.ready) {
+        if let Some((old, new, since)) = rolling.step {
+            let socket = self.config.socket;
+            let serves = |w: &&Worker| w.slot == new && (w.serving || (!socket && w.ready));
+            if !self.workers.iter().any(|w| serves(&w)) {
+                if now.saturating_duration_since(since) >= self.config.ready_timeout {
+                    return self.restart_failed(new, since, now);
+                }
                 self.rolling = Some(rolling);
                 return actions;
             }
@@ -114,7 +121,7 @@ impl Pool {
         }
         while let Some(old) = rolling.queue.pop_front() {
             if self.workers.iter().any(|w| w.slot == old && !w.stopping) {
-                rolling.step = Some((old, self.next_slot));
+                rolling.step = Some((old, self.next_slot, now));
                 actions.push(self.new_slot());
                 self.rolling = Some(rolling);
                 return actions;
@@ -131,6 +138,29 @@ impl Pool {
                 .secs("took_s", now.saturating_duration_since(rolling.started)),
         );
         actions
+    }
+
+    /// The rolling restart's new worker did not serve in time: it is stopped, the old workers
+    /// that are left keep serving, and the restart ends.
+    fn restart_failed(&mut self, new: u32, since: Instant, now: Instant) -> Vec<Action> {
+        let pid = self.workers.iter().find(|w| w.slot == new).map(|w| w.pid);
+        let mut event = Event::error("restart_failed")
+            .with("worker", new)
+            .secs("waited_s", now.saturating_duration_since(since))
+            .with(
+                "reason",
+                "the new worker neither sent READY=1 nor waited on the socket within \
+                 LAUNCHER_READY_TIMEOUT; the old workers keep serving",
+            );
+        if let Some(pid) = pid {
+            event = event.with("pid", pid);
+        }
+        self.events.push(event);
+        // The slot is not respawned: it was the restart's extra one.
+        self.pending.retain(|p| p.slot != new);
+        self.stop_slot(new, "restart_failed", now)
+            .into_iter()
+            .collect()
     }
 
     /// TERM to the worker in `slot` (its whole group), which is not replaced here; SIGKILL

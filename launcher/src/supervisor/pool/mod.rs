@@ -28,6 +28,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 pub const STUCK_WAIT: Duration = Duration::from_secs(2);
 /// How often the groups workers left behind are looked at, besides when a child exits.
 pub const LINGER_CHECK: Duration = Duration::from_secs(1);
+/// How often a rolling restart's new worker is looked at for waiting on the socket.
+pub const SERVING_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -61,6 +63,11 @@ pub struct Config {
     pub ready_grace: Duration,
     pub give_up_after: Duration,
     pub graceful_timeout: Duration,
+    /// How long a rolling restart waits for a new worker to serve before it gives up.
+    pub ready_timeout: Duration,
+    /// Whether there is a listening socket: without one (a worker dyno) there is nothing to
+    /// serve, and readiness by the grace period lets a rolling restart go on.
+    pub socket: bool,
     /// On Heroku every process of the dyno gets SIGTERM itself: it is not forwarded.
     pub on_heroku: bool,
     /// Logged once, the first time a worker dies before it was ready.
@@ -73,6 +80,9 @@ struct Worker {
     pid: i32,
     started: Instant,
     ready: bool,
+    /// Seen to serve: it sent `READY=1`, or waits on the listening socket. Readiness by the grace
+    /// period alone is not serving: a rolling restart waits for this.
+    serving: bool,
     stopping: bool,
     /// When a worker stopped while the pool runs on (rolling restart, scale-down, memory) gets
     /// SIGKILL if it is still there.
@@ -100,11 +110,12 @@ struct Pending {
     failures: u32,
 }
 
-/// A rolling restart: the slots still to replace, and the step under way (old slot, new slot).
+/// A rolling restart: the slots still to replace, and the step under way (old slot, new slot,
+/// since when).
 #[derive(Debug, Clone)]
 struct Rolling {
     queue: VecDeque<u32>,
-    step: Option<(u32, u32)>,
+    step: Option<(u32, u32, Instant)>,
     started: Instant,
 }
 
@@ -254,6 +265,7 @@ impl Pool {
             pid,
             started: now,
             ready: false,
+            serving: false,
             stopping: false,
             kill_at: None,
             failures,
@@ -381,9 +393,33 @@ impl Pool {
 
     /// `READY=1` from this worker (or a process under it).
     pub fn notified_ready(&mut self, pid: i32, now: Instant) {
-        if let Some(index) = self.workers.iter().position(|w| w.pid == pid && !w.ready) {
-            self.mark_ready(index, "notify", now);
+        self.serves(pid, "notify", now);
+    }
+
+    /// The worker (or a process under it) was seen waiting on the listening socket.
+    pub fn seen_serving(&mut self, pid: i32, now: Instant) {
+        self.serves(pid, "listening", now);
+    }
+
+    fn serves(&mut self, pid: i32, by: &str, now: Instant) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
+        self.workers[index].serving = true;
+        if !self.workers[index].ready {
+            self.mark_ready(index, by, now);
         }
+    }
+
+    /// The new worker of the rolling restart's step, while it has not been seen to serve: the
+    /// loop looks for it waiting on the socket.
+    pub fn awaiting_serving(&self) -> Option<i32> {
+        if !self.config.socket {
+            return None;
+        }
+        let (_, new, _) = self.rolling.as_ref()?.step?;
+        let worker = self.workers.iter().find(|w| w.slot == new && !w.stopping)?;
+        (!worker.serving).then_some(worker.pid)
     }
 
     fn mark_ready(&mut self, index: usize, by: &str, now: Instant) {
@@ -414,6 +450,10 @@ impl Pool {
         let left = self.lingering.iter().filter_map(|l| l.kill_at);
         let look = (!self.lingering.is_empty()).then(|| now + LINGER_CHECK);
         let respawns = self.pending.iter().filter_map(|p| p.due);
+        // While a step waits for its new worker to serve: look again soon, and give up on time.
+        let step = self.rolling.as_ref().and_then(|r| r.step);
+        let serving_check =
+            step.map(|(.., since)| (now + SERVING_CHECK).min(since + self.config.ready_timeout));
         let deadline = match self.phase {
             Phase::Running => Some(self.last_ready + self.config.give_up_after),
             Phase::Stopping {
@@ -423,6 +463,7 @@ impl Pool {
             Phase::Stopping { deadline, .. } => Some(deadline),
         };
         let all = grace.chain(respawns).chain(kills).chain(left).chain(look);
+        let all = all.chain(serving_check);
         all.chain(deadline).min()
     }
 }

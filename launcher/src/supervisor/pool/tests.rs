@@ -11,6 +11,8 @@ fn config(mode: Mode, workers: u32) -> Config {
         ready_grace: SECOND,
         give_up_after: Duration::from_secs(60),
         graceful_timeout: Duration::from_secs(25),
+        ready_timeout: Duration::from_secs(60),
+        socket: true,
         on_heroku: false,
         boot_failure_hint: Some("check the app".to_owned()),
     }
@@ -229,21 +231,28 @@ fn a_worker_that_dies_soon_after_its_grace_period_keeps_backing_off() {
 }
 
 #[test]
-fn rolling_restart_replaces_each_worker_after_its_replacement_is_ready() {
+fn rolling_restart_replaces_each_worker_after_its_replacement_serves() {
     let mut h = Harness::new(config(Mode::FanOut, 2));
     h.at(0.0);
     h.at(1.0);
     h.events.clear();
     assert!(h.signal(Signal::SIGHUP).is_empty());
     assert_eq!(h.at(2.0), vec![Action::Spawn { slot: 3 }]);
+    assert_eq!(h.pool.awaiting_serving(), Some(102));
     assert!(
         signals(&h.at(2.5)).is_empty(),
         "the new worker is not ready yet"
     );
-    let step = h.at(3.0);
+    assert!(
+        signals(&h.at(3.5)).is_empty(),
+        "ready by grace, but not seen to serve: the old worker stays"
+    );
+    h.pool.seen_serving(102, h.now);
+    let step = h.at(3.6);
     assert_eq!(signals(&step), vec![(100, Signal::SIGTERM)]);
     assert!(step.contains(&Action::Spawn { slot: 4 }));
     h.exit(100, "exit:0");
+    h.pool.notified_ready(103, h.now);
     assert_eq!(signals(&h.at(4.0)), vec![(101, Signal::SIGTERM)]);
     h.exit(101, "exit:0");
     h.at(4.1);
@@ -261,6 +270,17 @@ fn rolling_restart_replaces_each_worker_after_its_replacement_is_ready() {
             "worker_exit:2",
             "restart_done",
         ]
+    );
+    let ready: Vec<&str> = h
+        .events
+        .iter()
+        .filter(|e| e.name == "worker_ready")
+        .filter_map(|e| e.get("by"))
+        .collect();
+    assert_eq!(
+        ready,
+        ["grace", "notify"],
+        "worker 3 was ready by grace first"
     );
     assert_eq!(
         h.pool.counts(),
@@ -546,4 +566,56 @@ fn a_thousand_workers_start_a_batch_per_turn() {
     h.signal(Signal::SIGTERM);
     assert!(h.at(0.01).is_empty(), "no more starts once stopping");
     assert_eq!(h.pool.counts().0, 0, "the started ones are stopping");
+}
+
+#[test]
+fn a_rolling_restart_whose_new_worker_never_serves_fails_and_keeps_the_old_workers() {
+    let mut h = Harness::new(Config {
+        ready_timeout: Duration::from_secs(5),
+        ..config(Mode::FanOut, 2)
+    });
+    h.at(0.0);
+    h.at(1.0);
+    h.signal(Signal::SIGHUP);
+    h.at(2.0);
+    for t in [3.0, 4.0, 6.9] {
+        assert!(
+            signals(&h.at(t)).is_empty(),
+            "no old worker stopped at {t} s"
+        );
+    }
+    let due = h.pool.next_wakeup(h.now).expect("a wakeup");
+    assert!(
+        due <= h.start + Duration::from_secs(7),
+        "the timeout is a wakeup"
+    );
+    let failed = h.at(7.0);
+    assert_eq!(
+        signals(&failed),
+        vec![(102, Signal::SIGTERM)],
+        "the new one goes"
+    );
+    assert!(
+        h.names().contains(&"restart_failed:3".to_owned()),
+        "{:?}",
+        h.names()
+    );
+    h.exit(102, "signal:15");
+    assert!(h.at(8.0).is_empty(), "nothing respawned, no further step");
+    assert_eq!(h.pool.counts().0, 2, "the two old workers serve on");
+    assert!(!h.names().contains(&"restart_done".to_owned()));
+}
+
+#[test]
+fn without_a_socket_readiness_by_grace_moves_a_rolling_restart_on() {
+    let mut h = Harness::new(Config {
+        socket: false,
+        ..config(Mode::FanOut, 1)
+    });
+    h.at(0.0);
+    h.at(1.0);
+    h.signal(Signal::SIGHUP);
+    h.at(1.1);
+    assert_eq!(h.pool.awaiting_serving(), None, "nothing to look for");
+    assert_eq!(signals(&h.at(2.1)), vec![(100, Signal::SIGTERM)]);
 }

@@ -1,0 +1,448 @@
+//! Black-box tests that nothing the launcher reads is trusted: a `launcher.toml` or a snapshot's
+//! files that are devices, FIFOs or absurdly large, run under `prlimit --as` so that a read
+//! without a bound fails the same way every run; the state directory, which lives in a /tmp
+//! shared with every user; and files a non-root user cannot read. A dyno always boots.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+mod support;
+use support::harness::{command, secs, Run, BOOT, LAUNCHER, SYSTEM_PATH};
+use support::{needs_machine, MemoryCgroup};
+
+/// The address space a command gets: a read of /dev/zero or a quadratic walk runs out of it at
+/// once, where it would take the machine's memory without the limit.
+const ADDRESS_SPACE: &str = "--as=268435456";
+
+fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("cstring");
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+}
+
+/// `launcher ARGS` under prlimit, with only PATH and `env`, run to its end within 5 s.
+fn bounded(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new("prlimit");
+    command
+        .arg(ADDRESS_SPACE)
+        .arg("--")
+        .arg(LAUNCHER)
+        .args(args)
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .envs(env.iter().copied());
+    finish(command)
+}
+
+fn finish(command: Command) -> Output {
+    let mut run = Run::spawn(command);
+    let status = run.wait_exit(secs(5));
+    let (stdout, stderr) = run.end();
+    Output {
+        status,
+        stdout: stdout.join("\n").into_bytes(),
+        stderr: stderr.join("\n").into_bytes(),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_launcher_toml_that_is_a_device_or_a_fifo_is_refused_without_blocking() {
+    for kind in ["/dev/zero", "/dev/urandom", "fifo"] {
+        let app = TempDir::new().expect("temp dir");
+        let file = app.path().join("launcher.toml");
+        match kind {
+            "fifo" => mkfifo(&file),
+            device => std::os::unix::fs::symlink(device, &file).expect("symlink"),
+        }
+        let dir = app.path().to_str().expect("utf-8");
+        for command in ["profile", "size"] {
+            let output = bounded(&[command, "--app-dir", dir], &[]);
+            let all = text(&output.stdout) + &text(&output.stderr);
+            assert_eq!(output.status.code(), Some(0), "{kind}, {command}: {all}");
+            assert!(
+                all.contains("not a regular file"),
+                "{kind}, {command}: {all}"
+            );
+        }
+        let profile = bounded(&["profile", "--app-dir", dir], &[]);
+        assert!(
+            text(&profile.stdout).contains("export WEB_CONCURRENCY="),
+            "the dyno still boots with its sizing: {}",
+            text(&profile.stdout)
+        );
+        let run = bounded(&["run", "--app-dir", dir, "--", "sleep", "30"], &[]);
+        assert_eq!(run.status.code(), Some(2), "{kind}: {}", text(&run.stderr));
+        assert!(
+            text(&run.stderr).contains("refusing to start"),
+            "{}",
+            text(&run.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_with_devices_fifos_and_a_50000_level_cgroup_is_sized_at_once() {
+    let root = TempDir::new().expect("temp dir");
+    let write = |path: &str, content: &str| {
+        let path = root.path().join(path);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, content).expect("write");
+    };
+    write("proc/self/cgroup", "0::/\n");
+    write(
+        "proc/self/mountinfo",
+        "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+    );
+    write("sys/devices/system/cpu/online", "0-3\n");
+    fs::create_dir_all(root.path().join("sys/fs/cgroup")).expect("mkdir");
+    std::os::unix::fs::symlink("/dev/zero", root.path().join("sys/fs/cgroup/memory.max"))
+        .expect("symlink");
+    mkfifo(&root.path().join("proc/meminfo"));
+    let dir = root.path().to_str().expect("utf-8");
+    for command in ["size", "profile"] {
+        let output = bounded(&[command, "--root", dir], &[]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{command}: {}",
+            text(&output.stderr)
+        );
+    }
+    let size = bounded(&["size", "--json", "--root", dir], &[]);
+    let report: serde_json::Value = serde_json::from_slice(&size.stdout).expect("json");
+    assert_eq!(report["memory_mb"], 512, "the last fallback: {report}");
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("memory.max: not a regular file (a device)"),
+        "{notes}"
+    );
+    assert!(notes.contains("/proc/meminfo"), "{notes}");
+
+    // 100 KB of /proc/self/cgroup holding one path of 50,000 levels.
+    write("proc/self/cgroup", &format!("0::{}\n", "/a".repeat(50_000)));
+    let deep = bounded(&["size", "--json", "--root", dir], &[]);
+    assert_eq!(deep.status.code(), Some(0), "{}", text(&deep.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&deep.stdout).expect("json");
+    assert!(
+        report["notes"]
+            .to_string()
+            .contains("longer than 4096 bytes"),
+        "{report}"
+    );
+}
+
+#[test]
+fn an_unreadable_limit_file_is_named_in_the_notes_for_a_non_root_user() {
+    needs_machine(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root, to run launcher size as nobody".to_owned());
+        }
+        let root = TempDir::new().map_err(|e| e.to_string())?;
+        let write = |path: &str, content: &str| {
+            let path = root.path().join(path);
+            fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            fs::write(path, content).expect("write");
+        };
+        write("proc/self/cgroup", "0::/\n");
+        write(
+            "proc/self/mountinfo",
+            "20 1 0:5 / /proc rw - proc proc rw\n",
+        );
+        write("proc/meminfo", "MemTotal: 16777216 kB\n");
+        write("sys/devices/system/cpu/online", "0-7\n");
+        write("sys/fs/cgroup/memory/memory.limit_in_bytes", "536870912\n");
+        let limit = root
+            .path()
+            .join("sys/fs/cgroup/memory/memory.limit_in_bytes");
+        fs::set_permissions(&limit, fs::Permissions::from_mode(0o000)).expect("chmod");
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut size = Command::new("setpriv");
+        size.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(LAUNCHER)
+            .args(["size", "--json", "--root"])
+            .arg(root.path())
+            .env_clear()
+            .env("PATH", SYSTEM_PATH);
+        let output = finish(size);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        assert_eq!(
+            report["memory_mb"], 16384,
+            "MemTotal, the limit unreadable: {report}"
+        );
+        let notes = report["notes"].to_string();
+        assert!(
+            notes.contains("cannot read /sys/fs/cgroup/memory/memory.limit_in_bytes")
+                && notes.contains("ermission denied"),
+            "{notes}"
+        );
+        Ok(())
+    });
+}
+
+/// A /tmp of the test's own: world-writable and sticky, as the machine's /tmp is.
+fn shared_tmp() -> TempDir {
+    let tmp = TempDir::new().expect("temp dir");
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o1777)).expect("chmod");
+    tmp
+}
+
+fn supervisor(tmp: &Path, env: &[(&str, &str)]) -> Command {
+    let tmp = tmp.to_str().expect("utf-8");
+    let mut all = vec![
+        ("TMPDIR", tmp),
+        ("WEB_CONCURRENCY", "1"),
+        ("LAUNCHER_SAMPLE_INTERVAL", "0"),
+    ];
+    all.extend_from_slice(env);
+    command(
+        None,
+        "hostile",
+        &all,
+        LAUNCHER,
+        &["run", "--", "sleep", "60"],
+    )
+}
+
+fn size(tmp: &Path) -> serde_json::Value {
+    let output = Command::new(LAUNCHER)
+        .args(["size", "--json"])
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .env("TMPDIR", tmp)
+        .output()
+        .expect("launcher size");
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+fn running_pids(report: &serde_json::Value) -> Vec<u64> {
+    let running = report["running"].as_array().expect("running");
+    running.iter().filter_map(|s| s["pid"].as_u64()).collect()
+}
+
+#[test]
+fn the_state_file_is_kept_in_a_directory_of_the_users_own_and_read_back() {
+    let tmp = shared_tmp();
+    let run = Run::spawn(supervisor(tmp.path(), &[]));
+    run.wait_event("worker_spawn", BOOT, |_| true);
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = tmp.path().join(format!("launcher-{uid}"));
+    let state = dir.join(format!("{}.json", run.pid()));
+    run.wait("the state file", secs(10), || state.exists().then_some(()));
+    let mode = fs::metadata(&dir).expect("stat").mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    assert_eq!(running_pids(&size(tmp.path())), vec![u64::from(run.pid())]);
+    // Nothing else in the directory: the temporary file was renamed into place.
+    let names: Vec<String> = fs::read_dir(&dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec![format!("{}.json", run.pid())]);
+    drop(run);
+
+    // A FIFO in its place would have hung launcher size.
+    mkfifo(&dir.join("99.json"));
+    let mut command = Command::new(LAUNCHER);
+    command
+        .args(["size", "--json"])
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .env("TMPDIR", tmp.path());
+    let output = finish(command);
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn a_state_directory_planted_by_another_user_is_not_used() {
+    let tmp = shared_tmp();
+    let uid = nix::unistd::geteuid().as_raw();
+    if uid != 0 {
+        eprintln!("SKIPPED: needs root, to plant a directory as another user");
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI runs as root"
+        );
+        return;
+    }
+    let target = tmp.path().join("precious");
+    fs::write(&target, "precious").expect("write");
+    // What another user can plant in a shared /tmp, where root's launcher keeps (and kept: the
+    // `launcher` directory of earlier versions) its state: links, for the pids about to be
+    // handed out, from the names a state file is written through to a file root would overwrite.
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .expect("ns_last_pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    for name in ["launcher-0", "launcher"] {
+        let dir = tmp.path().join(name);
+        fs::create_dir(&dir).expect("mkdir");
+        for pid in last..last + 3000 {
+            for file in [format!("{pid}.json"), format!(".{pid}.json.tmp")] {
+                std::os::unix::fs::symlink(&target, dir.join(file)).expect("symlink");
+            }
+        }
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        nix::unistd::chown(&dir, nobody, None).expect("chown");
+    }
+    let run = Run::spawn(supervisor(tmp.path(), &[]));
+    let warning = run.wait_event("state", BOOT, |_| true);
+    assert!(
+        warning.get("message").contains("belongs to uid 65534"),
+        "{}",
+        warning.line
+    );
+    run.wait_event("worker_spawn", BOOT, |_| true);
+    std::thread::sleep(secs(1));
+    assert_eq!(fs::read_to_string(&target).expect("read"), "precious");
+    let report = size(tmp.path());
+    assert!(running_pids(&report).is_empty(), "{report}");
+    assert!(
+        report["notes"].to_string().contains("belongs to uid 65534"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_non_root_supervisor_keeps_its_state_beside_roots() {
+    needs_machine(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root, to run a supervisor as nobody".to_owned());
+        }
+        let tmp = shared_tmp();
+        // root's directory exists already: nobody's is another one.
+        fs::create_dir(tmp.path().join("launcher-0")).expect("mkdir");
+        let as_nobody = |args: &[&str]| {
+            let mut command = Command::new("setpriv");
+            command
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(LAUNCHER)
+                .args(args)
+                .current_dir("/")
+                .env_clear()
+                .env("PATH", SYSTEM_PATH)
+                .env("TMPDIR", tmp.path())
+                .env("WEB_CONCURRENCY", "1")
+                .env("LAUNCHER_SAMPLE_INTERVAL", "0");
+            command
+        };
+        let run = Run::spawn(as_nobody(&["run", "--", "sleep", "60"]));
+        run.wait_event("worker_spawn", BOOT, |_| true);
+        let state = tmp
+            .path()
+            .join(format!("launcher-65534/{}.json", run.pid()));
+        run.wait("nobody's state file", secs(10), || {
+            state.exists().then_some(())
+        });
+        assert!(run.events("state").is_empty(), "\n{}", run.log());
+        let output = as_nobody(&["size", "--json"]).output().expect("size");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        assert_eq!(
+            running_pids(&report),
+            vec![u64::from(run.pid())],
+            "{report}"
+        );
+        assert!(
+            running_pids(&size(tmp.path())).is_empty(),
+            "root sees its own only"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn launcher_size_shows_only_supervisors_of_its_own_cgroup_and_pid_namespace() {
+    needs_machine(|| {
+        let tmp = shared_tmp();
+        let cgroup = MemoryCgroup::create(&["launcher-test-scope"], 1 << 30)?;
+        let run = Run::spawn(cgroup.wrap(&supervisor(tmp.path(), &[])));
+        run.wait_event("worker_spawn", BOOT, |_| true);
+        let uid = nix::unistd::geteuid().as_raw();
+        let state = tmp
+            .path()
+            .join(format!("launcher-{uid}/{}.json", run.pid()));
+        run.wait("the state file", secs(10), || state.exists().then_some(()));
+        assert!(
+            running_pids(&size(tmp.path())).is_empty(),
+            "another cgroup's"
+        );
+        let mut inside = Command::new(LAUNCHER);
+        inside
+            .args(["size", "--json"])
+            .env_clear()
+            .env("PATH", SYSTEM_PATH)
+            .env("TMPDIR", tmp.path());
+        let output = cgroup.wrap(&inside).output().expect("size");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        assert_eq!(
+            running_pids(&report),
+            vec![u64::from(run.pid())],
+            "{report}"
+        );
+        drop(run);
+
+        // A supervisor in a pid namespace of its own: its pid means nothing out here.
+        let mut unshared = Command::new("unshare");
+        unshared
+            .args(["--pid", "--fork", "--mount-proc", "--"])
+            .arg(LAUNCHER)
+            .args(["run", "--", "sleep", "60"])
+            .env_clear()
+            .env("PATH", SYSTEM_PATH)
+            .env("TMPDIR", tmp.path())
+            .env("WEB_CONCURRENCY", "1");
+        let contained = Run::spawn(unshared);
+        contained.wait_event("worker_spawn", BOOT, |_| true);
+        let as_pid_1 = tmp.path().join(format!("launcher-{uid}/1.json"));
+        contained.wait("its state file", secs(10), || {
+            as_pid_1.exists().then_some(())
+        });
+        assert!(
+            running_pids(&size(tmp.path())).is_empty(),
+            "another pid namespace's"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_relative_tmpdir_falls_back_to_tmp_with_one_line() {
+    let run = Run::spawn(command(
+        None,
+        "hostile",
+        &[
+            ("TMPDIR", "relative/tmp"),
+            ("WEB_CONCURRENCY", "1"),
+            ("LAUNCHER_SAMPLE_INTERVAL", "0"),
+        ],
+        LAUNCHER,
+        &["run", "--", "sleep", "60"],
+    ));
+    let line = run.wait_event("state", BOOT, |_| true);
+    assert!(
+        line.get("message").contains("not an absolute path"),
+        "{}",
+        line.line
+    );
+    assert!(line.get("message").contains("/tmp"), "{}", line.line);
+    assert_eq!(run.events("state").len(), 1, "\n{}", run.log());
+    // Ended with SIGTERM, it removes its state file from /tmp.
+    support::procs::signal("TERM", &[run.pid()]);
+    let mut run = run;
+    run.wait_exit(secs(30));
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = Path::new("/tmp").join(format!("launcher-{uid}"));
+    let left = dir.join(format!("{}.json", run.pid()));
+    assert!(!left.exists(), "{} left behind", left.display());
+    // The directory too, if this test made it (removing a directory fails while it has files).
+    let _ = fs::remove_dir(&dir);
+}
