@@ -1,5 +1,51 @@
-//! Heroku's dyno sizes as measured on real dynos: memory limit, CPUs reported, and the
-//! `WEB_CONCURRENCY` the formula must give them with the default 256 MB per worker.
+//! Heroku's dynos: the names `DYNO` takes in each generation, and the sizes as measured on real
+//! dynos (memory limit, CPUs reported, and the `WEB_CONCURRENCY` the formula must give them with
+//! the default 256 MB per worker).
+
+/// Which generation's naming a `DYNO` value has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// `web.1`, `worker.2`, `run.9157`: the process type, a dot, a number.
+    Cedar,
+    /// `web-12a34b56d-e78f9`, `worker-23z34x56y-w78k9` (process type, hash, id), or `run-e78f9`
+    /// for a one-off dyno: Kubernetes pod names.
+    Fir,
+}
+
+/// A `DYNO` value taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DynoName<'a> {
+    pub process_type: &'a str,
+    pub generation: Generation,
+}
+
+/// Parses `DYNO` in either generation's form; None for anything else (unset on a laptop, or a
+/// value of someone's own).
+pub fn parse(dyno: &str) -> Option<DynoName<'_>> {
+    let is_word = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    // Process types: words of letters, digits and `_`, joined by dashes.
+    let is_type = |s: &str| {
+        s.split('-')
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    };
+    if let Some((process_type, number)) = dyno.split_once('.') {
+        let numbered = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+        return (is_type(process_type) && numbered).then_some(DynoName {
+            process_type,
+            generation: Generation::Cedar,
+        });
+    }
+    // From the right: `<process type>-<hash>-<id>`, or `<process type>-<id>` for a one-off.
+    let (rest, id) = dyno.rsplit_once('-')?;
+    let process_type = match rest.rsplit_once('-') {
+        Some((process_type, hash)) if is_word(hash) && is_type(process_type) => process_type,
+        _ => rest,
+    };
+    (is_word(id) && is_type(process_type)).then_some(DynoName {
+        process_type,
+        generation: Generation::Fir,
+    })
+}
 
 pub struct Dyno {
     pub name: &'static str,
@@ -26,5 +72,48 @@ const fn dyno(name: &'static str, memory_mb: u64, cpus: u32, web_concurrency: u3
         memory_mb,
         cpus,
         web_concurrency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(process_type: &str, generation: Generation) -> Option<DynoName<'_>> {
+        Some(DynoName {
+            process_type,
+            generation,
+        })
+    }
+
+    #[test]
+    fn cedar_names() {
+        use Generation::Cedar;
+        assert_eq!(parse("web.1"), name("web", Cedar));
+        assert_eq!(parse("worker.12"), name("worker", Cedar));
+        assert_eq!(parse("run.9157"), name("run", Cedar));
+        assert_eq!(parse("release.1"), name("release", Cedar));
+        assert_eq!(parse("web_api.3"), name("web_api", Cedar));
+        assert_eq!(parse("web-api.1"), name("web-api", Cedar));
+    }
+
+    #[test]
+    fn fir_names() {
+        use Generation::Fir;
+        assert_eq!(parse("web-12a34b56d-e78f9"), name("web", Fir));
+        assert_eq!(parse("worker-23z34x56y-w78k9"), name("worker", Fir));
+        assert_eq!(parse("run-e78f9"), name("run", Fir));
+        assert_eq!(parse("web-api-12a34b56d-e78f9"), name("web-api", Fir));
+        assert_eq!(parse("webhooks-23z34x56y-w78k9"), name("webhooks", Fir));
+    }
+
+    #[test]
+    fn other_values_are_neither() {
+        for other in [
+            "", "web", "web.", ".1", "web.x", "web.1.2", "web-", "-web", "web--x", "web-a-",
+            "web-a.b", "web 1", "web.-1",
+        ] {
+            assert_eq!(parse(other), None, "{other:?}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Only `export NAME=VALUE` lines, and every VALUE is an integer or a token written here: no text
 //! from a config var is ever echoed into shell code.
 
+use crate::dynos;
 use crate::report::Report;
 use crate::sizing::{Outcome, SET_BY};
 
@@ -78,7 +79,10 @@ pub fn boot_line(report: &Report) -> String {
     }
 }
 
-/// Whether this dyno logs the boot line: web dynos only, so one-off and worker dynos stay quiet.
+/// Whether this dyno logs the boot line: web dynos only (Cedar's `web.1`, Fir's
+/// `web-<hash>-<id>`), so one-off and worker dynos stay quiet.
 pub fn is_web_dyno(dyno: Option<&str>) -> bool {
-    dyno.is_some_and(|name| name == "web" || name.starts_with("web."))
+    dyno.is_some_and(|name| {
+        name == "web" || dynos::parse(name).is_some_and(|parsed| parsed.process_type == "web")
+    })
 }
