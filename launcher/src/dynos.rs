@@ -47,6 +47,13 @@ pub fn parse(dyno: &str) -> Option<DynoName<'_>> {
     })
 }
 
+/// Whether `DYNO` has Cedar's form, where the platform sends SIGTERM to every process of the
+/// dyno itself (Fir, like Kubernetes, signals the main process only).
+pub fn is_cedar(dyno: Option<&str>) -> bool {
+    dyno.and_then(parse)
+        .is_some_and(|name| name.generation == Generation::Cedar)
+}
+
 pub struct Dyno {
     pub name: &'static str,
     pub memory_mb: u64,
@@ -95,6 +102,7 @@ mod tests {
         assert_eq!(parse("release.1"), name("release", Cedar));
         assert_eq!(parse("web_api.3"), name("web_api", Cedar));
         assert_eq!(parse("web-api.1"), name("web-api", Cedar));
+        assert!(is_cedar(Some("web.1")));
     }
 
     #[test]
@@ -105,6 +113,7 @@ mod tests {
         assert_eq!(parse("run-e78f9"), name("run", Fir));
         assert_eq!(parse("web-api-12a34b56d-e78f9"), name("web-api", Fir));
         assert_eq!(parse("webhooks-23z34x56y-w78k9"), name("webhooks", Fir));
+        assert!(!is_cedar(Some("web-12a34b56d-e78f9")));
     }
 
     #[test]
@@ -115,5 +124,7 @@ mod tests {
         ] {
             assert_eq!(parse(other), None, "{other:?}");
         }
+        assert!(!is_cedar(None));
+        assert!(!is_cedar(Some("web")));
     }
 }
