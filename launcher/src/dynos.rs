@@ -82,9 +82,46 @@ const fn dyno(name: &'static str, memory_mb: u64, cpus: u32, web_concurrency: u3
     }
 }
 
+/// Fir's `cpu.max` as measured: 0.9 CPU per vCPU of the size's name (`90000 100000` on 1c).
+pub const FIR_QUOTA_PER_VCPU: u64 = 90_000;
+pub const FIR_PERIOD: u64 = 100_000;
+
+/// Heroku's Fir sizes, `dyno-<vCPUs>c-<GB>gb`. Memory is an assumption: the GB of the name (1 GB
+/// = 1024 MB), not a measured `memory.max`. CPUs are what the launcher counts from the measured
+/// quota, 0.9 per vCPU rounded up (`host::cpu`): 15 on 16c, 29 on 32c. On a Fir dyno the
+/// launcher reads the real `memory.max` and `cpu.max` at boot; this table is the build log's
+/// preview.
+pub const FIR_DYNOS: [Dyno; 17] = [
+    fir("dyno-1c-0.5gb", 1, 512, 2),
+    fir("dyno-1c-4gb", 1, 4096, 3),
+    fir("dyno-1c-8gb", 1, 8192, 3),
+    fir("dyno-2c-1gb", 2, 1024, 4),
+    fir("dyno-2c-4gb", 2, 4096, 5),
+    fir("dyno-2c-8gb", 2, 8192, 5),
+    fir("dyno-2c-16gb", 2, 16384, 5),
+    fir("dyno-4c-8gb", 4, 8192, 9),
+    fir("dyno-4c-16gb", 4, 16384, 9),
+    fir("dyno-4c-32gb", 4, 32768, 9),
+    fir("dyno-8c-16gb", 8, 16384, 17),
+    fir("dyno-8c-32gb", 8, 32768, 17),
+    fir("dyno-8c-64gb", 8, 65536, 17),
+    fir("dyno-16c-32gb", 16, 32768, 31),
+    fir("dyno-16c-64gb", 16, 65536, 31),
+    fir("dyno-16c-128gb", 16, 131072, 31),
+    fir("dyno-32c-64gb", 32, 65536, 59),
+];
+
+const fn fir(name: &'static str, vcpus: u64, memory_mb: u64, web_concurrency: u32) -> Dyno {
+    let cpus = (vcpus * FIR_QUOTA_PER_VCPU).div_ceil(FIR_PERIOD) as u32;
+    dyno(name, memory_mb, cpus, web_concurrency)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::FakeHost;
+    use crate::host::MIB;
+    use crate::sizing::Formula;
 
     fn name(process_type: &str, generation: Generation) -> Option<DynoName<'_>> {
         Some(DynoName {
@@ -126,5 +163,73 @@ mod tests {
         }
         assert!(!is_cedar(None));
         assert!(!is_cedar(Some("web")));
+    }
+
+    /// The vCPUs and MB a Fir size's name says: `dyno-2c-8gb` -> (2, 8192).
+    fn fir_name(name: &str) -> (u64, u64) {
+        let rest = name.strip_prefix("dyno-").expect("dyno- prefix");
+        let (vcpus, gb) = rest.split_once("c-").expect("<N>c-");
+        let gb = gb.strip_suffix("gb").expect("gb suffix");
+        let mb = match gb.split_once('.') {
+            Some((whole, "5")) => whole.parse::<u64>().expect("GB") * 1024 + 512,
+            Some(_) => panic!("{name}: only .5 GB fractions"),
+            None => gb.parse::<u64>().expect("GB") * 1024,
+        };
+        (vcpus.parse().expect("vCPUs"), mb)
+    }
+
+    /// A Fir dyno as measured: cgroup v2, `memory.max` and `cpu.max` in the process's own
+    /// cgroup, a 96-CPU host (nproc 96, affinity to all of them), no cgroup v1 file.
+    fn fir_host(vcpus: u64, memory_mb: u64) -> FakeHost {
+        let host = FakeHost::new();
+        host.cgroup_v2("/")
+            .write("/sys/devices/system/cpu/online", "0-95\n")
+            .write(
+                "/proc/self/status",
+                "Name:\tlauncher\nCpus_allowed_list:\t0-95\n",
+            )
+            .write("/proc/meminfo", &format!("MemTotal: {} kB\n", 384 << 20))
+            .write(
+                "/sys/fs/cgroup/memory.max",
+                &format!("{}\n", memory_mb * MIB),
+            )
+            .write(
+                "/sys/fs/cgroup/cpu.max",
+                &format!("{} {FIR_PERIOD}\n", vcpus * FIR_QUOTA_PER_VCPU),
+            );
+        host
+    }
+
+    #[test]
+    fn every_fir_size_read_from_a_fir_host() {
+        assert_eq!(FIR_DYNOS.len(), 17);
+        for dyno in &FIR_DYNOS {
+            let (vcpus, memory_mb) = fir_name(dyno.name);
+            assert_eq!(
+                dyno.memory_mb, memory_mb,
+                "{}: the GB of the name",
+                dyno.name
+            );
+            let host = fir_host(vcpus, memory_mb);
+            assert!(!host.root().join("sys/fs/cgroup/memory").exists());
+            let read = host.read();
+            assert_eq!(read.memory_mb(), dyno.memory_mb, "{}", dyno.name);
+            assert_eq!(read.memory_source, "cgroup v2 /sys/fs/cgroup/memory.max");
+            assert_eq!(read.cpus, dyno.cpus, "{}: {}", dyno.name, read.cpus_source);
+            assert!(read.cpus_source.contains("cpu.max"), "{}", read.cpus_source);
+            let formula = Formula::new(read.memory_mb(), read.cpus, 256, None);
+            assert_eq!(formula.value, dyno.web_concurrency, "{}", dyno.name);
+        }
+    }
+
+    #[test]
+    fn fir_cpus_are_the_quota_rounded_up() {
+        let cpus = |name: &str| FIR_DYNOS.iter().find(|d| d.name == name).map(|d| d.cpus);
+        assert_eq!(cpus("dyno-1c-0.5gb"), Some(1), "0.9");
+        assert_eq!(cpus("dyno-2c-1gb"), Some(2), "1.8");
+        assert_eq!(cpus("dyno-4c-8gb"), Some(4), "3.6");
+        assert_eq!(cpus("dyno-8c-16gb"), Some(8), "7.2");
+        assert_eq!(cpus("dyno-16c-32gb"), Some(15), "14.4");
+        assert_eq!(cpus("dyno-32c-64gb"), Some(29), "28.8");
     }
 }

@@ -69,9 +69,13 @@ enum Command {
         /// The app being built (BUILD_DIR).
         #[arg(long)]
         app_dir: PathBuf,
-        /// Heroku's ENV_DIR: one file per config var.
+        /// Heroku's ENV_DIR (or a CNB platform's `<platform>/env`): one file per config var.
         #[arg(long)]
         env_dir: Option<PathBuf>,
+        /// classic: bin/compile's log, Cedar's sizes; cnb: bin/build's log in the style of
+        /// Heroku's Cloud Native Buildpacks, Fir's sizes next to Cedar's.
+        #[arg(long, value_parser = ["classic", "cnb"], default_value = "classic")]
+        style: String,
     },
     /// Run the app under the pre-fork supervisor: one socket on $PORT, WEB_CONCURRENCY workers,
     /// restarts, graceful shutdown. Example: launcher run -- gunicorn app:app
@@ -128,8 +132,13 @@ fn run(cli: Cli) -> Result<()> {
             write_stdout(&text)
         }
         Command::Profile { script: true, .. } => write_stdout(profile::SCRIPT),
-        Command::BuildReport { app_dir, env_dir } => {
-            build_report::print(&app_dir, env_dir.as_deref())
+        Command::BuildReport {
+            app_dir,
+            env_dir,
+            style,
+        } => {
+            let style = build_report::Style::parse(&style).unwrap_or(build_report::Style::Classic);
+            build_report::print(&app_dir, env_dir.as_deref(), style)
         }
         Command::Profile { root, app_dir, .. } => {
             let report = gather(&root, &env, app_dir);
