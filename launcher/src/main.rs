@@ -3,6 +3,7 @@
 mod build_report;
 mod dynos;
 mod env;
+mod exec_d;
 mod host;
 mod pinning;
 mod procs;
@@ -26,7 +27,6 @@ use clap::{Parser, Subcommand};
 
 use env::Env;
 use report::Report;
-use settings::Settings;
 
 #[derive(Parser)]
 #[command(
@@ -94,6 +94,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The CNB lifecycle runs exec.d programs with no arguments: the name is the command.
+    if exec_d::invoked_as(std::env::args_os().next().as_deref()) {
+        return exec_d::run();
+    }
     let cli = Cli::parse();
     if let Command::Run {
         mode,
@@ -120,7 +124,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             app_dir,
         } => {
-            let mut report = gather(&root, &env, app_dir);
+            let mut report = Report::for_app(&root, &env, app_dir);
             if root == Path::new("/") {
                 report.running = state::read_live(&state::dir());
             }
@@ -141,15 +145,8 @@ fn run(cli: Cli) -> Result<()> {
             build_report::print(&app_dir, env_dir.as_deref(), style)
         }
         Command::Profile { root, app_dir, .. } => {
-            let report = gather(&root, &env, app_dir);
-            let mut stderr = std::io::stderr().lock();
-            for warning in report.warnings() {
-                // Best effort: a closed stderr must not cost the dyno its sizing.
-                let _ = writeln!(stderr, "launcher: warning: {warning}");
-            }
-            if profile::is_web_dyno(env.get("DYNO")) {
-                let _ = writeln!(stderr, "{}", profile::boot_line(&report));
-            }
+            let report = Report::for_app(&root, &env, app_dir);
+            profile::log(&report, &env);
             write_stdout(&profile::render(&profile::exports(&report)))
         }
         Command::Run { .. } => unreachable!("handled in main"),
@@ -177,12 +174,6 @@ fn run_supervisor(
             ExitCode::from(fatal.exit_code)
         }
     }
-}
-
-/// The sizing report; `launcher.toml` is looked for in `app_dir`, by default the current directory.
-fn gather(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Report {
-    let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-    Report::gather(root, env, Settings::load(env, app_dir.as_deref()))
 }
 
 fn write_stdout(text: &str) -> Result<()> {

@@ -3,7 +3,10 @@
 //! Only `export NAME=VALUE` lines, and every VALUE is an integer or a token written here: no text
 //! from a config var is ever echoed into shell code.
 
+use std::io::Write;
+
 use crate::dynos;
+use crate::env::Env;
 use crate::report::Report;
 use crate::sizing::{Outcome, SET_BY};
 
@@ -61,6 +64,27 @@ pub fn render(exports: &[(&'static str, String)]) -> String {
         .iter()
         .map(|(name, value)| format!("export {name}={value}\n"))
         .collect()
+}
+
+/// The same exports as a CNB exec.d program's output: TOML `NAME = "value"` lines. Every value is
+/// an integer or `launcher` (see `exports`), so none needs escaping.
+pub fn render_toml(exports: &[(&'static str, String)]) -> String {
+    exports
+        .iter()
+        .map(|(name, value)| format!("{name} = \"{value}\"\n"))
+        .collect()
+}
+
+/// Logs what the boot does on stderr: a warning line per setting or value that was replaced, and
+/// the boot line on web dynos. Best effort: a closed stderr must not cost the dyno its sizing.
+pub fn log(report: &Report, env: &Env) {
+    let mut stderr = std::io::stderr().lock();
+    for warning in report.warnings() {
+        let _ = writeln!(stderr, "launcher: warning: {warning}");
+    }
+    if is_web_dyno(env.get("DYNO")) {
+        let _ = writeln!(stderr, "{}", boot_line(report));
+    }
 }
 
 /// The one line a web dyno logs at boot.
