@@ -1,10 +1,12 @@
 //! Helpers shared by the black-box test files (each file is its own crate and uses a part).
 //! `harness` runs `launcher run` and reads its event lines (`logfmt`), `procs` reads the process
-//! tree from /proc, `http` sends requests and keep-alive load on loopback.
+//! tree from /proc, `http` sends requests and keep-alive load on loopback, `lifecycle` stands in
+//! for the Cloud Native Buildpack lifecycle.
 #![allow(dead_code)]
 
 pub mod harness;
 pub mod http;
+pub mod lifecycle;
 pub mod logfmt;
 pub mod procs;
 pub mod slug;
