@@ -9,7 +9,7 @@ use tempfile::TempDir;
 
 mod support;
 use support::slug::Slug;
-use support::{make_executable, needs_machine, MemoryCgroup};
+use support::{make_executable, needs_machine, MemoryCgroup, READ_AT_BOOT};
 
 const LAUNCHER: &str = env!("CARGO_BIN_EXE_launcher");
 
@@ -425,15 +425,7 @@ fn config_vars_holding_shell_code_run_nothing() {
     let slug = Slug::new();
     let marker = slug.path().join("pwned");
     let code = format!("$(touch {0}); `touch {0}`; touch {0}", marker.display());
-    let names = [
-        "WEB_CONCURRENCY",
-        "WEB_CONCURRENCY_SET_BY",
-        "LAUNCHER_WEB_CONCURRENCY",
-        "WEB_MEMORY",
-        "LAUNCHER_MAX_WORKERS",
-        "LAUNCHER_DISABLE",
-        "DYNO",
-    ];
+    let names = READ_AT_BOOT;
     for name in names {
         for options in ["set -u", "set -e"] {
             let output = slug.boot(options, &[(name, &code)], "echo booted");

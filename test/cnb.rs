@@ -22,10 +22,13 @@ use tempfile::TempDir;
 mod support;
 use support::harness::{Run, BOOT};
 use support::http::get;
-use support::lifecycle::{apply_env_dir, layer_types, with_toolchain, BuildOptions, Site, Types};
+use support::lifecycle::{
+    apply_env_dir, layer_types, open_to_all, with_toolchain, BuildOptions, Launch, Site, Types,
+};
 use support::procs::children;
 use support::{
-    fixture, free_port, make_executable, needs_machine, repo, venv, wait_for, MemoryCgroup,
+    fixture, free_port, make_executable, needs_machine, once, repo, run_dir, venv, wait_for,
+    MemoryCgroup, READ_AT_BOOT,
 };
 
 const ID: &str = "launcher";
@@ -93,41 +96,23 @@ struct Shared {
 
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
-    match SHARED.get_or_init(cold_build) {
-        Ok(shared) => shared,
-        Err(why) => panic!("the shared cold build failed: {why}"),
-    }
+    once(&SHARED, cold_build, "the shared cold build")
 }
 
-/// Runs in target/tmp (statics are never dropped); dirs of earlier runs whose process is gone are
-/// removed first.
+/// In `run_dir`, under target/tmp.
 fn cold_build() -> Result<Shared, String> {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnb-test");
-    if let Ok(entries) = fs::read_dir(&base) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !Path::new("/proc")
-                .join(name.trim_start_matches("run-"))
-                .exists()
-            {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    let run_dir = base.join(format!("run-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&run_dir);
+    let run_dir = run_dir("cnb-test");
     let buildpack = run_dir.join("buildpack");
     copy_buildpack(&buildpack);
     // The build user must reach the copy.
-    for dir in [Path::new(env!("CARGO_TARGET_TMPDIR")), &base, &run_dir] {
+    let mut dir = run_dir.as_path();
+    while dir != Path::new(env!("CARGO_TARGET_TMPDIR")) {
         open_to_all(dir);
+        dir = dir.parent().expect("under target/tmp");
     }
+    open_to_all(dir);
     let site = Site::new(&fixture("flask"))?;
-    let options = BuildOptions {
-        cargo: true,
-        ..BuildOptions::default()
-    };
-    let output = site.build(&buildpack, ID, &options);
+    let output = site.build(&buildpack, ID, &BuildOptions::cargo());
     let cold_log = log(&output);
     if !output.status.success() {
         return Err(cold_log);
@@ -147,9 +132,11 @@ fn cold_build() -> Result<Shared, String> {
     })
 }
 
-fn open_to_all(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+/// A temp dir every user can enter (the build user too).
+fn open_temp_dir() -> TempDir {
+    let dir = TempDir::new().expect("temp dir");
+    open_to_all(dir.path());
+    dir
 }
 
 /// A site for the fixture `app` built by the buildpack from the warm cache (no cargo), with the
@@ -507,11 +494,7 @@ fn the_repository_with_cargo_cold_then_warm() {
         // The next build restores the cache layer as the lifecycle does: no cargo at all.
         let site = Site::new(&fixture("flask"))?;
         site.restore(&shared.cold_layers);
-        let options = BuildOptions {
-            cargo: true,
-            ..BuildOptions::default()
-        };
-        let out = site.build(&shared.buildpack, ID, &options);
+        let out = site.build(&shared.buildpack, ID, &BuildOptions::cargo());
         assert!(out.status.success(), "{}", log(&out));
         assert!(
             text(&out.stdout).contains("Using the binary built from source, cached"),
@@ -596,11 +579,7 @@ fn the_release_tree_builds_with_no_cargo_and_no_network() {
         let tree = packaged();
         assert!(tree.join("bin/build").exists() && tree.join("bin/detect").exists());
         let site = Site::new(&fixture("flask"))?;
-        let options = BuildOptions {
-            offline: true,
-            ..BuildOptions::default()
-        };
-        let out = site.build(tree, ID, &options);
+        let out = site.build(tree, ID, &BuildOptions::offline());
         assert!(out.status.success(), "{}", log(&out));
         assert!(
             text(&out.stdout)
@@ -621,8 +600,7 @@ fn the_release_tree_builds_with_no_cargo_and_no_network() {
 #[test]
 fn a_tampered_prebuilt_binary_is_refused() {
     needs_machine(|| {
-        let dir = TempDir::new().expect("temp dir");
-        open_to_all(dir.path());
+        let dir = open_temp_dir();
         let tree = dir.path().join("tree");
         cp(packaged(), &tree);
         let prebuilt = tree.join(format!(
@@ -635,11 +613,7 @@ fn a_tampered_prebuilt_binary_is_refused() {
             .and_then(|mut file| file.write_all(b"\0"))
             .expect("tamper");
         let site = Site::new(&fixture("flask"))?;
-        let options = BuildOptions {
-            offline: true,
-            ..BuildOptions::default()
-        };
-        let out = site.build(&tree, ID, &options);
+        let out = site.build(&tree, ID, &BuildOptions::offline());
         assert!(!out.status.success(), "{}", log(&out));
         let stderr = text(&out.stderr);
         assert!(
@@ -661,8 +635,7 @@ fn the_build_runs_as_a_non_root_user_with_the_buildpack_read_only() {
     needs_machine(|| {
         // The stand-in itself: a buildpack that writes into its own directory fails, as under
         // the lifecycle, although the directory's permission bits would let its owner write.
-        let fake = TempDir::new().expect("temp dir");
-        open_to_all(fake.path());
+        let fake = open_temp_dir();
         fs::create_dir(fake.path().join("bin")).expect("mkdir");
         let script =
             "#!/bin/sh\nid -u > \"$CNB_LAYERS_DIR/uid\"\ntouch \"$CNB_BUILDPACK_DIR/export\"\n";
@@ -834,15 +807,7 @@ fn hostile_values_run_nothing() {
         let out = site.build(&shared.buildpack, ID, &BuildOptions::default());
         assert!(out.status.success(), "{}", log(&out));
         let mut launch = site.launch(&[ID], "web");
-        for name in [
-            "WEB_CONCURRENCY",
-            "WEB_CONCURRENCY_SET_BY",
-            "LAUNCHER_WEB_CONCURRENCY",
-            "WEB_MEMORY",
-            "LAUNCHER_MAX_WORKERS",
-            "LAUNCHER_DISABLE",
-            "DYNO",
-        ] {
+        for name in READ_AT_BOOT {
             launch = launch.env(name, &code);
         }
         let prepared = launch.prepare()?;
@@ -924,6 +889,23 @@ fn the_exec_d_program_needs_no_shell_and_never_fails_the_launch() {
     });
 }
 
+/// The flask fixture built, the test venv as the Python buildpack's launch layer, and a port.
+fn flask_with_python() -> Result<(Site, u16), String> {
+    let venv = venv(&["gunicorn"])?;
+    let (site, _) = built("flask")?;
+    python_layer(&site, &venv);
+    Ok((site, free_port()))
+}
+
+/// A Fir web dyno's start of the Python buildpack's layers then ours, serving on `port`; by root,
+/// for the test venv's sake.
+fn web_launch(site: &Site, port: u16) -> Launch<'_> {
+    site.launch(&["heroku/python", ID], "web")
+        .env("DYNO", FIR_WEB)
+        .env("PORT", &port.to_string())
+        .by_root()
+}
+
 /// A process group that is killed on drop.
 struct Group(std::process::Child);
 
@@ -938,17 +920,9 @@ impl Drop for Group {
 #[test]
 fn gunicorn_in_a_512_mb_cgroup_runs_the_sizings_count() {
     needs_machine(|| {
-        let venv = venv(&["gunicorn"])?;
+        let (site, port) = flask_with_python()?;
         let cgroup = MemoryCgroup::create(&["launcher-cnb-test"], 512 * 1024 * 1024)?;
-        let (site, _) = built("flask")?;
-        python_layer(&site, &venv);
-        let port = free_port();
-        let launch = site
-            .launch(&["heroku/python", ID], "web")
-            .env("DYNO", FIR_WEB)
-            .env("PORT", &port.to_string())
-            .in_cgroup(&cgroup)
-            .by_root();
+        let launch = web_launch(&site, port).in_cgroup(&cgroup);
         let prepared = launch.prepare()?;
         assert_eq!(prepared.env["DYNO_RAM"], "512", "{:?}", prepared.env);
         assert_eq!(
@@ -986,15 +960,8 @@ fn gunicorn_in_a_512_mb_cgroup_runs_the_sizings_count() {
 #[test]
 fn launcher_run_serves_gunicorn_at_launch() {
     needs_machine(|| {
-        let venv = venv(&["gunicorn"])?;
-        let (site, _) = built("flask")?;
-        python_layer(&site, &venv);
-        let port = free_port();
-        let launch = site
-            .launch(&["heroku/python", ID], "web")
-            .env("DYNO", FIR_WEB)
-            .env("PORT", &port.to_string())
-            .by_root();
+        let (site, port) = flask_with_python()?;
+        let launch = web_launch(&site, port);
         let prepared = launch.prepare()?;
         let expected = prepared.env["WEB_CONCURRENCY"].clone();
         // `launcher` is the launch layer's: first on PATH.

@@ -97,7 +97,9 @@ impl User {
     /// `program args` run as this user, through setpriv (util-linux), environment as set on the
     /// returned command.
     pub fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new("setpriv");
+        // By its path: the environment given to the command may have no PATH that finds it.
+        let setpriv = which::which("setpriv").expect("setpriv (util-linux) on PATH");
+        let mut command = Command::new(setpriv);
         command
             .arg(format!("--reuid={}", self.uid))
             .arg(format!("--regid={}", self.gid))
@@ -252,6 +254,22 @@ pub struct BuildOptions {
     pub cargo: bool,
     /// No network at all: a network namespace of its own, with nothing up.
     pub offline: bool,
+}
+
+impl BuildOptions {
+    pub fn cargo() -> Self {
+        BuildOptions {
+            cargo: true,
+            ..BuildOptions::default()
+        }
+    }
+
+    pub fn offline() -> Self {
+        BuildOptions {
+            offline: true,
+            ..BuildOptions::default()
+        }
+    }
 }
 
 impl Site {
@@ -466,7 +484,7 @@ impl Site {
 }
 
 /// Lets every user into `dir` (a TempDir is created 0700).
-fn open_to_all(dir: &Path) {
+pub fn open_to_all(dir: &Path) {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 

@@ -151,6 +151,50 @@ pub fn needs_machine(test: impl FnOnce() -> Result<(), String>) {
     }
 }
 
+/// `target/tmp/<name>/run-<pid>`, made fresh, for what a test file shares across its tests
+/// (statics are never dropped): the dirs of earlier runs whose process is gone are removed first.
+pub fn run_dir(name: &str) -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if let Ok(entries) = fs::read_dir(&base) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.trim_start_matches("run-");
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let run_dir = base.join(format!("run-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&run_dir);
+    fs::create_dir_all(&run_dir).expect("mkdir run dir");
+    run_dir
+}
+
+/// The value `init` makes once for a whole test file (a cold build, say); when it failed, every
+/// test that asks for it fails with `what` and the reason.
+pub fn once<T: Send + Sync>(
+    cell: &'static std::sync::OnceLock<Result<T, String>>,
+    init: fn() -> Result<T, String>,
+    what: &str,
+) -> &'static T {
+    match cell.get_or_init(init) {
+        Ok(value) => value,
+        Err(why) => panic!("{what} failed: {why}"),
+    }
+}
+
+/// Every variable the boot reads (the profile, the exec.d program): the tests of hostile values
+/// put shell code in each.
+pub const READ_AT_BOOT: [&str; 7] = [
+    "WEB_CONCURRENCY",
+    "WEB_CONCURRENCY_SET_BY",
+    "LAUNCHER_WEB_CONCURRENCY",
+    "WEB_MEMORY",
+    "LAUNCHER_MAX_WORKERS",
+    "LAUNCHER_DISABLE",
+    "DYNO",
+];
+
 pub fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
