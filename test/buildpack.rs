@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod support;
-use support::lifecycle::Toolchain;
+use support::lifecycle::toolchain::Toolchain;
 use support::procs::children;
 use support::{
     fixture, free_port, make_executable, needs_machine, once, repo, run_dir, venv, wait_for,

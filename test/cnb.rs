@@ -22,9 +22,9 @@ use tempfile::TempDir;
 mod support;
 use support::harness::{Run, BOOT};
 use support::http::get;
-use support::lifecycle::{
-    apply_env_dir, layer_types, open_to_all, with_toolchain, BuildOptions, Launch, Site, Types,
-};
+use support::lifecycle::launch::{apply_env_dir, Launch};
+use support::lifecycle::toolchain::{with_toolchain, BuildOptions};
+use support::lifecycle::{layer_types, open_to_all, Site, Types};
 use support::procs::children;
 use support::{
     fixture, free_port, make_executable, needs_machine, once, repo, run_dir, venv, wait_for,
