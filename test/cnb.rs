@@ -20,15 +20,15 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 mod support;
-use support::harness::{Run, BOOT};
+use support::harness::{Run, BOOT, SECOND};
 use support::http::get;
 use support::lifecycle::launch::{apply_env_dir, Launch};
 use support::lifecycle::toolchain::{with_toolchain, BuildOptions};
-use support::lifecycle::{layer_types, open_to_all, Site, Types};
+use support::lifecycle::{layer_types, open_to_all, Site, Types, BUILD_TIMEOUT};
 use support::procs::children;
 use support::{
-    fixture, free_port, make_executable, needs_machine, once, repo, run_dir, venv, wait_for,
-    MemoryCgroup, READ_AT_BOOT,
+    fixture, free_port, make_executable, needs_machine, once, output_within, repo, run_dir, venv,
+    wait_for, MemoryCgroup, READ_AT_BOOT,
 };
 
 const ID: &str = "launcher";
@@ -217,13 +217,12 @@ fn binary_sh(buildpack: &Path, machine: Option<&str>, script: &str) -> Output {
     let source = format!(
         "source \"$BUILDPACK_DIR/lib/output.sh\"; source \"$BUILDPACK_DIR/lib/binary.sh\"; {script}"
     );
-    Command::new("bash")
-        .args(["-c", &source])
+    let mut bash = Command::new("bash");
+    bash.args(["-c", &source])
         .env_clear()
         .env("PATH", format!("{}:/usr/bin:/bin", stubs.path().display()))
-        .env("BUILDPACK_DIR", buildpack)
-        .output()
-        .expect("bash")
+        .env("BUILDPACK_DIR", buildpack);
+    output_within(&mut bash, SECOND * 30)
 }
 
 #[test]
@@ -438,12 +437,12 @@ fn detect_passes_for_both_apis() {
             fs::read_to_string(site.path("build-plan.toml")).expect("plan"),
             ""
         );
-        let classic = Command::new(repo().join("bin/detect"))
+        let mut detect = Command::new(repo().join("bin/detect"));
+        detect
             .arg(site.app())
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .expect("bin/detect");
+            .env("PATH", "/usr/bin:/bin");
+        let classic = output_within(&mut detect, SECOND * 10);
         assert_eq!(text(&classic.stdout), "launcher\n", "{}", log(&classic));
         Ok(())
     });
@@ -563,11 +562,9 @@ fn packaged() -> &'static Path {
         let target = shared
             .cold_layers
             .join("launcher/source-build/launcher/target");
-        let packaged = with_toolchain(&shared.buildpack.join("bin/package"), &[&out])
-            .env("HOME", &out)
-            .env("CARGO_TARGET_DIR", target)
-            .output()
-            .expect("bin/package");
+        let mut package = with_toolchain(&shared.buildpack.join("bin/package"), &[&out]);
+        package.env("HOME", &out).env("CARGO_TARGET_DIR", target);
+        let packaged = output_within(&mut package, BUILD_TIMEOUT);
         assert!(packaged.status.success(), "{}", log(&packaged));
         out.join("launcher-buildpack-0.1.0")
     })
@@ -722,7 +719,7 @@ fn a_users_web_concurrency_wins() {
             "{}",
             prepared.exec_d_stderr
         );
-        let env = launch.process(&prepared, &["env"]).output().expect("env");
+        let env = output_within(&mut launch.process(&prepared, &["env"]), SECOND * 10);
         assert!(
             text(&env.stdout).lines().any(|l| l == "WEB_CONCURRENCY=3"),
             "{}",
@@ -876,7 +873,7 @@ fn the_exec_d_program_needs_no_shell_and_never_fails_the_launch() {
         let program = site
             .buildpack_layers(ID)
             .join("launcher/exec.d/web-concurrency");
-        let out = site.user.command(&program, &[]).output().expect("exec.d");
+        let out = output_within(&mut site.user.command(&program, &[]), SECOND * 10);
         assert!(out.status.success(), "{}", log(&out));
         assert_eq!(text(&out.stdout), "");
         let stderr = text(&out.stderr);

@@ -23,14 +23,18 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::output_within;
 use launch::Launch;
 use toolchain::{in_namespace, BuildOptions, Toolchain};
 use user::User;
 
 pub const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// The deadline of one bin/detect or bin/build (and of bin/package in the tests).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What the lifecycle escapes a buildpack id to for its layers directory.
 pub fn escape_id(id: &str) -> String {
@@ -195,7 +199,8 @@ impl Site {
             .envs(env)
             .current_dir(self.app())
             .stdin(Stdio::null());
-        command.output().expect("run the build phase")
+        // A cold build compiles the launcher: about 30 s here, far more on a loaded machine.
+        output_within(&mut command, BUILD_TIMEOUT)
     }
 
     /// A `cargo` first on the build's PATH that records each call, then runs the toolchain's.
