@@ -226,7 +226,7 @@ fn shared() -> &'static Shared {
 /// Runs in target/tmp (statics are never dropped); dirs of earlier runs whose process is gone are
 /// removed first.
 fn cold_build() -> Result<Shared, String> {
-    let run_dir = run_dir("buildpack-test");
+    let run_dir = run_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "buildpack-test");
     let buildpack = run_dir.join("buildpack");
     copy_buildpack(&buildpack);
     let build = Build::new("flask");

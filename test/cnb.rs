@@ -99,18 +99,14 @@ fn shared() -> &'static Shared {
     once(&SHARED, cold_build, "the shared cold build")
 }
 
-/// In `run_dir`, under target/tmp.
+/// In the temp dir, not under target/: the build user must reach the copy, and the checkout may
+/// be in a directory closed to other users (root's home).
 fn cold_build() -> Result<Shared, String> {
-    let run_dir = run_dir("cnb-test");
+    let run_dir = run_dir(&std::env::temp_dir(), "launcher-cnb-test");
+    open_to_all(run_dir.parent().expect("base"));
+    open_to_all(&run_dir);
     let buildpack = run_dir.join("buildpack");
     copy_buildpack(&buildpack);
-    // The build user must reach the copy.
-    let mut dir = run_dir.as_path();
-    while dir != Path::new(env!("CARGO_TARGET_TMPDIR")) {
-        open_to_all(dir);
-        dir = dir.parent().expect("under target/tmp");
-    }
-    open_to_all(dir);
     let site = Site::new(&fixture("flask"))?;
     let output = site.build(&buildpack, ID, &BuildOptions::cargo());
     let cold_log = log(&output);

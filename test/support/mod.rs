@@ -151,10 +151,10 @@ pub fn needs_machine(test: impl FnOnce() -> Result<(), String>) {
     }
 }
 
-/// `target/tmp/<name>/run-<pid>`, made fresh, for what a test file shares across its tests
-/// (statics are never dropped): the dirs of earlier runs whose process is gone are removed first.
-pub fn run_dir(name: &str) -> PathBuf {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+/// `<base>/<name>/run-<pid>`, made fresh, for what a test file shares across its tests (statics
+/// are never dropped): the dirs of earlier runs whose process is gone are removed first.
+pub fn run_dir(base: &Path, name: &str) -> PathBuf {
+    let base = base.join(name);
     if let Ok(entries) = fs::read_dir(&base) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

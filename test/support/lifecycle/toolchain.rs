@@ -26,11 +26,12 @@ impl Toolchain {
         }
     }
 
-    /// Where builds see it: one place for every build, outside any home directory (root's is
-    /// closed to other users), so that cargo's fingerprints (which hold the registry's paths)
-    /// match from one build to the next. Each mount lives in its own namespace.
+    /// Where builds see it: one place for every build, in the temp dir (root's home, and a
+    /// checkout in it, are closed to other users), so that cargo's fingerprints (which hold the
+    /// registry's paths) match from one build to the next. Each mount lives in its own namespace;
+    /// the empty mount points stay.
     pub fn mounted() -> Toolchain {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnb-toolchain");
+        let base = std::env::temp_dir().join("launcher-cnb-toolchain");
         let toolchain = Toolchain {
             cargo_home: base.join("cargo"),
             rustup_home: base.join("rustup"),
@@ -38,7 +39,6 @@ impl Toolchain {
         for dir in [&toolchain.cargo_home, &toolchain.rustup_home] {
             fs::create_dir_all(dir).expect("mkdir mount point");
         }
-        open_to_all(Path::new(env!("CARGO_TARGET_TMPDIR")));
         open_to_all(&base);
         toolchain
     }
