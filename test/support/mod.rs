@@ -152,7 +152,8 @@ pub fn needs_machine(test: impl FnOnce() -> Result<(), String>) {
 }
 
 /// `<base>/<name>/run-<pid>`, made fresh, for what a test file shares across its tests (statics
-/// are never dropped): the dirs of earlier runs whose process is gone are removed first.
+/// are never dropped): it is removed when the test process exits, and the dirs of earlier runs
+/// whose process is gone (killed before it could) are removed first.
 pub fn run_dir(base: &Path, name: &str) -> PathBuf {
     let base = base.join(name);
     if let Ok(entries) = fs::read_dir(&base) {
@@ -167,7 +168,25 @@ pub fn run_dir(base: &Path, name: &str) -> PathBuf {
     let run_dir = base.join(format!("run-{}", std::process::id()));
     let _ = fs::remove_dir_all(&run_dir);
     fs::create_dir_all(&run_dir).expect("mkdir run dir");
+    remove_at_exit(&run_dir);
     run_dir
+}
+
+static AT_EXIT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn remove_at_exit(dir: &Path) {
+    extern "C" fn remove_all() {
+        let dirs = AT_EXIT.lock().map(|d| d.clone()).unwrap_or_default();
+        for dir in dirs {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    let mut dirs = AT_EXIT.lock().unwrap_or_else(|e| e.into_inner());
+    if dirs.is_empty() {
+        // SAFETY: registers a plain function; libc runs it once, at exit.
+        unsafe { libc::atexit(remove_all) };
+    }
+    dirs.push(dir.to_path_buf());
 }
 
 /// The value `init` makes once for a whole test file (a cold build, say); when it failed, every
