@@ -9,6 +9,8 @@
 #   binary::obtain DEST CACHE_DIR ENV_DIR    # writes an executable, verified binary to DEST
 #   binary::cargo_build CARGO TARGET_DIR     # the release build (also used by bin/package);
 #                                            # prints the path of the built binary
+#   binary::toml_field TABLE KEY             # a value of buildpack.toml (also bin/package's)
+# bin/compile passes its CACHE_DIR and ENV_DIR; bin/build a cache layer and <platform>/env.
 # Needs BUILDPACK_DIR. Build-time settings are read from ENV_DIR files (never sourced), then from the
 # environment: LAUNCHER_BINARY_URL, LAUNCHER_BINARY_SHA256, LAUNCHER_RUSTUP_INIT_URL.
 
@@ -54,11 +56,14 @@ binary::setting() {
   fi
 }
 
-# Usage: binary::release_field ARCH KEY -> KEY's value in buildpack.toml's [metadata.release.ARCH].
+# Usage: binary::toml_field TABLE KEY -> KEY's value in buildpack.toml's [TABLE], e.g.
+#   binary::toml_field buildpack version; binary::toml_field metadata.release.x86_64 url
 # Understands the form buildpack.toml uses, one `key = "value"` per line, no escapes in the value.
-binary::release_field() {
-  local arch="$1" key="$2"
-  awk -v section="[metadata.release.${arch}]" -v key="${key}" '
+# Every other table header ends the table, [[targets]] and [[targets.distros]] (whose `version`
+# is Ubuntu's) included.
+binary::toml_field() {
+  local table="$1" key="$2"
+  awk -v section="[${table}]" -v key="${key}" '
     /^[[:space:]]*\[/ { gsub(/[[:space:]]/, ""); inside = ($0 == section); next }
     inside && $0 ~ "^[[:space:]]*" key "[[:space:]]*=" {
       sub(/^[^=]*=[[:space:]]*"/, ""); sub(/".*$/, ""); print; exit
@@ -107,13 +112,13 @@ binary::from_release() {
   local url expected start download
   BINARY_DOWNLOADED=0
   url="$(binary::setting LAUNCHER_BINARY_URL "${env_dir}")"
-  url="${url:-$(binary::release_field "${arch}" url)}"
+  url="${url:-$(binary::toml_field "metadata.release.${arch}" url)}"
   if [[ -z "${url}" ]]; then
     output::detail "No release binary listed in buildpack.toml for ${arch}; building from source"
     return 0
   fi
   expected="$(binary::setting LAUNCHER_BINARY_SHA256 "${env_dir}")"
-  expected="${expected:-$(binary::release_field "${arch}" sha256)}"
+  expected="${expected:-$(binary::toml_field "metadata.release.${arch}" sha256)}"
   [[ -n "${expected}" ]] ||
     output::error "No SHA-256 to check the launcher binary from ${url} against." \
       "Set LAUNCHER_BINARY_SHA256 to the binary's SHA-256 (sha256sum prints it)."

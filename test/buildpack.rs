@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod support;
+use support::lifecycle::toolchain::Toolchain;
 use support::procs::children;
 use support::{
-    fixture, free_port, make_executable, needs_machine, repo, venv, wait_for, MemoryCgroup,
+    fixture, free_port, make_executable, needs_machine, once, repo, run_dir, venv, wait_for,
+    MemoryCgroup,
 };
 
 const ARCH: &str = std::env::consts::ARCH;
@@ -88,20 +90,8 @@ fn sha256(path: &Path) -> String {
 // ---- The platform ---------------------------------------------------------------------------------
 
 /// The Rust toolchain as the platform would have it installed.
-struct Toolchain {
-    cargo_home: PathBuf,
-    rustup_home: PathBuf,
-}
-
 fn toolchain() -> Toolchain {
-    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
-    let dir = |name: &str, default: &str| {
-        std::env::var_os(name).map_or_else(|| home.join(default), PathBuf::from)
-    };
-    Toolchain {
-        cargo_home: dir("CARGO_HOME", ".cargo"),
-        rustup_home: dir("RUSTUP_HOME", ".rustup"),
-    }
+    Toolchain::current()
 }
 
 /// A `cargo` that records each call in `calls` and runs the real one: put first on PATH, it shows
@@ -230,27 +220,13 @@ struct Shared {
 
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
-    match SHARED.get_or_init(cold_build) {
-        Ok(shared) => shared,
-        Err(why) => panic!("the shared cold build failed: {why}"),
-    }
+    once(&SHARED, cold_build, "the shared cold build")
 }
 
 /// Runs in target/tmp (statics are never dropped); dirs of earlier runs whose process is gone are
 /// removed first.
 fn cold_build() -> Result<Shared, String> {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("buildpack-test");
-    if let Ok(entries) = fs::read_dir(&base) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name.trim_start_matches("run-");
-            if !Path::new("/proc").join(pid).exists() {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    let run_dir = base.join(format!("run-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&run_dir);
+    let run_dir = run_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "buildpack-test");
     let buildpack = run_dir.join("buildpack");
     copy_buildpack(&buildpack);
     let build = Build::new("flask");

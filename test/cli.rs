@@ -9,7 +9,7 @@ use tempfile::TempDir;
 
 mod support;
 use support::slug::Slug;
-use support::{make_executable, needs_machine, MemoryCgroup};
+use support::{make_executable, needs_machine, MemoryCgroup, READ_AT_BOOT};
 
 const LAUNCHER: &str = env!("CARGO_BIN_EXE_launcher");
 
@@ -279,16 +279,28 @@ fn profile_output_is_only_export_lines_of_integers_and_tokens() {
 fn the_boot_line_is_logged_on_web_dynos_only() {
     let root = cedar_root(512, 8);
     let root = root.path().to_str().expect("utf-8");
-    let web = launcher(&["profile", "--root", root], &[("DYNO", "web.1")]);
-    let line = stderr(&web);
-    assert_eq!(line.lines().count(), 1, "{line}");
-    assert!(
-        line.starts_with(
-            "launcher: WEB_CONCURRENCY=2 set by launcher (memory 512 MB / 256 MB per worker = 2"
-        ),
-        "{line}"
-    );
-    for quiet in ["worker.1", "run.1234", "release.1"] {
+    // Cedar's `web.1` and Fir's `web-<hash>-<id>` forms.
+    for dyno in ["web.1", "web-12a34b56d-e78f9"] {
+        let web = launcher(&["profile", "--root", root], &[("DYNO", dyno)]);
+        let line = stderr(&web);
+        assert_eq!(line.lines().count(), 1, "{dyno}: {line}");
+        assert!(
+            line.starts_with(
+                "launcher: WEB_CONCURRENCY=2 set by launcher (memory 512 MB / 256 MB per worker = 2"
+            ),
+            "{dyno}: {line}"
+        );
+    }
+    let quiet_dynos = [
+        "worker.1",
+        "run.1234",
+        "release.1",
+        "worker-23z34x56y-w78k9",
+        "run-e78f9",
+        "webhooks-23z34x56y-w78k9",
+        "web-api.1",
+    ];
+    for quiet in quiet_dynos {
         assert_eq!(
             stderr(&launcher(&["profile", "--root", root], &[("DYNO", quiet)])),
             "",
@@ -413,15 +425,7 @@ fn config_vars_holding_shell_code_run_nothing() {
     let slug = Slug::new();
     let marker = slug.path().join("pwned");
     let code = format!("$(touch {0}); `touch {0}`; touch {0}", marker.display());
-    let names = [
-        "WEB_CONCURRENCY",
-        "WEB_CONCURRENCY_SET_BY",
-        "LAUNCHER_WEB_CONCURRENCY",
-        "WEB_MEMORY",
-        "LAUNCHER_MAX_WORKERS",
-        "LAUNCHER_DISABLE",
-        "DYNO",
-    ];
+    let names = READ_AT_BOOT;
     for name in names {
         for options in ["set -u", "set -e"] {
             let output = slug.boot(options, &[(name, &code)], "echo booted");

@@ -118,6 +118,44 @@ fn as_pid_1_term_to_the_launcher_alone_drains_in_flight_requests_and_exits_0() {
     });
 }
 
+#[test]
+fn term_to_the_launcher_alone_is_forwarded_on_fir_and_left_to_the_platform_on_cedar() {
+    needs_machine(|| {
+        let venv = venv(&["uvicorn"])?;
+        // Fir runs on Kubernetes, which signals the main process only; Cedar signals every
+        // process of the dyno itself, so the launcher sends nothing on there.
+        for (dyno, forwarded) in [("web-12a34b56d-e78f9", "SIGTERM"), ("web.1", "none")] {
+            let env = [("DYNO", dyno), ("LAUNCHER_GRACEFUL_TIMEOUT", "3")];
+            let (mut run, workers) = fanout(&venv, free_port(), 2, &env);
+            signal("TERM", &[run.pid()]);
+            let shutdown = run.wait_event("shutdown", secs(5), |_| true);
+            assert_eq!(
+                shutdown.get("forwarded"),
+                forwarded,
+                "{dyno}: {}",
+                shutdown.line
+            );
+            let status = run.wait_exit(secs(15));
+            assert_eq!(status.code(), Some(0), "{dyno}\n{}", run.log());
+            let exits = run.events("worker_exit");
+            for pid in &workers {
+                let exit = exits
+                    .iter()
+                    .find(|e| e.get("pid") == pid.to_string())
+                    .unwrap_or_else(|| panic!("{dyno}: no worker_exit for {pid}\n{}", run.log()));
+                // Forwarded: the launcher's TERM ends uvicorn (exit:0, or signal:15 when it
+                // comes before its handler). Not forwarded: nobody else signalled the workers
+                // here, so the deadline's SIGKILL ends them.
+                let killed = exit.get("status") == "signal:9";
+                assert_eq!(killed, forwarded == "none", "{dyno}: {}", exit.line);
+            }
+            let timed_out = !run.events("shutdown_timeout").is_empty();
+            assert_eq!(timed_out, forwarded == "none", "{dyno}\n{}", run.log());
+        }
+        Ok(())
+    });
+}
+
 /// Waits up to `timeout` for every one of `pids` to end, then names those still running.
 fn assert_all_end(run: &Run, pids: &[u32], timeout: Duration) {
     let deadline = Instant::now() + timeout;

@@ -1,12 +1,14 @@
-//! `launcher build-report`: the sizing step of the build log, in Heroku's build-log style.
-//! Details go to stdout as 7-space-indented lines, warnings to stderr behind ` !     `.
+//! `launcher build-report`: the sizing step of the build log, in the style of the build that
+//! runs it: Heroku's classic build log (details as 7-space-indented lines, warnings behind
+//! ` !     `) or Heroku's Cloud Native Buildpacks (details as `  - ` sub-bullets, warnings behind
+//! `! `). Details go to stdout, warnings to stderr.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::dynos::DYNOS;
+use crate::dynos::{Dyno, DYNOS, FIR_DYNOS};
 use crate::env::Env;
 use crate::pinning;
 use crate::report::web_memory_source;
@@ -14,11 +16,59 @@ use crate::settings::{self, Settings};
 use crate::sizing::{self, Formula, Incoming, Outcome};
 use crate::text::shown;
 
-const DETAIL: &str = "       ";
-const WARNING: &str = " !     ";
+/// Which build log the report is part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// bin/compile: Cedar's dyno sizes.
+    Classic,
+    /// bin/build: Fir's dyno sizes, then Cedar's.
+    Cnb,
+}
 
-/// The build log's detail lines and warnings for an app and its config vars.
-pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
+impl Style {
+    pub fn parse(name: &str) -> Option<Style> {
+        match name {
+            "classic" => Some(Style::Classic),
+            "cnb" => Some(Style::Cnb),
+            _ => None,
+        }
+    }
+
+    /// The dyno tables the sizing preview shows, each with its heading's words.
+    fn tables(self) -> Vec<(&'static str, &'static [Dyno])> {
+        match self {
+            Style::Classic => vec![("dyno size", &DYNOS)],
+            Style::Cnb => vec![
+                (
+                    "Fir dyno size (memory taken as the GB of the name)",
+                    &FIR_DYNOS,
+                ),
+                ("Cedar dyno size", &DYNOS),
+            ],
+        }
+    }
+
+    /// One detail line of `lines`: a table row (it starts with two spaces) sits under the line
+    /// before it.
+    fn detail(self, line: &str) -> String {
+        match (self, line.strip_prefix("  ")) {
+            (Style::Classic, _) => format!("       {line}"),
+            (Style::Cnb, Some(row)) => format!("      {row}"),
+            (Style::Cnb, None) => format!("  - {line}"),
+        }
+    }
+
+    fn warning(self, line: &str) -> String {
+        match self {
+            Style::Classic => format!(" !     {line}"),
+            Style::Cnb => format!("! {line}"),
+        }
+    }
+}
+
+/// The build log's detail lines and warnings for an app and its config vars. Table rows start
+/// with two spaces.
+pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<String>) {
     let settings = Settings::load(env, Some(app_dir));
     let mut details = Vec::new();
     // What would stop `launcher run` at boot is better seen at `git push`.
@@ -32,21 +82,23 @@ pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
         );
         return (details, warnings);
     }
-    details.push(format!(
-        "WEB_CONCURRENCY by dyno size at {web_memory_mb} MB per worker ({}):",
-        web_memory_source(&settings)
-    ));
+    for (sizes, dynos) in style.tables() {
+        details.push(format!(
+            "WEB_CONCURRENCY by {sizes} at {web_memory_mb} MB per worker ({}):",
+            web_memory_source(&settings)
+        ));
+        for dyno in dynos {
+            let formula = Formula::new(dyno.memory_mb, dyno.cpus, web_memory_mb, max_workers);
+            details.push(format!(
+                "  {:<22} {:>7} MB {:>3} CPUs  {:>4}",
+                dyno.name, dyno.memory_mb, dyno.cpus, formula.value
+            ));
+        }
+    }
     let incoming = Incoming {
         web_concurrency: env.get("WEB_CONCURRENCY"),
         ..Incoming::default()
     };
-    for dyno in &DYNOS {
-        let formula = Formula::new(dyno.memory_mb, dyno.cpus, web_memory_mb, max_workers);
-        details.push(format!(
-            "  {:<22} {:>7} MB {:>3} CPUs  {:>4}",
-            dyno.name, dyno.memory_mb, dyno.cpus, formula.value
-        ));
-    }
     // A user's value is the same on every size; the smallest dyno's default names the fallback.
     let smallest = &DYNOS[0];
     let fallback = Formula::new(
@@ -78,24 +130,33 @@ pub fn lines(app_dir: &Path, env: &Env) -> (Vec<String>, Vec<String>) {
 }
 
 /// Prints the report. A missing or unreadable ENV_DIR is reported and treated as empty.
-pub fn print(app_dir: &Path, env_dir: Option<&Path>) -> Result<()> {
+pub fn print(app_dir: &Path, env_dir: Option<&Path>, style: Style) -> Result<()> {
     let (env, skipped) = match env_dir {
         Some(dir) => read_env_dir(dir),
         None => (Env::default(), Vec::new()),
     };
-    let (details, warnings) = lines(app_dir, &env);
-    let mut stderr = std::io::stderr().lock();
-    for warning in skipped.iter().chain(&warnings) {
-        let _ = writeln!(stderr, "{WARNING}{warning}");
-    }
+    let (details, warnings) = lines(app_dir, &env, style);
     let text: String = details
         .iter()
-        .map(|line| format!("{DETAIL}{line}\n"))
+        .map(|line| style.detail(line) + "\n")
         .collect();
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())
-        .context("cannot write to standard output")
+        .and_then(|()| stdout.flush())
+        .context("cannot write to standard output")?;
+    // After the details, so that a log that merges both streams reads in order.
+    let block: Vec<String> = skipped
+        .iter()
+        .chain(&warnings)
+        .map(|w| style.warning(w))
+        .collect();
+    if !block.is_empty() {
+        // Heroku's CNBs set a warning block apart with an empty line before and after it.
+        let gap = if style == Style::Cnb { "\n" } else { "" };
+        let _ = write!(std::io::stderr().lock(), "{gap}{}\n{gap}", block.join("\n"));
+    }
+    Ok(())
 }
 
 /// Reads Heroku's ENV_DIR: one file per config var, the file name is the name, the content is
@@ -149,7 +210,7 @@ mod tests {
     #[test]
     fn default_table_matches_the_dyno_sizes() {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let (details, warnings) = lines(dir.path(), &Env::default());
+        let (details, warnings) = lines(dir.path(), &Env::default(), Style::Classic);
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(
             details[0],
@@ -166,17 +227,67 @@ mod tests {
     }
 
     #[test]
+    fn the_cnb_style_shows_firs_sizes_then_cedars() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let (details, warnings) = lines(dir.path(), &Env::default(), Style::Cnb);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            details[0],
+            "WEB_CONCURRENCY by Fir dyno size (memory taken as the GB of the name) at 256 MB per worker (default, WEB_MEMORY unset):"
+        );
+        assert_eq!(
+            details[1],
+            "  dyno-1c-0.5gb              512 MB   1 CPUs     2"
+        );
+        assert_eq!(
+            details[17],
+            "  dyno-32c-64gb            65536 MB  29 CPUs    59"
+        );
+        assert!(details[18].starts_with("WEB_CONCURRENCY by Cedar dyno size at 256 MB"));
+        assert_eq!(
+            details[19],
+            "  Eco/Basic/Standard-1X      512 MB   8 CPUs     2"
+        );
+        assert_eq!(details.len(), 27, "{details:?}");
+        assert_eq!(
+            Style::Cnb.detail(&details[0]),
+            format!("  - {}", details[0])
+        );
+        assert_eq!(
+            Style::Cnb.detail(&details[1]),
+            "      dyno-1c-0.5gb              512 MB   1 CPUs     2"
+        );
+        assert_eq!(Style::Cnb.warning("pinned"), "! pinned");
+        assert_eq!(Style::Classic.detail("x"), "       x");
+        assert_eq!(Style::Classic.warning("pinned"), " !     pinned");
+    }
+
+    #[test]
+    fn the_same_pinned_worker_warnings_in_both_styles() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        std::fs::write(dir.path().join("Procfile"), "web: gunicorn -w 4 app:app\n").expect("write");
+        let (_, classic) = lines(dir.path(), &Env::default(), Style::Classic);
+        let (_, cnb) = lines(dir.path(), &Env::default(), Style::Cnb);
+        assert_eq!(classic.len(), 2, "{classic:?}");
+        assert!(
+            classic[0].starts_with("Procfile pins the worker count (-w 4)"),
+            "{classic:?}"
+        );
+        assert_eq!(cnb, classic);
+    }
+
+    #[test]
     fn config_vars_change_the_table() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let env = Env::from_pairs([("WEB_MEMORY", "512"), ("WEB_CONCURRENCY", "3")]);
-        let (details, _) = lines(dir.path(), &env);
+        let (details, _) = lines(dir.path(), &env, Style::Classic);
         assert!(details[1].ends_with("    1"), "{}", details[1]);
         assert_eq!(
             details[8],
             "The WEB_CONCURRENCY=3 config var wins on every dyno size"
         );
         let disabled = Env::from_pairs([("LAUNCHER_DISABLE", "1")]);
-        assert_eq!(lines(dir.path(), &disabled).0.len(), 1);
+        assert_eq!(lines(dir.path(), &disabled, Style::Classic).0.len(), 1);
     }
 
     #[test]
@@ -184,11 +295,11 @@ mod tests {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let file = dir.path().join("launcher.toml");
         std::fs::write(&file, "mode = \"turbo\"\n").expect("write");
-        let (_, warnings) = lines(dir.path(), &Env::default());
+        let (_, warnings) = lines(dir.path(), &Env::default(), Style::Classic);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("mode must be"), "{warnings:?}");
         std::fs::write(&file, "mode = [\n").expect("write");
-        let (_, warnings) = lines(dir.path(), &Env::default());
+        let (_, warnings) = lines(dir.path(), &Env::default(), Style::Classic);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("not valid TOML"), "{warnings:?}");
     }

@@ -3,6 +3,7 @@
 mod build_report;
 mod dynos;
 mod env;
+mod exec_d;
 mod files;
 mod host;
 mod pinning;
@@ -27,7 +28,6 @@ use clap::{Parser, Subcommand};
 
 use env::Env;
 use report::Report;
-use settings::Settings;
 
 #[derive(Parser)]
 #[command(
@@ -70,9 +70,13 @@ enum Command {
         /// The app being built (BUILD_DIR).
         #[arg(long)]
         app_dir: PathBuf,
-        /// Heroku's ENV_DIR: one file per config var.
+        /// Heroku's ENV_DIR (or a CNB platform's `<platform>/env`): one file per config var.
         #[arg(long)]
         env_dir: Option<PathBuf>,
+        /// classic: bin/compile's log, Cedar's sizes; cnb: bin/build's log in the style of
+        /// Heroku's Cloud Native Buildpacks, Fir's sizes next to Cedar's.
+        #[arg(long, value_parser = ["classic", "cnb"], default_value = "classic")]
+        style: String,
     },
     /// Run the app under the pre-fork supervisor: one socket on $PORT, WEB_CONCURRENCY workers,
     /// restarts, graceful shutdown. Example: launcher run -- gunicorn app:app
@@ -91,6 +95,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The CNB lifecycle runs exec.d programs with no arguments: the name is the command.
+    if exec_d::invoked_as(std::env::args_os().next().as_deref()) {
+        return exec_d::run();
+    }
     let cli = Cli::parse();
     if let Command::Run {
         mode,
@@ -117,7 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             app_dir,
         } => {
-            let mut report = gather(&root, &env, app_dir);
+            let mut report = Report::for_app(&root, &env, app_dir);
             if root == Path::new("/") {
                 read_running(&mut report);
             }
@@ -129,19 +137,17 @@ fn run(cli: Cli) -> Result<()> {
             write_stdout(&text)
         }
         Command::Profile { script: true, .. } => write_stdout(profile::SCRIPT),
-        Command::BuildReport { app_dir, env_dir } => {
-            build_report::print(&app_dir, env_dir.as_deref())
+        Command::BuildReport {
+            app_dir,
+            env_dir,
+            style,
+        } => {
+            let style = build_report::Style::parse(&style).unwrap_or(build_report::Style::Classic);
+            build_report::print(&app_dir, env_dir.as_deref(), style)
         }
         Command::Profile { root, app_dir, .. } => {
-            let report = gather(&root, &env, app_dir);
-            let mut stderr = std::io::stderr().lock();
-            for warning in report.warnings() {
-                // Best effort: a closed stderr must not cost the dyno its sizing.
-                let _ = writeln!(stderr, "launcher: warning: {warning}");
-            }
-            if profile::is_web_dyno(env.get("DYNO")) {
-                let _ = writeln!(stderr, "{}", profile::boot_line(&report));
-            }
+            let report = Report::for_app(&root, &env, app_dir);
+            profile::log(&report, &env);
             write_stdout(&profile::render(&profile::exports(&report)))
         }
         Command::Run { .. } => unreachable!("handled in main"),
@@ -183,12 +189,6 @@ fn read_running(report: &mut Report) {
             .running_notes
             .push(format!("the supervisors' state files were not read: {why}")),
     }
-}
-
-/// The sizing report; `launcher.toml` is looked for in `app_dir`, by default the current directory.
-fn gather(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Report {
-    let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-    Report::gather(root, env, Settings::load(env, app_dir.as_deref()))
 }
 
 fn write_stdout(text: &str) -> Result<()> {

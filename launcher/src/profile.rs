@@ -3,6 +3,10 @@
 //! Only `export NAME=VALUE` lines, and every VALUE is an integer or a token written here: no text
 //! from a config var is ever echoed into shell code.
 
+use std::io::Write;
+
+use crate::dynos;
+use crate::env::Env;
 use crate::report::Report;
 use crate::sizing::{Outcome, SET_BY};
 
@@ -62,6 +66,27 @@ pub fn render(exports: &[(&'static str, String)]) -> String {
         .collect()
 }
 
+/// The same exports as a CNB exec.d program's output: TOML `NAME = "value"` lines. Every value is
+/// an integer or `launcher` (see `exports`), so none needs escaping.
+pub fn render_toml(exports: &[(&'static str, String)]) -> String {
+    exports
+        .iter()
+        .map(|(name, value)| format!("{name} = \"{value}\"\n"))
+        .collect()
+}
+
+/// Logs what the boot does on stderr: a warning line per setting or value that was replaced, and
+/// the boot line on web dynos. Best effort: a closed stderr must not cost the dyno its sizing.
+pub fn log(report: &Report, env: &Env) {
+    let mut stderr = std::io::stderr().lock();
+    for warning in report.warnings() {
+        let _ = writeln!(stderr, "launcher: warning: {warning}");
+    }
+    if is_web_dyno(env.get("DYNO")) {
+        let _ = writeln!(stderr, "{}", boot_line(report));
+    }
+}
+
 /// The one line a web dyno logs at boot.
 pub fn boot_line(report: &Report) -> String {
     let outcome = &report.decision.outcome;
@@ -78,7 +103,10 @@ pub fn boot_line(report: &Report) -> String {
     }
 }
 
-/// Whether this dyno logs the boot line: web dynos only, so one-off and worker dynos stay quiet.
+/// Whether this dyno logs the boot line: web dynos only (Cedar's `web.1`, Fir's
+/// `web-<hash>-<id>`), so one-off and worker dynos stay quiet.
 pub fn is_web_dyno(dyno: Option<&str>) -> bool {
-    dyno.is_some_and(|name| name == "web" || name.starts_with("web."))
+    dyno.is_some_and(|name| {
+        name == "web" || dynos::parse(name).is_some_and(|parsed| parsed.process_type == "web")
+    })
 }

@@ -1,6 +1,6 @@
 //! `launcher size`: every input with its source, and the result with its reason.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -48,6 +48,13 @@ impl Report {
             running: Vec::new(),
             running_notes: Vec::new(),
         }
+    }
+
+    /// `gather` with the settings of the app in `app_dir` (`launcher.toml`), by default the current
+    /// directory: the app's root where the boot script, `launcher run` and exec.d start.
+    pub fn for_app(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Self {
+        let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
+        Report::gather(root, env, Settings::load(env, app_dir.as_deref()))
     }
 
     /// Warnings for stderr: settings that were replaced or ignored, and an invalid

@@ -1,10 +1,12 @@
 //! Helpers shared by the black-box test files (each file is its own crate and uses a part).
 //! `harness` runs `launcher run` and reads its event lines (`logfmt`), `procs` reads the process
-//! tree from /proc, `http` sends requests and keep-alive load on loopback.
+//! tree from /proc, `http` sends requests and keep-alive load on loopback, `lifecycle` stands in
+//! for the Cloud Native Buildpack lifecycle.
 #![allow(dead_code)]
 
 pub mod harness;
 pub mod http;
+pub mod lifecycle;
 pub mod logfmt;
 pub mod procs;
 pub mod slug;
@@ -149,6 +151,69 @@ pub fn needs_machine(test: impl FnOnce() -> Result<(), String>) {
     }
 }
 
+/// `<base>/<name>/run-<pid>`, made fresh, for what a test file shares across its tests (statics
+/// are never dropped): it is removed when the test process exits, and the dirs of earlier runs
+/// whose process is gone (killed before it could) are removed first.
+pub fn run_dir(base: &Path, name: &str) -> PathBuf {
+    let base = base.join(name);
+    if let Ok(entries) = fs::read_dir(&base) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.trim_start_matches("run-");
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let run_dir = base.join(format!("run-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&run_dir);
+    fs::create_dir_all(&run_dir).expect("mkdir run dir");
+    remove_at_exit(&run_dir);
+    run_dir
+}
+
+static AT_EXIT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn remove_at_exit(dir: &Path) {
+    extern "C" fn remove_all() {
+        let dirs = AT_EXIT.lock().map(|d| d.clone()).unwrap_or_default();
+        for dir in dirs {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    let mut dirs = AT_EXIT.lock().unwrap_or_else(|e| e.into_inner());
+    if dirs.is_empty() {
+        // SAFETY: registers a plain function; libc runs it once, at exit.
+        unsafe { libc::atexit(remove_all) };
+    }
+    dirs.push(dir.to_path_buf());
+}
+
+/// The value `init` makes once for a whole test file (a cold build, say); when it failed, every
+/// test that asks for it fails with `what` and the reason.
+pub fn once<T: Send + Sync>(
+    cell: &'static std::sync::OnceLock<Result<T, String>>,
+    init: fn() -> Result<T, String>,
+    what: &str,
+) -> &'static T {
+    match cell.get_or_init(init) {
+        Ok(value) => value,
+        Err(why) => panic!("{what} failed: {why}"),
+    }
+}
+
+/// Every variable the boot reads (the profile, the exec.d program): the tests of hostile values
+/// put shell code in each.
+pub const READ_AT_BOOT: [&str; 7] = [
+    "WEB_CONCURRENCY",
+    "WEB_CONCURRENCY_SET_BY",
+    "LAUNCHER_WEB_CONCURRENCY",
+    "WEB_MEMORY",
+    "LAUNCHER_MAX_WORKERS",
+    "LAUNCHER_DISABLE",
+    "DYNO",
+];
+
 pub fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -188,6 +253,58 @@ pub fn venv(programs: &[&str]) -> Result<PathBuf, String> {
         }
     }
     Ok(venv)
+}
+
+/// Runs `command` to its end and returns its output, as `Command::output` does, with a deadline:
+/// past `timeout` its whole process group (it gets one of its own) is killed and the test fails
+/// with what it wrote so far, so a hung build cannot hang the suite.
+pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", command.get_program()));
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = child.wait();
+            let (out, err) = (
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default(),
+            );
+            panic!(
+                "{:?} ran past {timeout:?}; killed\n--- stdout\n{}--- stderr\n{}",
+                command.get_program(),
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
 }
 
 /// Waits for `condition` with a deadline, polling; never a fixed sleep.

@@ -81,7 +81,10 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
 
 fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
     let env = Env::from_process();
+    // Heroku either way (the graceful timeout is capped under its SIGKILL); only Cedar signals
+    // every process of the dyno itself (docs/architecture.md, "The supervisor").
     let on_heroku = env.get("DYNO").is_some_and(|d| !d.is_empty());
+    let platform_signals_all = crate::dynos::is_cedar(env.get("DYNO"));
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let app_dir = request.app_dir.clone().unwrap_or_else(|| cwd.clone());
     // The file is read once; a problem in it stops `launcher run` (the build log has warned).
@@ -125,7 +128,7 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
         graceful_timeout: settings.graceful_timeout,
         ready_timeout: settings.ready_timeout,
         socket: port.is_some(),
-        on_heroku,
+        on_heroku: platform_signals_all,
         boot_failure_hint: plan.boot_failure_hint(port),
     };
     let now = Instant::now();
