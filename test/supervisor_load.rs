@@ -202,7 +202,9 @@ fn a_rolling_restart_whose_new_workers_hang_at_boot_keeps_the_old_ones_serving()
             "failed requests: {tally:?}\n{}",
             run.log()
         );
-        run.wait_event("worker_kill", secs(10), |e| e.get("worker") == failed.get("worker"));
+        run.wait_event("worker_kill", secs(10), |e| {
+            e.get("worker") == failed.get("worker")
+        });
         let now = run.wait_children(2, secs(10));
         assert_eq!(now, originals, "the old workers serve on\n{}", run.log());
         assert!(
