@@ -121,6 +121,7 @@ fn json_has_exactly_the_documented_keys() {
             "running",
             "set_by",
             "settings",
+            "web",
             "web_concurrency",
             "web_memory_mb"
         ]

@@ -109,6 +109,7 @@ pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<Strin
     );
     let decision = sizing::decide(incoming, &fallback, false);
     warnings.extend(decision.warnings);
+    let workers = decision.outcome.web_concurrency().unwrap_or(fallback.value);
     if let Outcome::Users(value) = decision.outcome {
         details.push(format!(
             "The WEB_CONCURRENCY={value} config var wins on every dyno size"
@@ -118,6 +119,18 @@ pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<Strin
             "Each dyno's real size decides at boot; run `launcher size` on a dyno to see why"
                 .to_owned(),
         );
+    }
+    if let Some(web) = crate::web::read(app_dir, env) {
+        details.push(format!(
+            "The web process runs {}: {}",
+            web.server,
+            web.how()
+        ));
+        details.extend(
+            web.concurrency(workers)
+                .map(|line| format!("{line} on the smallest dyno ({})", smallest.name)),
+        );
+        warnings.extend(web.warnings);
     }
     for found in pinning::scan(app_dir, env) {
         warnings.push(format!(

@@ -17,6 +17,7 @@ mod state;
 mod supervisor;
 mod text;
 mod usage;
+mod web;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -22,7 +22,7 @@ pub fn scan(app_dir: &Path, env: &Env) -> Vec<Finding> {
     let mut findings = Vec::new();
     let read =
         |name: &str| crate::files::read_text(&app_dir.join(name), crate::files::MAX_BYTES).ok();
-    let web = read("Procfile").and_then(|text| web_command(&text));
+    let web = crate::web::procfile_command(app_dir);
     let mut gunicorn_configs = vec!["gunicorn.conf.py".to_owned()];
     if let Some(command) = &web {
         let tokens: Vec<&str> = command.split_whitespace().collect();
@@ -58,14 +58,6 @@ fn finding(place: &str, setting: String) -> Finding {
         place: place.to_owned(),
         setting,
     }
-}
-
-/// The command of the `web` process type in a Procfile.
-fn web_command(procfile: &str) -> Option<String> {
-    procfile.lines().find_map(|line| {
-        let (name, command) = line.split_once(':')?;
-        (name.trim() == "web").then(|| command.trim().to_owned())
-    })
 }
 
 /// `-w 4`, `-w4`, `--workers 4`, `--workers=4`: the flag and its value, unless the value reads

@@ -9,6 +9,7 @@ use crate::host::{self, Host};
 use crate::settings::{self, Settings, Source};
 use crate::sizing::{self, Decision, Formula, Incoming};
 use crate::state::State;
+use crate::web::WebProcess;
 
 /// Everything the sizing looked at and decided, for one environment on one host.
 pub struct Report {
@@ -20,6 +21,8 @@ pub struct Report {
     pub running: Vec<State>,
     /// Why the state files were looked for elsewhere, or not read.
     pub running_notes: Vec<String>,
+    /// The app's web process (`launcher size` in an app's directory).
+    pub web: Option<WebProcess>,
 }
 
 impl Report {
@@ -47,6 +50,7 @@ impl Report {
             decision,
             running: Vec::new(),
             running_notes: Vec::new(),
+            web: None,
         }
     }
 
@@ -54,7 +58,9 @@ impl Report {
     /// directory: the app's root where the boot script, `launcher run` and exec.d start.
     pub fn for_app(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Self {
         let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-        Report::gather(root, env, Settings::load(env, app_dir.as_deref()))
+        let mut report = Report::gather(root, env, Settings::load(env, app_dir.as_deref()));
+        report.web = app_dir.and_then(|dir| crate::web::read(&dir, env));
+        report
     }
 
     /// Warnings for stderr: settings that were replaced or ignored, and an invalid
@@ -62,6 +68,7 @@ impl Report {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = self.settings.warnings();
         warnings.extend(self.decision.warnings.iter().cloned());
+        warnings.extend(self.web.iter().flat_map(|w| w.warnings.iter().cloned()));
         warnings
     }
 
@@ -98,6 +105,7 @@ impl Report {
             notes: self.notes(),
             settings,
             running: &self.running,
+            web: self.web.as_ref(),
         };
         serde_json::to_string_pretty(&json).unwrap_or_default()
     }
@@ -126,6 +134,15 @@ impl Report {
             self.decision.reason,
         );
         text.push_str(&self.settings_line());
+        if let Some(web) = &self.web {
+            let workers = self.decision.outcome.web_concurrency().unwrap_or(1);
+            let mut line = format!("server           {:>7}     {}", web.server, web.how());
+            if let Some(concurrency) = web.concurrency(workers) {
+                line += &format!("; {concurrency}");
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
         for state in &self.running {
             text.push_str(&running_line(state));
         }
@@ -179,6 +196,8 @@ struct Json<'a> {
     /// Every setting the launcher reads: its value and where it came from.
     settings: serde_json::Map<String, serde_json::Value>,
     running: &'a [State],
+    /// The Procfile's web process, when `launcher size` runs in an app's directory.
+    web: Option<&'a WebProcess>,
 }
 
 /// One running supervisor's measured figures, for the text form of `launcher size`.

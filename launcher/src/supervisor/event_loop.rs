@@ -51,6 +51,10 @@ pub struct Loop<'a> {
     pub notify_paused_until: Option<Instant>,
     /// Whether the first ready worker has been looked at for a wrapper that does not `exec`.
     pub wrapper_checked: bool,
+    /// The listening socket's backlog as last read, and when it is read next: a server that
+    /// calls `listen()` again on it changes it (unicorn: 1024, Node: 511 unless told).
+    pub backlog: Option<u32>,
+    pub next_backlog_check: Instant,
 }
 
 impl Loop<'_> {
@@ -91,6 +95,7 @@ impl Loop<'_> {
             self.read_notify(now);
             self.check_serving(now);
             self.check_wrapper();
+            self.check_backlog(now);
             self.check_memory(now);
             self.sample(now);
         }
@@ -271,6 +276,32 @@ impl Loop<'_> {
                 self.pool.notified_ready(worker, now);
             }
         }
+    }
+
+    /// The backlog the socket really listens with, read back at most once a second: a change is
+    /// logged once.
+    fn check_backlog(&mut self, now: Instant) {
+        if now < self.next_backlog_check {
+            return;
+        }
+        self.next_backlog_check = now + Duration::from_secs(1);
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let Some((_, backlog)) = net::accept_queue(&listener.fd) else {
+            return;
+        };
+        if let Some(before) = self.backlog.filter(|before| *before != backlog) {
+            Event::info("backlog")
+                .with("backlog", backlog)
+                .with("was", before)
+                .with(
+                    "reason",
+                    "the server called listen() again on the launcher's socket",
+                )
+                .emit();
+        }
+        self.backlog = Some(backlog);
     }
 
     /// A rolling restart's new worker that has not sent `READY=1`: is it waiting on the socket?

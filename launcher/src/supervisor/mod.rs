@@ -101,12 +101,14 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
             message: format!("cannot run {}", e.message),
             exit_code: e.exit_code,
         })?;
-    let plan = Plan::new(&request, &settings, &report, port.is_some());
     for warning in report.warnings().iter().chain(&settings.warnings) {
         Event::warn("config").with("message", warning).emit();
     }
     let _ = nix::sys::prctl::set_child_subreaper(true);
+    // Bound before the plan: a server told its address on the command line (puma) is told this.
     let listener = port.map(net::listen).transpose().map_err(fatal(1))?;
+    let address = listener.as_ref().map(|l| l.address.as_str());
+    let plan = Plan::new(&request, &settings, &report, address, &app_dir);
     let notify = net::Notify::bind()
         .inspect_err(|err| {
             let message =
@@ -122,6 +124,8 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
             .map_err(fatal(2))?;
     let config = pool::Config {
         mode: plan.mode,
+        server: plan.server,
+        signals: plan.signals,
         workers: plan.workers,
         ready_grace: settings.ready_grace,
         give_up_after: settings.give_up_after,
@@ -134,7 +138,7 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
     let now = Instant::now();
     let snapshot = Snapshot::new(Path::new("/"));
     let meter = Meter::for_host(&snapshot, &report.host, std::process::id() as i32);
-    let watch_config = memory::configure(&settings, &report, plan.mode, plan.workers);
+    let watch_config = memory::configure(&settings, &report, &plan);
     memory::log_start(&watch_config, &meter, &settings, &report);
     let mut looped = Loop {
         pool: Pool::new(config, now, seed()),
@@ -152,6 +156,8 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
         next_state: now,
         notify_paused_until: None,
         wrapper_checked: false,
+        backlog: None,
+        next_backlog_check: now,
     };
     Ok(looped.run())
 }

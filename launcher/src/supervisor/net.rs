@@ -41,6 +41,29 @@ pub fn listen(port: u16) -> Result<Listener, String> {
     Ok(Listener { fd, address })
 }
 
+/// A listening socket's accept queue: the connections waiting for a worker to accept them, and
+/// the backlog they may fill (what the last `listen()` asked for, capped by
+/// `net.core.somaxconn`). Linux gives both for a socket in LISTEN in `TCP_INFO`'s `tcpi_unacked`
+/// and `tcpi_sacked`: one system call, no lock. A server that calls `listen()` again on the
+/// inherited socket (unicorn, Node) changes the backlog, which this reads back.
+pub fn accept_queue(socket: impl AsFd) -> Option<(u32, u32)> {
+    const TCP_LISTEN: u8 = 10;
+    // SAFETY: a zeroed tcp_info is a valid value of the plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into `info`, which is that large.
+    let done = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut length,
+        )
+    };
+    (done == 0 && info.tcpi_state == TCP_LISTEN).then_some((info.tcpi_unacked, info.tcpi_sacked))
+}
+
 fn tcp_socket(family: AddressFamily) -> nix::Result<OwnedFd> {
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     // Lets a restarted dyno bind again while old connections sit in TIME_WAIT.
@@ -135,5 +158,36 @@ impl Notify {
             }
         }
         (senders, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_queue_and_backlog_are_read_back_from_the_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (queued, backlog) = accept_queue(&listener).expect("a listening socket");
+        assert_eq!(queued, 0);
+        assert!(backlog > 0, "{backlog}");
+        let address = listener.local_addr().expect("address");
+        let _waiting: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(address).expect("connect"))
+            .collect();
+        assert_eq!(
+            accept_queue(&listener).expect("queue").0,
+            3,
+            "three not accepted yet"
+        );
+        // SAFETY: listen(2) on a socket this test owns.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 7) }, 0);
+        assert_eq!(
+            accept_queue(&listener).expect("queue").1,
+            7,
+            "listen() again"
+        );
+        let client = std::net::TcpStream::connect(address).expect("connect");
+        assert_eq!(accept_queue(&client), None, "not a listening socket");
     }
 }

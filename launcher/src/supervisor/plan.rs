@@ -2,6 +2,7 @@
 //! socket, and the environment each child gets.
 
 use std::ffi::OsString;
+use std::path::Path;
 
 use nix::sys::signal::Signal;
 
@@ -39,18 +40,30 @@ pub struct Plan {
     pub set_by: String,
     pub argv: Vec<OsString>,
     pub rewrite: servers::Rewrite,
+    /// The server's signals in this mode (puma's restart signal decided from its config).
+    pub signals: servers::Signals,
+    /// Why SIGHUP becomes what it does, where the config decides (puma).
+    pub restart_reason: Option<String>,
+    /// What the server's own config binds besides the launcher's socket (unicorn's `listen`).
+    pub binds_itself: Option<String>,
 }
 
 impl Plan {
-    pub fn new(request: &Request, settings: &RunSettings, report: &Report, socket: bool) -> Plan {
+    pub fn new(
+        request: &Request,
+        settings: &RunSettings,
+        report: &Report,
+        listen: Option<&str>,
+        app_dir: &Path,
+    ) -> Plan {
         let found = servers::identify(&request.command);
         let (mode, mode_reason) = match (request.mode, settings.mode) {
             (Some(mode), _) => (mode, "--mode".to_owned()),
             (None, Some(mode)) => (mode, "LAUNCHER_MODE or launcher.toml".to_owned()),
             (None, None) => servers::auto_mode(found.server),
         };
-        let rewrite = if socket {
-            servers::use_socket(&request.command, found)
+        let rewrite = if let Some(listen) = listen {
+            servers::use_socket(&request.command, found, listen)
         } else {
             servers::Rewrite {
                 argv: request.command.clone(),
@@ -58,6 +71,30 @@ impl Plan {
             }
         };
         let workers = report.decision.outcome.web_concurrency().unwrap_or(1);
+        let mut signals = servers::signals(found.server, mode);
+        let (mut restart_reason, mut binds_itself) = (None, None);
+        let argv = &request.command;
+        match (found.server, mode) {
+            (servers::Server::Puma, Mode::Delegate) => {
+                let flags = ["-C", "--config"];
+                let config = servers::config_text(
+                    argv,
+                    found.args_from,
+                    &flags,
+                    Some("config/puma.rb"),
+                    app_dir,
+                );
+                let (restart, why) = servers::puma_restart(config.as_deref(), argv, workers);
+                signals.restart = Some(restart);
+                restart_reason = Some(why);
+            }
+            (servers::Server::Unicorn, Mode::Delegate) => {
+                let flags = ["-c", "--config-file"];
+                let config = servers::config_text(argv, found.args_from, &flags, None, app_dir);
+                binds_itself = config.and_then(|c| servers::unicorn_config(&c).listen);
+            }
+            _ => {}
+        }
         Plan {
             mode,
             mode_reason,
@@ -71,6 +108,9 @@ impl Plan {
             .to_owned(),
             argv: rewrite.argv.clone(),
             rewrite,
+            signals,
+            restart_reason,
+            binds_itself,
         }
     }
 
@@ -83,13 +123,26 @@ impl Plan {
             .with("mode_reason", &self.mode_reason)
             .with("pid", std::process::id());
         start = match (port, listener) {
-            (Some(port), Some(listener)) => start
-                .with("port", port)
-                .with("listen", &listener.address)
-                .with("backlog", net::BACKLOG),
+            (Some(port), Some(listener)) => {
+                let backlog = net::accept_queue(&listener.fd).map(|(_, backlog)| backlog);
+                start
+                    .with("port", port)
+                    .with("listen", &listener.address)
+                    .with("backlog", backlog.unwrap_or(net::BACKLOG as u32))
+            }
             _ => start.with("port", "none"),
         };
         start.emit();
+        if self.mode == Mode::Delegate {
+            self.log_signals();
+        }
+        if let Some(listen) = &self.binds_itself {
+            let message = format!(
+                "the server's config binds a port itself ({listen}) besides the launcher's \
+                 socket on $PORT: remove that line, the launcher passes the socket in LISTEN_FDS"
+            );
+            Event::warn("hint").with("message", message).emit();
+        }
         if !self.rewrite.added.is_empty() {
             let mut event = Event::info("args_rewritten");
             if !self.rewrite.removed.is_empty() {
@@ -99,13 +152,43 @@ impl Plan {
         }
     }
 
+    /// What each signal becomes for a delegated server, from the behaviour table.
+    fn log_signals(&self) {
+        let name = |s: Signal| s.as_str().trim_start_matches("SIG");
+        let signals = &self.signals;
+        let mut event = Event::info("signals")
+            .with("graceful", name(signals.graceful))
+            .with("fast", name(signals.fast))
+            .with("restart", signals.restart.map_or("HUP", name));
+        if let Some(why) = &self.restart_reason {
+            event = event.with("restart_reason", why);
+        }
+        event = match signals.scale {
+            Some((more, fewer)) => event.with("scale", format!("{}/{}", name(more), name(fewer))),
+            None => event.with("scale", "none"),
+        };
+        let blocked: Vec<&str> = signals.blocked.iter().map(|(s, _)| name(*s)).collect();
+        event
+            .with("stop_worker", name(signals.stop_worker))
+            .with(
+                "blocked",
+                if blocked.is_empty() {
+                    "none".to_owned()
+                } else {
+                    blocked.join(",")
+                },
+            )
+            .emit();
+    }
+
     /// Should the launcher die (SIGKILL, OOM kill), its children get a signal from the kernel:
-    /// SIGKILL for fan-out workers; SIGTERM for a delegated server, which then stops its own workers
-    /// (the launcher's grandchildren, out of the kernel's reach) instead of orphaning them.
+    /// SIGKILL for fan-out workers; a delegated server's graceful stop signal, so that it stops
+    /// its own workers (the launcher's grandchildren, out of the kernel's reach) instead of
+    /// orphaning them.
     pub fn death_signal(&self) -> Signal {
         match self.mode {
             Mode::FanOut => Signal::SIGKILL,
-            Mode::Delegate => Signal::SIGTERM,
+            Mode::Delegate => self.signals.graceful,
         }
     }
 
@@ -113,7 +196,16 @@ impl Plan {
     /// itself fails because the launcher holds the port.
     pub fn boot_failure_hint(&self, port: Option<u16>) -> Option<String> {
         let told = !self.rewrite.added.is_empty();
+        let node = self.server == servers::Server::Node || self.runs_node_tools();
         Some(match (port, self.mode, told) {
+            (Some(port), Mode::FanOut, _) if node => format!(
+                "a worker exited before it was ready. A Node app that binds port {port} itself \
+                 cannot share the launcher's socket: listen on the inherited one instead, \
+                 server.listen(process.env.LISTEN_FDS ? {{ fd: 3, backlog: 2048 }} : \
+                 process.env.PORT), and run it as `launcher run -- node server.js` (npm or yarn \
+                 start it as a child the launcher cannot stop whole). Otherwise see the app's \
+                 own error above."
+            ),
             (Some(port), Mode::FanOut, false) => format!(
                 "a worker exited before it was ready. If the app binds port {port} itself it \
                  cannot share the launcher's socket: make it use the inherited socket (fd 3, \
@@ -122,6 +214,13 @@ impl Plan {
             ),
             _ => "a worker exited before it was ready; the app's own error is above".to_owned(),
         })
+    }
+
+    /// Whether the command is npm, npx, yarn or pnpm (which start Node apps).
+    fn runs_node_tools(&self) -> bool {
+        let program = self.argv.first().map(|a| a.to_string_lossy().into_owned());
+        let base = program.as_deref().and_then(|p| p.rsplit('/').next());
+        base.is_some_and(|b| ["npm", "npx", "yarn", "pnpm"].contains(&b))
     }
 
     /// The launcher's environment as the profile leaves it (`profile::exports`, so a child sees

@@ -64,6 +64,8 @@ pub struct WatchConfig {
     pub sizer: Option<SizerConfig>,
     /// The worker count the sizer starts from.
     pub workers: u32,
+    /// The server's signals: how one of its workers is stopped, how it is resized.
+    pub signals: crate::servers::Signals,
 }
 
 pub struct Watch {
@@ -351,10 +353,10 @@ impl Watch {
                 self.events.push(self.with_usage(event));
                 match self.config.mode {
                     Mode::FanOut => pool.recycle(worker.pid, now),
-                    // The server replaces the worker it loses.
+                    // The server replaces the worker it loses (unicorn's graceful stop is QUIT).
                     Mode::Delegate => vec![Action::Signal {
                         pid: worker.pid,
-                        signal: Signal::SIGTERM,
+                        signal: self.config.signals.stop_worker,
                     }],
                 }
             }
@@ -385,11 +387,11 @@ impl Watch {
                 Vec::new()
             }
             Mode::Delegate => {
-                let signal = if to > from {
-                    Signal::SIGTTIN
-                } else {
-                    Signal::SIGTTOU
+                // The sizer runs only for a server with scaling signals (`setup::configure`).
+                let Some((more, fewer)) = self.config.signals.scale else {
+                    return Vec::new();
                 };
+                let signal = if to > from { more } else { fewer };
                 let pids = pool.worker_pids().into_iter();
                 pids.map(|pid| Action::Signal { pid, signal }).collect()
             }

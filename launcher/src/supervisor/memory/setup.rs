@@ -7,12 +7,14 @@ use crate::report::Report;
 use crate::servers::Mode;
 use crate::sizing::{cpu_cap, Outcome, MAX_WEB_CONCURRENCY};
 use crate::supervisor::log::Event;
+use crate::supervisor::plan::Plan;
 use crate::supervisor::settings::{RunSettings, Sizing};
 use crate::usage::Meter;
 
 /// The watch's settings: the soft limit from the dyno's quota; the guard unless turned off;
 /// measured sizing only when asked for and the worker count is the launcher's own.
-pub fn configure(settings: &RunSettings, report: &Report, mode: Mode, workers: u32) -> WatchConfig {
+pub fn configure(settings: &RunSettings, report: &Report, plan: &Plan) -> WatchConfig {
+    let (mode, workers) = (plan.mode, plan.workers);
     let quota_bytes = report.host.memory_bytes;
     let soft_limit_bytes = quota_bytes / 100 * settings.soft_limit_percent;
     let guard = settings.memory_guard.then(|| GuardConfig {
@@ -28,7 +30,9 @@ pub fn configure(settings: &RunSettings, report: &Report, mode: Mode, workers: u
         .max_workers
         .map_or(by_cpu, |cap| cap.min(by_cpu))
         .min(MAX_WEB_CONCURRENCY);
-    let sizer = (settings.sizing == Sizing::Measured && ours).then_some(SizerConfig {
+    // A delegated server without scaling signals is never resized by signals.
+    let scalable = mode == Mode::FanOut || plan.signals.scale.is_some();
+    let sizer = (settings.sizing == Sizing::Measured && ours && scalable).then_some(SizerConfig {
         soft_limit_bytes,
         max_workers,
         warmup: settings.sizing_warmup,
@@ -41,17 +45,22 @@ pub fn configure(settings: &RunSettings, report: &Report, mode: Mode, workers: u
         guard,
         sizer,
         workers,
+        signals: plan.signals,
     }
 }
 
 /// The `memory` line at start: where usage is read, the limits, and what will act on them.
 pub fn log_start(config: &WatchConfig, meter: &Meter, settings: &RunSettings, report: &Report) {
     if settings.sizing == Sizing::Measured && config.sizer.is_none() {
-        let who = report.decision.outcome.owner().unwrap_or_default();
-        let message = format!(
-            "LAUNCHER_SIZING=measured has no effect: WEB_CONCURRENCY is set by {who}, and a \
-             value that is not the launcher's own is never changed"
-        );
+        let message = match report.decision.outcome.owner() {
+            Some(who) if who != crate::sizing::SET_BY => format!(
+                "LAUNCHER_SIZING=measured has no effect: WEB_CONCURRENCY is set by {who}, and a \
+                 value that is not the launcher's own is never changed"
+            ),
+            _ => "LAUNCHER_SIZING=measured has no effect: this server has no signals to add or \
+                  remove a worker with"
+                .to_owned(),
+        };
         Event::warn("config").with("message", message).emit();
     }
     let worker_max = config.guard.as_ref().and_then(|g| g.worker_max_bytes);

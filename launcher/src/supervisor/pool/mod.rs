@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 
 use super::backoff::{self, Jitter};
 use super::log::{Event, Level};
-use crate::servers::Mode;
+use crate::servers::{Mode, Server, Signals};
 use crate::sizing::MAX_WEB_CONCURRENCY;
 
 /// At most this many workers are started per turn of the loop, so that signals and exits are
@@ -59,6 +59,9 @@ pub enum KillTarget {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
+    pub server: Server,
+    /// What the signals the launcher sends mean to this server in this mode (the table's).
+    pub signals: Signals,
     pub workers: u32,
     pub ready_grace: Duration,
     pub give_up_after: Duration,

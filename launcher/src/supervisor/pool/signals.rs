@@ -1,12 +1,13 @@
 //! What each signal does to the pool: shutdowns (graceful or fast), rolling restarts, scaling,
-//! and what is forwarded as is.
+//! and what is forwarded. A delegated server gets the signals its behaviour names (unicorn's
+//! graceful stop is QUIT, puma's restart USR1 or USR2), and none the table blocks.
 
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
 use super::{Action, Event, KillTarget, Phase, Pool, Rolling};
-use crate::servers::Mode;
+use crate::servers::{self, Mode};
 use crate::sizing::MAX_WEB_CONCURRENCY;
 
 impl Pool {
@@ -15,19 +16,26 @@ impl Pool {
         let mark = self.events.len();
         let stopping = self.phase != Phase::Running;
         let delegate = self.config.mode == Mode::Delegate;
+        let signals = self.config.signals;
+        let blocked = servers::blocked(self.config.server, self.config.mode, signal);
+        // What a delegated server gets for what the launcher got.
+        let mapped = match signal {
+            Signal::SIGHUP => signals.restart.unwrap_or(signal),
+            Signal::SIGTTIN => signals.scale.map_or(signal, |(more, _)| more),
+            Signal::SIGTTOU => signals.scale.map_or(signal, |(_, fewer)| fewer),
+            other => other,
+        };
         let (action, actions) = match signal {
             Signal::SIGTERM if stopping => ("ignored", Vec::new()),
-            Signal::SIGTERM => ("shutdown", self.shut_down(false, Signal::SIGTERM, now)),
+            Signal::SIGTERM => ("shutdown", self.shut_down(false, signals.graceful, now)),
             Signal::SIGINT | Signal::SIGQUIT => match self.phase {
                 Phase::Stopping { fast: true, .. } => ("kill", self.kill_now(now)),
-                _ => {
-                    let forwarded = if delegate { signal } else { Signal::SIGQUIT };
-                    ("fast_shutdown", self.shut_down(true, forwarded, now))
-                }
+                _ => ("fast_shutdown", self.shut_down(true, signals.fast, now)),
             },
             _ if stopping => ("ignored", Vec::new()),
+            _ if blocked.is_some() => ("blocked", Vec::new()),
             Signal::SIGHUP | Signal::SIGTTIN | Signal::SIGTTOU if delegate => {
-                ("forwarded", self.to_all(signal))
+                ("forwarded", self.to_all(mapped))
             }
             Signal::SIGHUP if self.rolling.is_some() => ("ignored", Vec::new()),
             Signal::SIGHUP => {
@@ -55,9 +63,16 @@ impl Pool {
             }
             _ => ("forwarded", self.to_all(signal)),
         };
+        let name = |s: Signal| s.as_str().trim_start_matches("SIG");
         let mut event = Event::info("signal")
-            .with("signal", signal.as_str().trim_start_matches("SIG"))
+            .with("signal", name(signal))
             .with("action", action);
+        if action == "forwarded" && mapped != signal {
+            event = event.with("as", name(mapped));
+        }
+        if let Some(why) = blocked.filter(|_| action == "blocked") {
+            event = event.with("reason", why);
+        }
         if matches!(signal, Signal::SIGTTIN | Signal::SIGTTOU) && !delegate && !stopping {
             event = event.with("workers", self.target);
         }
@@ -95,7 +110,9 @@ impl Pool {
     }
 
     fn shut_down(&mut self, fast: bool, forwarded: Signal, now: Instant) -> Vec<Action> {
-        let forward = fast || !self.config.on_heroku;
+        // Where the platform sends every process TERM (Cedar), a server whose graceful stop is
+        // another signal (unicorn: QUIT) still gets that one.
+        let forward = fast || !self.config.on_heroku || forwarded != Signal::SIGTERM;
         let mut deadline = now + self.config.graceful_timeout;
         if let Phase::Stopping {
             deadline: earlier, ..

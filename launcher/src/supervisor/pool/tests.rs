@@ -5,8 +5,15 @@ use super::*;
 const SECOND: Duration = Duration::from_secs(1);
 
 fn config(mode: Mode, workers: u32) -> Config {
+    // gunicorn's signals when it is delegated to, a copy's in fan-out.
+    let server = match mode {
+        Mode::Delegate => Server::Gunicorn,
+        Mode::FanOut => Server::Uvicorn,
+    };
     Config {
         mode,
+        server,
+        signals: crate::servers::signals(server, mode),
         workers,
         ready_grace: SECOND,
         give_up_after: Duration::from_secs(60),
