@@ -25,6 +25,12 @@ pub use wrappers::{identify, wrapper_hint, Identified};
 /// The fd the shared socket is given as in every child (systemd's `SD_LISTEN_FDS_START`).
 pub const LISTEN_FD: i32 = 3;
 
+/// How a Node app listens on the launcher's socket when it has one, with the launcher's backlog:
+/// Node takes the backlog only as `listen`'s second argument, and ignores a `backlog` key next to
+/// `fd` (it would listen with 511). The README gives this line; the boot-failure hint too.
+pub const NODE_LISTEN: &str =
+    "server.listen(process.env.LISTEN_FDS ? { fd: 3 } : process.env.PORT, 2048)";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// N copies of the command, each given the socket.

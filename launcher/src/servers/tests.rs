@@ -284,3 +284,10 @@ fn modes_parse() {
     assert_eq!(Mode::parse("delegate"), Some(Some(Mode::Delegate)));
     assert_eq!(Mode::parse("Delegate"), None);
 }
+
+#[test]
+fn the_readme_gives_the_node_recipe_the_hint_gives() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    assert!(readme.contains(&format!("{NODE_LISTEN};")), "{NODE_LISTEN}");
+}

@@ -201,10 +201,10 @@ impl Plan {
             (Some(port), Mode::FanOut, _) if node => format!(
                 "a worker exited before it was ready. A Node app that binds port {port} itself \
                  cannot share the launcher's socket: listen on the inherited one instead, \
-                 server.listen(process.env.LISTEN_FDS ? {{ fd: 3, backlog: 2048 }} : \
-                 process.env.PORT), and run it as `launcher run -- node server.js` (npm or yarn \
+                 {}, and run it as `launcher run -- node server.js` (npm or yarn \
                  start it as a child the launcher cannot stop whole). Otherwise see the app's \
-                 own error above."
+                 own error above.",
+                servers::NODE_LISTEN
             ),
             (Some(port), Mode::FanOut, false) => format!(
                 "a worker exited before it was ready. If the app binds port {port} itself it \
