@@ -150,6 +150,34 @@ pub fn ancestor_in(parents: &HashMap<i32, i32>, pid: i32, candidates: &[i32]) ->
     None
 }
 
+/// The CPU time of a process in clock ticks: its own (user and system) and that of the children
+/// it has waited for, fields 14 to 17 of /proc/PID/stat.
+pub fn cpu_ticks(proc_dir: &Path, pid: i32) -> Option<u64> {
+    let text = read_text(&proc_dir.join(pid.to_string()).join("stat"), MAX_BYTES).ok()?;
+    stat_cpu_ticks(&text)
+}
+
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // After the name: state is field 3, utime field 14.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().skip(11).take(4).collect();
+    if fields.len() < 4 {
+        return None;
+    }
+    fields.iter().map(|f| f.parse::<u64>().ok()).sum()
+}
+
+/// Clock ticks per second, the unit of /proc/PID/stat's CPU times.
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
 /// Resident memory in bytes, from the second field of /proc/PID/statm (in pages).
 pub fn rss_bytes(proc_dir: &Path, pid: i32) -> u64 {
     let statm = read_text(&proc_dir.join(pid.to_string()).join("statm"), MAX_BYTES);
@@ -181,6 +209,15 @@ mod tests {
             (43, "sh -c (x)", 'D')
         );
         assert_eq!((stat.parent, stat.group), (7, 41));
+    }
+
+    #[test]
+    fn cpu_ticks_are_own_and_reaped_childrens() {
+        let stat = "7 (a (b) c) S 1 7 7 0 -1 4194560 100 0 0 0 11 22 33 44 20 0 1 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(110));
+        assert_eq!(stat_cpu_ticks("7 (short) S 1 7"), None);
+        let me = std::process::id() as i32;
+        assert!(cpu_ticks(Path::new("/proc"), me).is_some());
     }
 
     #[test]

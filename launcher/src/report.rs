@@ -222,6 +222,16 @@ fn running_line(state: &State) -> String {
     if let (Some(fit), Some(cost), Some(base)) = (state.fit, state.worker_cost_mb, state.base_mb) {
         line += &format!("; {fit} workers fit ({cost} MB each over a base of {base} MB)");
     }
+    if let Some(busy) = state.workers_busy {
+        line += &format!("; {busy} busy");
+    }
+    if let (Some(queue), Some(backlog)) = (state.listen_queue, state.listen_backlog) {
+        let peak = state.listen_queue_max.unwrap_or(queue);
+        line += &format!("; accept queue {queue} (peak {peak}) of {backlog}");
+    }
+    if let (Some(busy), Some(cpus)) = (state.cpu_busy, state.cpu_capacity) {
+        line += &format!("; CPU {:.0}% of {cpus}", busy * 100.0);
+    }
     line + &format!(
         "; {} recycled, {} OOM kills\n",
         state.memory_recycles, state.oom_kills

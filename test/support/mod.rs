@@ -21,13 +21,18 @@ use std::time::{Duration, Instant};
 /// On drop, the processes left in it are killed and its directories removed.
 pub struct MemoryCgroup {
     dirs: Vec<PathBuf>,
+    /// A cgroup of its own in the v1 cpuacct hierarchy too, when asked for (`with_cpu_accounting`).
+    cpu: Option<PathBuf>,
 }
 
 impl MemoryCgroup {
     /// Makes `<own cgroup>/<first>-<pid>/<second>-<pid>...`, with `limit_bytes` on the first
     /// directory only (so the others inherit it, as a child of a limited parent does).
     pub fn create(names: &[&str], limit_bytes: u64) -> Result<Self, String> {
-        let mut cgroup = MemoryCgroup { dirs: Vec::new() };
+        let mut cgroup = MemoryCgroup {
+            dirs: Vec::new(),
+            cpu: None,
+        };
         let mut dir = own_memory_cgroup()?;
         for name in names {
             dir = dir.join(format!("{name}-{}", std::process::id()));
@@ -38,6 +43,19 @@ impl MemoryCgroup {
         fs::write(&limit, limit_bytes.to_string())
             .map_err(|e| format!("cannot write {}: {e}", limit.display()))?;
         Ok(cgroup)
+    }
+
+    /// Puts what `wrap` runs in a new cgroup of the v1 cpuacct hierarchy too, so that its CPU
+    /// time is its own: on a machine this small the load generator shares the cores.
+    pub fn with_cpu_accounting(mut self, name: &str) -> Result<Self, String> {
+        let mount = Path::new("/sys/fs/cgroup/cpuacct");
+        if !mount.join("cpuacct.usage").exists() {
+            return Err("no cgroup v1 cpuacct controller at /sys/fs/cgroup/cpuacct".to_owned());
+        }
+        let dir = own_cgroup(mount, "cpuacct")?.join(format!("{name}-{}", std::process::id()));
+        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        self.cpu = Some(dir);
+        Ok(self)
     }
 
     /// The directory processes are put in: the innermost one.
@@ -54,11 +72,13 @@ impl MemoryCgroup {
     /// with the same arguments, environment (cleared first) and working directory.
     pub fn wrap(&self, command: &Command) -> Command {
         let procs = self.dir().join("cgroup.procs");
+        let cpu = self.cpu.as_ref().map(|d| d.join("cgroup.procs"));
         let mut wrapped = Command::new("/bin/sh");
         wrapped
             .arg("-c")
-            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg("echo $$ > \"$0\" && { [ -z \"$1\" ] || echo $$ > \"$1\"; } && shift && exec \"$@\"")
             .arg(procs)
+            .arg(cpu.unwrap_or_default())
             .arg(command.get_program())
             .args(command.get_args())
             .env_clear();
@@ -98,7 +118,7 @@ impl MemoryCgroup {
 impl Drop for MemoryCgroup {
     fn drop(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        for dir in self.dirs.iter().rev() {
+        for dir in self.dirs.iter().rev().chain(&self.cpu) {
             while fs::remove_dir(dir).is_err() && Instant::now() < deadline {
                 for pid in pids_in(dir) {
                     let _ = Command::new("kill")
@@ -128,12 +148,21 @@ fn own_memory_cgroup() -> Result<PathBuf, String> {
     if !mount.join("memory.limit_in_bytes").exists() {
         return Err("no cgroup v1 memory controller at /sys/fs/cgroup/memory".to_owned());
     }
+    own_cgroup(mount, "memory")
+}
+
+/// This process's directory in the v1 hierarchy of `controller` mounted at `mount`.
+fn own_cgroup(mount: &Path, controller: &str) -> Result<PathBuf, String> {
     let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
     let own = text
         .lines()
         .find_map(|l| {
-            l.split_once(":memory:")
-                .map(|(_, p)| p.trim_start_matches('/').to_owned())
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.trim_start_matches('/').to_owned())
         })
         .unwrap_or_default();
     Ok(mount.join(own))

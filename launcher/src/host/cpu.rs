@@ -1,15 +1,18 @@
-//! Usable CPUs: the host's online CPUs, narrowed by affinity and by a cgroup CPU quota.
+//! Usable CPUs: the host's online CPUs, narrowed by affinity and by a cgroup CPU quota; and the
+//! cgroup the dyno's CPU time is counted in.
 
 use std::path::Path;
 
-use super::cgroup::{Hierarchy, Version};
+use super::cgroup::{CgroupDir, Hierarchy, Version};
 use super::{procfs, smallest, Reading, Snapshot};
 
+/// The usable CPUs as a whole count (a fractional quota rounds up), and as the exact share the
+/// dyno may use (a quota of 0.9 CPU is 0.9), against which its CPU use is measured.
 pub(super) fn read(
     snapshot: &Snapshot,
     hierarchies: &[Hierarchy],
     notes: &mut Vec<String>,
-) -> Reading<u32> {
+) -> (Reading<u32>, f64) {
     let mut readings = Vec::new();
     let online = Path::new("/sys/devices/system/cpu/online");
     match snapshot
@@ -24,14 +27,39 @@ pub(super) fn read(
         Err(err) => notes.push(format!("cannot read {}: {err}", online.display())),
     }
     readings.extend(affinity(snapshot));
+    let mut exact: Option<f64> = None;
     for hierarchy in hierarchies {
         for dir in hierarchy.levels() {
-            readings.extend(quota(snapshot, &dir, hierarchy.version, notes));
+            if let Some((reading, cpus)) = quota(snapshot, &dir, hierarchy.version, notes) {
+                readings.push(reading);
+                exact = Some(exact.map_or(cpus, |e| e.min(cpus)));
+            }
         }
     }
-    smallest(readings, |r| r.value).unwrap_or_else(|| Reading {
+    let count = smallest(readings, |r| r.value).unwrap_or_else(|| Reading {
         value: 1,
         source: "default 1 CPU (no CPU information readable)".to_owned(),
+    });
+    let capacity = exact.map_or(f64::from(count.value), |q| q.min(f64::from(count.value)));
+    (count, capacity)
+}
+
+/// The cgroup directory of this process that counts its CPU time: v1 `cpuacct.usage` in the
+/// cpuacct hierarchy, else v2 `cpu.stat`. None where neither can be read (Heroku's Cedar dynos
+/// mount no cgroup).
+pub(super) fn accounting(snapshot: &Snapshot, hierarchies: &[Hierarchy]) -> Option<CgroupDir> {
+    hierarchies.iter().find_map(|h| {
+        let file = match h.version {
+            Version::V1 => "cpuacct.usage",
+            Version::V2 => "cpu.stat",
+        };
+        snapshot
+            .path(&h.own_dir.join(file))
+            .is_file()
+            .then(|| CgroupDir {
+                version: h.version,
+                path: h.own_dir.clone(),
+            })
     })
 }
 
@@ -45,13 +73,13 @@ fn affinity(snapshot: &Snapshot) -> Option<Reading<u32>> {
     })
 }
 
-/// A CPU quota in one cgroup directory, as whole CPUs (a fractional quota rounds up).
+/// A CPU quota in one cgroup directory, as whole CPUs (a fractional quota rounds up) and exact.
 fn quota(
     snapshot: &Snapshot,
     dir: &Path,
     version: Version,
     notes: &mut Vec<String>,
-) -> Option<Reading<u32>> {
+) -> Option<(Reading<u32>, f64)> {
     let (shown, quota, period) = match version {
         Version::V2 => {
             let path = dir.join("cpu.max");
@@ -80,11 +108,12 @@ fn quota(
         return None;
     }
     let cpus = u32::try_from(quota.div_ceil(period)).unwrap_or(u32::MAX);
-    Some(Reading {
+    let reading = Reading {
         value: cpus,
         source: format!(
             "{} {shown} (quota {quota}/{period}, rounded up)",
             version.label()
         ),
-    })
+    };
+    Some((reading, quota as f64 / period as f64))
 }

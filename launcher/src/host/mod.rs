@@ -20,12 +20,16 @@ pub const MIB: u64 = 1024 * 1024;
 const MAX_CGROUP_PATH: usize = 4096;
 
 /// What the machine offers this process, each figure with the place it was read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Host {
     pub memory_bytes: u64,
     pub memory_source: String,
     pub cpus: u32,
     pub cpus_source: String,
+    /// The CPUs the dyno may use, exactly: a quota of 0.9 CPU is 0.9, not the 1 of `cpus`.
+    pub cpu_capacity: f64,
+    /// The cgroup directory the dyno's CPU time is counted in, if one can be read.
+    pub cpu_cgroup: Option<CgroupDir>,
     /// The cgroup directory the memory limit was read from, if it came from a cgroup file.
     pub memory_cgroup: Option<CgroupDir>,
     /// Values that were present but ignored, and files that could not be read, for `launcher size`.
@@ -108,13 +112,17 @@ pub fn read(root: &Path) -> Host {
     let memory_hierarchies = cgroup::hierarchies(&membership, &mounts, "memory");
     let (memory, memory_cgroup) = memory::read(&snapshot, &memory_hierarchies, &mut notes);
     let cpu_hierarchies = cgroup::hierarchies(&membership, &mounts, "cpu");
-    let cpus = cpu::read(&snapshot, &cpu_hierarchies, &mut notes);
+    let (cpus, cpu_capacity) = cpu::read(&snapshot, &cpu_hierarchies, &mut notes);
+    let cpuacct_hierarchies = cgroup::hierarchies(&membership, &mounts, "cpuacct");
+    let cpu_cgroup = cpu::accounting(&snapshot, &cpuacct_hierarchies);
     notes.dedup();
     Host {
         memory_bytes: memory.value,
         memory_source: memory.source,
         cpus: cpus.value,
         cpus_source: cpus.source,
+        cpu_capacity,
+        cpu_cgroup,
         memory_cgroup,
         notes,
     }

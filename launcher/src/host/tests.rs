@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::fake::FakeHost;
-use super::{read, MIB};
+use super::{read, Version, MIB};
 
 const GIB: u64 = 1024 * MIB;
 
@@ -249,6 +249,30 @@ fn fractional_cpu_max_rounds_up() {
         read.cpus_source,
         "cgroup v2 /sys/fs/cgroup/cpu.max (quota 150000/100000, rounded up)"
     );
+    assert_eq!(
+        read.cpu_capacity, 1.5,
+        "CPU use is measured against the exact quota"
+    );
+}
+
+#[test]
+fn the_cpu_time_is_read_from_the_own_cgroup() {
+    let host = FakeHost::new();
+    host.cgroup_v1("/app/web")
+        .write("/sys/fs/cgroup/cpu,cpuacct/app/web/cpuacct.usage", "42\n");
+    let dir = host.read().cpu_cgroup.expect("the cpuacct cgroup");
+    assert_eq!(dir.version, Version::V1);
+    assert_eq!(dir.path, Path::new("/sys/fs/cgroup/cpu,cpuacct/app/web"));
+    assert_eq!(host.read().cpu_capacity, 8.0, "no quota: the CPU count");
+    let v2 = FakeHost::new();
+    v2.cgroup_v2("/dyno")
+        .write("/sys/fs/cgroup/dyno/cpu.stat", "usage_usec 7\n");
+    let dir = v2.read().cpu_cgroup.expect("the v2 cgroup");
+    assert_eq!(
+        (dir.version, dir.path),
+        (Version::V2, "/sys/fs/cgroup/dyno".into())
+    );
+    assert_eq!(FakeHost::new().read().cpu_cgroup, None, "none mounted");
 }
 
 #[test]

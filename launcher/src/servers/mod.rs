@@ -4,6 +4,7 @@
 //! `READY=1`, and how its workers are found. The plan, the pool and both sizers read it; adding a
 //! server is one entry here plus its tests (docs/architecture.md, "Servers").
 
+mod gunicorn;
 mod ruby;
 mod socket;
 #[cfg(test)]
@@ -16,6 +17,7 @@ use std::fmt;
 
 use nix::sys::signal::Signal;
 
+pub use gunicorn::concurrent_workers;
 #[cfg(test)]
 pub use ruby::UnicornConfig;
 pub use ruby::{config_text, puma_restart, puma_threads, unicorn_config};
@@ -116,6 +118,21 @@ pub enum Workers {
     Children,
 }
 
+/// Whether requests that wait for a worker wait in the launcher's accept queue, which adaptive
+/// sizing follows (docs/architecture.md, "Adaptive sizing").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepts {
+    /// Its workers accept a connection only when free to serve it: a request waits in the queue.
+    WhenFree,
+    /// It accepts every connection at once and the wait is inside the worker: the queue stays
+    /// empty, and adaptive sizing is refused with this reason.
+    AtOnce(&'static str),
+}
+
+const EVENT_LOOP: &str = "it accepts every connection at once on its event loop, and a \
+                          keep-alive connection stays with the worker that took it: requests \
+                          wait inside the workers, not in the accept queue";
+
 /// Everything the launcher knows of one server.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Behaviour {
@@ -131,6 +148,7 @@ pub struct Behaviour {
     /// Whether it sends `READY=1` to `NOTIFY_SOCKET` by itself.
     pub notifies: bool,
     pub workers: Workers,
+    pub accepts: Accepts,
 }
 
 const NO_SOCKET_CHANGE: Socket = Socket {
@@ -171,6 +189,9 @@ pub const TABLE: [Behaviour; 7] = [
         },
         notifies: true,
         workers: Workers::Children,
+        // Its sync workers; the plan refuses adaptive sizing for the others
+        // (`concurrent_workers`).
+        accepts: Accepts::WhenFree,
     },
     Behaviour {
         server: Server::Puma,
@@ -202,6 +223,8 @@ pub const TABLE: [Behaviour; 7] = [
         },
         notifies: false,
         workers: Workers::Children,
+        // A worker accepts only while one of its threads is free.
+        accepts: Accepts::WhenFree,
     },
     Behaviour {
         server: Server::Unicorn,
@@ -227,6 +250,7 @@ pub const TABLE: [Behaviour; 7] = [
         },
         notifies: false,
         workers: Workers::Children,
+        accepts: Accepts::WhenFree,
     },
     Behaviour {
         server: Server::Uvicorn,
@@ -241,6 +265,7 @@ pub const TABLE: [Behaviour; 7] = [
         signals: FAN_OUT,
         notifies: false,
         workers: Workers::Copies,
+        accepts: Accepts::AtOnce(EVENT_LOOP),
     },
     Behaviour {
         server: Server::Hypercorn,
@@ -255,6 +280,7 @@ pub const TABLE: [Behaviour; 7] = [
         signals: FAN_OUT,
         notifies: false,
         workers: Workers::Copies,
+        accepts: Accepts::AtOnce(EVENT_LOOP),
     },
     Behaviour {
         server: Server::Node,
@@ -266,6 +292,7 @@ pub const TABLE: [Behaviour; 7] = [
         signals: FAN_OUT,
         notifies: false,
         workers: Workers::Copies,
+        accepts: Accepts::AtOnce(EVENT_LOOP),
     },
     Behaviour {
         server: Server::Unknown,
@@ -277,6 +304,9 @@ pub const TABLE: [Behaviour; 7] = [
         signals: FAN_OUT,
         notifies: false,
         workers: Workers::Copies,
+        // Not known: adaptive sizing follows the queue as asked; it shows waiting requests only
+        // if the app accepts when free.
+        accepts: Accepts::WhenFree,
     },
 ];
 

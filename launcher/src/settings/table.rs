@@ -243,11 +243,12 @@ pub const MEMORY_COOLDOWN: Spec = Spec {
 pub const SIZING: Spec = Spec {
     var: "LAUNCHER_SIZING",
     key: Some("sizing"),
-    kind: Kind::Choice(&["static", "measured"]),
+    kind: Kind::Choice(&["static", "measured", "adaptive"]),
     default: "static",
     when: RUN,
     doc: "`measured`: after warm-up, move the worker count one at a time to what fits under the \
-          soft limit (only when `WEB_CONCURRENCY` is the launcher's own)",
+          soft limit; `adaptive`: follow the accept queue, within the CPUs and the memory fit \
+          (both only when `WEB_CONCURRENCY` is the launcher's own)",
 };
 
 pub const SIZING_WARMUP: Spec = Spec {
@@ -260,6 +261,86 @@ pub const SIZING_WARMUP: Spec = Spec {
     default: "30",
     when: RUN,
     doc: "how long every worker must have run before measured sizing measures",
+};
+
+pub const QUEUE_READ_INTERVAL: Spec = Spec {
+    var: "LAUNCHER_QUEUE_READ_INTERVAL",
+    key: Some("queue_read_interval"),
+    kind: Kind::Whole {
+        min: 10,
+        max: 10_000,
+        unit: "milliseconds",
+    },
+    default: "100",
+    when: RUN,
+    doc: "how often the accept queue is read (`sample#listen_queue`, adaptive sizing)",
+};
+
+pub const ADAPTIVE_GROW_WINDOW: Spec = Spec {
+    var: "LAUNCHER_ADAPTIVE_GROW_WINDOW",
+    key: Some("adaptive_grow_window"),
+    kind: Kind::Seconds {
+        min: 1.0,
+        max: 3600.0,
+    },
+    default: "10",
+    when: RUN,
+    doc: "adaptive: the queue reads a decision to add a worker looks at (the last this many \
+          seconds, since the last step)",
+};
+
+pub const ADAPTIVE_GROW_SHARE: Spec = Spec {
+    var: "LAUNCHER_ADAPTIVE_GROW_SHARE",
+    key: Some("adaptive_grow_share"),
+    kind: Kind::Whole {
+        min: 1,
+        max: 100,
+        unit: "percent of the queue reads",
+    },
+    default: "50",
+    when: RUN,
+    doc: "adaptive: add a worker when connections were waiting in at least this share of those \
+          reads",
+};
+
+pub const ADAPTIVE_CPU_MAX: Spec = Spec {
+    var: "LAUNCHER_ADAPTIVE_CPU_MAX",
+    key: Some("adaptive_cpu_max"),
+    kind: Kind::Whole {
+        min: 10,
+        max: 100,
+        unit: "percent of the dyno's CPUs (its exact quota)",
+    },
+    default: "80",
+    when: RUN,
+    doc: "adaptive: add a worker only while the dyno's CPU use, scaled up by one worker more, \
+          stays under this",
+};
+
+pub const ADAPTIVE_SHRINK_AFTER: Spec = Spec {
+    var: "LAUNCHER_ADAPTIVE_SHRINK_AFTER",
+    key: Some("adaptive_shrink_after"),
+    kind: Kind::Seconds {
+        min: 1.0,
+        max: 86400.0,
+    },
+    default: "60",
+    when: RUN,
+    doc: "adaptive: remove a worker once the queue has been empty this long and the workers \
+          were idle (doubled after each removal the queue undid)",
+};
+
+pub const ADAPTIVE_STEP: Spec = Spec {
+    var: "LAUNCHER_ADAPTIVE_STEP",
+    key: Some("adaptive_step"),
+    kind: Kind::Seconds {
+        min: 0.5,
+        max: 3600.0,
+    },
+    default: "2",
+    when: RUN,
+    doc: "adaptive: the least time between two changes of one worker (a new worker must also be \
+          ready first)",
 };
 
 pub const BINARY_URL: Spec = Spec {
@@ -293,7 +374,7 @@ pub const RUSTUP_INIT_URL: Spec = Spec {
 };
 
 /// Every setting, in the README's order.
-pub const ALL: [&Spec; 19] = [
+pub const ALL: [&Spec; 25] = [
     &WEB_CONCURRENCY,
     &WEB_MEMORY,
     &MAX_WORKERS,
@@ -310,6 +391,12 @@ pub const ALL: [&Spec; 19] = [
     &MEMORY_COOLDOWN,
     &SIZING,
     &SIZING_WARMUP,
+    &QUEUE_READ_INTERVAL,
+    &ADAPTIVE_GROW_WINDOW,
+    &ADAPTIVE_GROW_SHARE,
+    &ADAPTIVE_CPU_MAX,
+    &ADAPTIVE_SHRINK_AFTER,
+    &ADAPTIVE_STEP,
     &BINARY_URL,
     &BINARY_SHA256,
     &RUSTUP_INIT_URL,

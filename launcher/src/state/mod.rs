@@ -19,7 +19,7 @@ pub use place::{check, place, prepare};
 pub struct State {
     pub pid: u32,
     pub mode: String,
-    /// `static` or `measured`.
+    /// `static`, `measured` or `adaptive`.
     pub sizing: String,
     pub memory_guard: bool,
     /// Workers running now (in delegate mode, the server's own).
@@ -37,6 +37,21 @@ pub struct State {
     pub base_mb: Option<f64>,
     pub oom_kills: u64,
     pub memory_recycles: u64,
+    /// Workers holding a connection (servers that accept only when free).
+    #[serde(default)]
+    pub workers_busy: Option<u32>,
+    /// The accept queue at the last read, its peak over the last state interval, the backlog.
+    #[serde(default)]
+    pub listen_queue: Option<u32>,
+    #[serde(default)]
+    pub listen_queue_max: Option<u32>,
+    #[serde(default)]
+    pub listen_backlog: Option<u32>,
+    /// The dyno's CPU use over the last state interval, as a share of `cpu_capacity` CPUs.
+    #[serde(default)]
+    pub cpu_busy: Option<f64>,
+    #[serde(default)]
+    pub cpu_capacity: Option<f64>,
     /// Seconds since the Unix epoch.
     pub updated_at: u64,
     /// Where the supervisor runs: `launcher size` shows only its own container's.
@@ -165,6 +180,12 @@ mod tests {
             base_mb: Some(35.0),
             oom_kills: 0,
             memory_recycles: 1,
+            workers_busy: Some(2),
+            listen_queue: Some(0),
+            listen_queue_max: Some(7),
+            listen_backlog: Some(2048),
+            cpu_busy: Some(0.31),
+            cpu_capacity: Some(2.0),
             updated_at: unix_now(),
             scope: Scope::own(),
         }

@@ -14,10 +14,12 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::load::Load;
 use super::log::Event;
 use super::memory::Watch;
 use super::pool::{Action, KillTarget, Pool};
 use super::{figures, kill, net, serving, spawn};
+use crate::host::Snapshot;
 use crate::procs;
 use crate::servers::{self, Mode};
 use crate::state;
@@ -51,10 +53,11 @@ pub struct Loop<'a> {
     pub notify_paused_until: Option<Instant>,
     /// Whether the first ready worker has been looked at for a wrapper that does not `exec`.
     pub wrapper_checked: bool,
-    /// The listening socket's backlog as last read, and when it is read next: a server that
-    /// calls `listen()` again on it changes it (unicorn: 1024, Node: 511 unless told).
-    pub backlog: Option<u32>,
-    pub next_backlog_check: Instant,
+    /// The accept queue and the dyno's CPU use.
+    pub load: Load,
+    pub snapshot: Snapshot,
+    /// Adaptive sizing's CPU figure is over this long (its step interval, at least a second).
+    pub cpu_window: Duration,
 }
 
 impl Loop<'_> {
@@ -95,7 +98,7 @@ impl Loop<'_> {
             self.read_notify(now);
             self.check_serving(now);
             self.check_wrapper();
-            self.check_backlog(now);
+            self.read_queue(now);
             self.check_memory(now);
             self.sample(now);
         }
@@ -139,9 +142,10 @@ impl Loop<'_> {
 
     fn emit_events(&mut self) {
         for event in self
-            .watch
+            .load
             .take_events()
             .into_iter()
+            .chain(self.watch.take_events())
             .chain(self.pool.take_events())
         {
             event.emit();
@@ -153,12 +157,14 @@ impl Loop<'_> {
         let now = Instant::now();
         let memory = Some(self.watch.next_wakeup()).filter(|_| self.pool.exit_code().is_none());
         let abandon = self.pool.abandon_at();
+        let queue = Some(self.load.next_wakeup()).filter(|_| self.listener.is_some());
         let wakeups = [
             self.pool.next_wakeup(now),
             self.next_sample,
             memory,
             abandon,
             self.notify_paused_until,
+            queue,
         ];
         let timeout = wakeups
             .into_iter()
@@ -192,7 +198,7 @@ impl Loop<'_> {
             }
             if self.mode == Mode::Delegate && self.pool.exit_code().is_none() {
                 // Forwarded to the server, which scales itself: measuring goes on from there.
-                self.watch.scaled_by_signal(signal);
+                self.watch.scaled_by_signal(signal, now);
             }
             let actions = self.pool.signal(signal, now);
             self.carry_out(actions);
@@ -278,30 +284,14 @@ impl Loop<'_> {
         }
     }
 
-    /// The backlog the socket really listens with, read back at most once a second: a change is
-    /// logged once.
-    fn check_backlog(&mut self, now: Instant) {
-        if now < self.next_backlog_check {
-            return;
-        }
-        self.next_backlog_check = now + Duration::from_secs(1);
+    /// The accept queue, on its interval; adaptive sizing counts each read.
+    fn read_queue(&mut self, now: Instant) {
         let Some(listener) = &self.listener else {
             return;
         };
-        let Some((_, backlog)) = net::accept_queue(&listener.fd) else {
-            return;
-        };
-        if let Some(before) = self.backlog.filter(|before| *before != backlog) {
-            Event::info("backlog")
-                .with("backlog", backlog)
-                .with("was", before)
-                .with(
-                    "reason",
-                    "the server called listen() again on the launcher's socket",
-                )
-                .emit();
+        if let Some(read) = self.load.read_queue(listener, now) {
+            self.watch.queue_read(now, read.queued > 0);
         }
-        self.backlog = Some(backlog);
     }
 
     /// A rolling restart's new worker that has not sent `READY=1`: is it waiting on the socket?
@@ -348,9 +338,16 @@ impl Loop<'_> {
         if self.pool.exit_code().is_some() || !(check_due || sample_due || state_due) {
             return;
         }
+        let cpu_busy = match self.watch.sizing() {
+            "adaptive" if check_due => {
+                self.load.read_cpu(&self.snapshot, now);
+                self.load.cpu_busy(self.cpu_window)
+            }
+            _ => None,
+        };
         let actions = self
             .watch
-            .check(&mut self.pool, now, sample_due || state_due);
+            .check(&mut self.pool, now, sample_due || state_due, cpu_busy);
         self.carry_out(actions);
         if state_due {
             self.next_state = now + STATE_INTERVAL;
@@ -366,14 +363,27 @@ impl Loop<'_> {
             return;
         }
         self.next_sample = Some(now + interval);
-        figures::sample(&self.pool, &self.watch, self.mode).emit();
+        let load = self.load.sample(&self.snapshot, now, interval);
+        figures::sample(&self.pool, &self.watch, &load, self.mode).emit();
     }
 
     fn write_state(&mut self) {
+        if self.state_dir.is_none() {
+            return;
+        }
+        let load = self
+            .load
+            .state(&self.snapshot, Instant::now(), STATE_INTERVAL);
+        let written = figures::state(
+            &self.watch,
+            &load,
+            self.load.capacity,
+            self.mode,
+            &self.scope,
+        );
         let Some(dir) = &self.state_dir else {
             return;
         };
-        let written = figures::state(&self.watch, self.mode, &self.scope);
         // Best effort: a read-only /tmp costs `launcher size` its figures, not the dyno its app.
         if let Err(err) = state::write(dir, &written) {
             if !std::mem::replace(&mut self.state_failed, true) {

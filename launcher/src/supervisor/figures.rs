@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::load::Figures;
 use super::log::Event;
 use super::memory::{mb, Watch};
 use super::pool::Pool;
@@ -10,8 +11,9 @@ use crate::procs;
 use crate::servers::Mode;
 use crate::state;
 
-/// The `sample#` line: workers, restarts, the dyno's memory and the launcher's own.
-pub fn sample(pool: &Pool, watch: &Watch, mode: Mode) -> Event {
+/// The `sample#` line: workers, restarts, the accept queue, the dyno's CPU and memory, and the
+/// launcher's own.
+pub fn sample(pool: &Pool, watch: &Watch, load: &Figures, mode: Mode) -> Event {
     let proc_dir = Path::new("/proc");
     let me = std::process::id() as i32;
     let (mut workers, mut ready, restarts) = pool.counts();
@@ -25,6 +27,21 @@ pub fn sample(pool: &Pool, watch: &Watch, mode: Mode) -> Event {
         .with("sample#workers", workers)
         .with("sample#workers_ready", ready)
         .with("sample#restarts", restarts);
+    if let Some(busy) = watch.busy {
+        event = event.with("sample#workers_busy", busy);
+    }
+    if let Some(queue) = load.queue {
+        event = event
+            .with("sample#listen_queue", queue.queued)
+            .with(
+                "sample#listen_queue_max",
+                load.queue_max.unwrap_or(queue.queued),
+            )
+            .with("sample#listen_backlog", queue.backlog);
+    }
+    if let Some(busy) = load.cpu_busy {
+        event = event.with("sample#cpu_busy", format!("{busy:.2}"));
+    }
     if let Some(usage) = watch.usage {
         event = event
             .with("sample#memory_total", mb(usage.total_bytes()))
@@ -39,7 +56,7 @@ pub fn sample(pool: &Pool, watch: &Watch, mode: Mode) -> Event {
             .with("sample#worker_uss_max", mb(uss.unwrap_or(0)))
             .with("sample#worker_pss_total", mb(pss));
     }
-    if let Some(fit) = watch.sizer().and_then(|s| s.last_fit) {
+    if let Some(fit) = watch.fit() {
         event = event.with("sample#workers_fit", format!("{:.2}", fit.workers));
     }
     event
@@ -49,7 +66,13 @@ pub fn sample(pool: &Pool, watch: &Watch, mode: Mode) -> Event {
 }
 
 /// What `launcher size` shows of this supervisor.
-pub fn state(watch: &Watch, mode: Mode, scope: &state::Scope) -> state::State {
+pub fn state(
+    watch: &Watch,
+    load: &Figures,
+    cpu_capacity: f64,
+    mode: Mode,
+    scope: &state::Scope,
+) -> state::State {
     let megabytes = |bytes: u64| (bytes as f64 / 104_857.6).round() / 10.0;
     let config = watch.config();
     let workers = watch.reading.as_ref().map(|r| &r.workers[..]);
@@ -59,17 +82,11 @@ pub fn state(watch: &Watch, mode: Mode, scope: &state::Scope) -> state::State {
         .map(|w| w.uss_bytes)
         .collect();
     uss.sort_unstable_by(|a, b| b.cmp(a));
-    let fit = watch.sizer().and_then(|s| s.last_fit);
+    let fit = watch.fit();
     state::State {
         pid: std::process::id(),
         mode: mode.to_string(),
-        // What runs: `measured` asked for a user's WEB_CONCURRENCY is static.
-        sizing: if watch.sizer().is_some() {
-            "measured"
-        } else {
-            "static"
-        }
-        .to_owned(),
+        sizing: watch.sizing().to_owned(),
         memory_guard: config.guard.is_some(),
         workers: workers.map_or(0, <[_]>::len),
         meter: watch.meter().describe(),
@@ -82,6 +99,12 @@ pub fn state(watch: &Watch, mode: Mode, scope: &state::Scope) -> state::State {
         base_mb: fit.map(|f| megabytes(f.base_bytes)),
         oom_kills: watch.oom_total(),
         memory_recycles: watch.recycles,
+        workers_busy: watch.busy,
+        listen_queue: load.queue.map(|q| q.queued),
+        listen_queue_max: load.queue_max,
+        listen_backlog: load.queue.map(|q| q.backlog),
+        cpu_busy: load.cpu_busy.map(|b| (b * 100.0).round() / 100.0),
+        cpu_capacity: Some(cpu_capacity),
         updated_at: state::unix_now(),
         scope: scope.clone(),
     }

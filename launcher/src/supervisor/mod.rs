@@ -1,10 +1,13 @@
 //! `launcher run -- CMD ARGS...`: the pre-fork supervisor. One loop: wait for a signal, a readiness
 //! message or a timer -> handle signals -> reap -> converge towards the wanted workers (`pool`).
 
+mod adaptive;
 mod backoff;
+mod diag;
 mod event_loop;
 mod figures;
 mod kill;
+mod load;
 mod log;
 mod memory;
 mod net;
@@ -17,7 +20,7 @@ mod spawn;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -28,8 +31,10 @@ use crate::report::Report;
 use crate::servers::Mode;
 use crate::settings::Settings;
 use crate::state;
+use crate::usage::cpu::CpuMeter;
 use crate::usage::Meter;
 use event_loop::Loop;
+use load::Load;
 use log::Event;
 use memory::Watch;
 use plan::{port, Plan};
@@ -138,8 +143,16 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
     let now = Instant::now();
     let snapshot = Snapshot::new(Path::new("/"));
     let meter = Meter::for_host(&snapshot, &report.host, std::process::id() as i32);
-    let watch_config = memory::configure(&settings, &report, &plan);
-    memory::log_start(&watch_config, &meter, &settings, &report);
+    let watch_config = memory::configure(&settings, &report, &plan, port);
+    let cpu = CpuMeter::for_host(&report.host, std::process::id() as i32);
+    memory::log_start(&watch_config, (&meter, &cpu), &settings, &report, &plan);
+    let load = Load::new(
+        settings.queue_read_interval,
+        cpu,
+        report.host.cpu_capacity,
+        now,
+    );
+    let cpu_window = settings.adaptive.step.max(Duration::from_secs(1));
     let mut looped = Loop {
         pool: Pool::new(config, now, seed()),
         watch: Watch::new(snapshot, meter, watch_config, now),
@@ -156,8 +169,9 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
         next_state: now,
         notify_paused_until: None,
         wrapper_checked: false,
-        backlog: None,
-        next_backlog_check: now,
+        load,
+        snapshot: Snapshot::new(Path::new("/")),
+        cpu_window,
     };
     Ok(looped.run())
 }

@@ -46,6 +46,9 @@ pub struct Plan {
     pub restart_reason: Option<String>,
     /// What the server's own config binds besides the launcher's socket (unicorn's `listen`).
     pub binds_itself: Option<String>,
+    /// Why the accept queue does not show the requests waiting for this server's workers, from
+    /// the behaviour table and gunicorn's worker class; None: it does (adaptive sizing can run).
+    pub queue_blind: Option<String>,
 }
 
 impl Plan {
@@ -95,6 +98,30 @@ impl Plan {
             }
             _ => {}
         }
+        let queue_blind = match servers::behaviour(found.server).accepts {
+            servers::Accepts::AtOnce(why) => Some(why.to_owned()),
+            servers::Accepts::WhenFree if found.server == servers::Server::Gunicorn => {
+                let args: Vec<&str> = argv
+                    .iter()
+                    .skip(found.args_from)
+                    .filter_map(|a| a.to_str())
+                    .collect();
+                let flags = ["-c", "--config"];
+                let default = Some("gunicorn.conf.py");
+                let config = servers::config_text(argv, found.args_from, &flags, default, app_dir);
+                let cmd_args = std::env::var("GUNICORN_CMD_ARGS").ok();
+                servers::concurrent_workers(&args, cmd_args.as_deref(), config.as_deref()).map(
+                    |how| {
+                        format!(
+                            "its workers ({how}) accept every connection at once and hold the \
+                             wait inside the worker, not in the accept queue; only gunicorn's \
+                             sync workers accept when free"
+                        )
+                    },
+                )
+            }
+            servers::Accepts::WhenFree => None,
+        };
         Plan {
             mode,
             mode_reason,
@@ -111,6 +138,7 @@ impl Plan {
             signals,
             restart_reason,
             binds_itself,
+            queue_blind,
         }
     }
 

@@ -16,6 +16,30 @@ pub enum Sizing {
     Static,
     /// Measured after warm-up, then moved one worker at a time to what fits.
     Measured,
+    /// Follows the accept queue, within the CPUs and the memory fit.
+    Adaptive,
+}
+
+impl Sizing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sizing::Static => "static",
+            Sizing::Measured => "measured",
+            Sizing::Adaptive => "adaptive",
+        }
+    }
+}
+
+/// Adaptive sizing's thresholds (docs/architecture.md, "Adaptive sizing").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveSettings {
+    pub grow_window: Duration,
+    /// A share, 0.01 to 1.
+    pub grow_share: f64,
+    /// A share of the dyno's CPUs, 0.1 to 1.
+    pub cpu_max: f64,
+    pub shrink_after: Duration,
+    pub step: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +60,9 @@ pub struct RunSettings {
     pub memory_cooldown: Duration,
     pub sizing: Sizing,
     pub sizing_warmup: Duration,
+    /// How often the accept queue is read.
+    pub queue_read_interval: Duration,
+    pub adaptive: AdaptiveSettings,
     /// Changes made here (the Heroku cap), for the `config` lines.
     pub warnings: Vec<String>,
 }
@@ -66,12 +93,27 @@ impl RunSettings {
             memory_cooldown: settings.seconds(&table::MEMORY_COOLDOWN),
             sizing: match settings.choice(&table::SIZING) {
                 "measured" => Sizing::Measured,
+                "adaptive" => Sizing::Adaptive,
                 _ => Sizing::Static,
             },
             sizing_warmup: settings.seconds(&table::SIZING_WARMUP),
+            queue_read_interval: Duration::from_millis(
+                settings.number(&table::QUEUE_READ_INTERVAL),
+            ),
+            adaptive: AdaptiveSettings {
+                grow_window: settings.seconds(&table::ADAPTIVE_GROW_WINDOW),
+                grow_share: percent(settings.number(&table::ADAPTIVE_GROW_SHARE)),
+                cpu_max: percent(settings.number(&table::ADAPTIVE_CPU_MAX)),
+                shrink_after: settings.seconds(&table::ADAPTIVE_SHRINK_AFTER),
+                step: settings.seconds(&table::ADAPTIVE_STEP),
+            },
             warnings,
         }
     }
+}
+
+fn percent(value: u64) -> f64 {
+    value as f64 / 100.0
 }
 
 #[cfg(test)]
@@ -119,5 +161,13 @@ mod tests {
         assert_eq!(defaults.sample_interval, Some(Duration::from_secs(20)));
         assert_eq!(defaults.soft_limit_percent, 85);
         assert_eq!(defaults.sizing, Sizing::Static);
+        assert_eq!(defaults.queue_read_interval, Duration::from_millis(100));
+        let adaptive = defaults.adaptive;
+        assert_eq!(adaptive.grow_window, Duration::from_secs(10));
+        assert_eq!((adaptive.grow_share, adaptive.cpu_max), (0.5, 0.8));
+        assert_eq!(adaptive.shrink_after, Duration::from_secs(60));
+        assert_eq!(adaptive.step, Duration::from_secs(2));
+        let chosen = run_settings(&[("LAUNCHER_SIZING", "adaptive")], false);
+        assert_eq!(chosen.sizing, Sizing::Adaptive);
     }
 }

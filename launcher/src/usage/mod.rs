@@ -4,6 +4,7 @@
 //! Everything is read through a `Snapshot` root, `/` on a live machine, so the tests run over
 //! fake host trees.
 
+pub mod cpu;
 pub mod smaps;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! guard and the sizer decide, and their decisions become pool actions or signals, each logged
 //! with the figures that led to it.
 
+mod adaptive;
 mod guard;
 mod oom;
 mod setup;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::adaptive::{Adaptive, AdaptiveConfig};
 use super::log::Event;
 use super::pool::{Action, Pool};
 use crate::host::Snapshot;
@@ -24,14 +26,15 @@ use crate::servers::Mode;
 use crate::usage::{smaps, Meter, Usage};
 pub use guard::{Guard, GuardAction, GuardConfig};
 pub use setup::{configure, log_start};
-#[cfg(test)]
-use sizer::Fit;
-pub use sizer::{Resize, Sizer, SizerConfig};
+pub use sizer::{Fit, Resize, Sizer, SizerConfig};
 
 /// How often the dyno's usage is read: a leak of 40 MB/s moves 20 MB between two checks.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often measured sizing measures the workers (each step waits for a warm-up anyway).
 pub const SIZING_INTERVAL: Duration = Duration::from_secs(5);
+/// How often adaptive sizing measures the memory fit when it is not about to add a worker (for
+/// the rule that no more workers run than fit).
+pub const FIT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One worker as the guard and the sizer see it: in fan-out a copy of the command, in delegate
 /// mode one of the server's own workers. Memory is summed over the worker's process tree.
@@ -62,6 +65,12 @@ pub struct WatchConfig {
     pub ready_grace: Duration,
     pub guard: Option<GuardConfig>,
     pub sizer: Option<SizerConfig>,
+    pub adaptive: Option<AdaptiveConfig>,
+    /// The launcher's socket's port, where its accepted connections are found; None: no socket.
+    pub port: Option<u16>,
+    /// Whether a worker holding a connection is a busy one (a server that accepts when free), so
+    /// that `sample#workers_busy` means something.
+    pub busy_known: bool,
     /// The worker count the sizer starts from.
     pub workers: u32,
     /// The server's signals: how one of its workers is stopped, how it is resized.
@@ -74,6 +83,12 @@ pub struct Watch {
     config: WatchConfig,
     guard: Option<Guard>,
     sizer: Option<Sizer>,
+    adaptive: Option<Adaptive>,
+    /// Adaptive sizing's last memory fit, and when it is measured again at the latest.
+    adaptive_fit: Option<Fit>,
+    next_fit: Instant,
+    /// How many workers held a connection at the last look.
+    pub busy: Option<u32>,
     oom: oom::Ledger,
     /// Delegate mode: the server process, to notice when it was restarted.
     server: Option<i32>,
@@ -96,6 +111,13 @@ impl Watch {
         Watch {
             guard: config.guard.clone().map(Guard::new),
             sizer: config.sizer.clone().map(|c| Sizer::new(c, config.workers)),
+            adaptive: config
+                .adaptive
+                .clone()
+                .map(|c| Adaptive::new(c, config.workers, now)),
+            adaptive_fit: None,
+            next_fit: now,
+            busy: None,
             snapshot,
             meter,
             config,
@@ -120,12 +142,33 @@ impl Watch {
         &self.config
     }
 
-    pub fn sizer(&self) -> Option<&Sizer> {
-        self.sizer.as_ref()
+    /// The sizing that runs: `measured` or `adaptive` asked for a user's `WEB_CONCURRENCY` is
+    /// static.
+    pub fn sizing(&self) -> &'static str {
+        match (&self.sizer, &self.adaptive) {
+            (Some(_), _) => "measured",
+            (None, Some(_)) => "adaptive",
+            (None, None) => "static",
+        }
+    }
+
+    /// The last memory fit, of whichever sizing measures it.
+    pub fn fit(&self) -> Option<Fit> {
+        self.sizer
+            .as_ref()
+            .and_then(|s| s.last_fit)
+            .or(self.adaptive_fit)
     }
 
     pub fn next_wakeup(&self) -> Instant {
         self.next_check
+    }
+
+    /// One read of the accept queue, for adaptive sizing.
+    pub fn queue_read(&mut self, now: Instant, queued: bool) {
+        if let Some(adaptive) = &mut self.adaptive {
+            adaptive.queue_read(now, queued);
+        }
     }
 
     /// The events logged since the last call.
@@ -133,14 +176,22 @@ impl Watch {
         std::mem::take(&mut self.events)
     }
 
-    /// TTIN/TTOU forwarded to a delegated server: measured sizing goes on from the new count.
-    pub fn scaled_by_signal(&mut self, signal: Signal) {
+    /// TTIN/TTOU forwarded to a delegated server: measured or adaptive sizing goes on from the
+    /// new count.
+    pub fn scaled_by_signal(&mut self, signal: Signal, now: Instant) {
+        let change = |target: u32| match signal {
+            Signal::SIGTTIN => Some(target + 1),
+            Signal::SIGTTOU => Some(target.saturating_sub(1)),
+            _ => None,
+        };
         if let Some(sizer) = &mut self.sizer {
-            let target = sizer.target();
-            match signal {
-                Signal::SIGTTIN => sizer.retarget(target + 1),
-                Signal::SIGTTOU => sizer.retarget(target.saturating_sub(1)),
-                _ => {}
+            if let Some(to) = change(sizer.target()) {
+                sizer.retarget(to);
+            }
+        }
+        if let Some(adaptive) = &mut self.adaptive {
+            if let Some(to) = change(adaptive.target()) {
+                adaptive.retarget(to, now);
             }
         }
     }
@@ -203,9 +254,16 @@ impl Watch {
             .with("memory_quota", mb(self.config.quota_bytes))
     }
 
-    /// Reads the dyno's usage and lets the guard and the sizer decide. `all_figures` asks for
-    /// every worker's memory even when no decision needs it (the `sample#` line).
-    pub fn check(&mut self, pool: &mut Pool, now: Instant, all_figures: bool) -> Vec<Action> {
+    /// Reads the dyno's usage and lets the guard and the sizers decide. `all_figures` asks for
+    /// every worker's memory even when no decision needs it (the `sample#` line); `cpu_busy` is
+    /// the dyno's recent CPU use, for adaptive sizing.
+    pub fn check(
+        &mut self,
+        pool: &mut Pool,
+        now: Instant,
+        all_figures: bool,
+        cpu_busy: Option<f64>,
+    ) -> Vec<Action> {
         self.next_check = now + CHECK_INTERVAL;
         let Some(usage) = self.meter.usage(&self.snapshot) else {
             return Vec::new();
@@ -221,7 +279,11 @@ impl Watch {
             .as_ref()
             .is_some_and(|g| g.config.worker_max_bytes.is_some());
         let sizer_due = self.sizer.is_some() && now >= self.next_sizing;
-        if all_figures || over || capped || sizer_due {
+        if all_figures || self.adaptive.is_some() {
+            self.look_for_busy(&workers, now);
+        }
+        let fit_due = self.fit_due(pool, &workers, now, cpu_busy);
+        if all_figures || over || capped || sizer_due || fit_due {
             // Only when needed: smaps_rollup walks each worker's page tables, and on a busy host
             // /proc has hundreds of entries.
             measure(&mut workers, &procs::parents(Path::new("/proc")));
@@ -235,6 +297,13 @@ impl Watch {
         if sizer_due && actions.is_empty() && !recycling {
             self.next_sizing = now + SIZING_INTERVAL;
             actions.extend(self.sizer_actions(&reading, pool));
+        }
+        if fit_due {
+            self.next_fit = now + FIT_INTERVAL;
+            self.adaptive_fit = Fit::measure(&reading, self.config.soft_limit_bytes);
+        }
+        if self.adaptive.is_some() && actions.is_empty() && !recycling {
+            actions.extend(self.adaptive_actions(&reading, pool, now, cpu_busy));
         }
         self.reading = Some(reading);
         actions
@@ -269,6 +338,9 @@ impl Watch {
                     // A new server starts with the static count again.
                     if let Some(sizer) = &mut self.sizer {
                         sizer.retarget(self.config.workers);
+                    }
+                    if let Some(adaptive) = &mut self.adaptive {
+                        adaptive.retarget(self.config.workers, now);
                     }
                 }
                 self.server = server.or(self.server);
@@ -377,17 +449,24 @@ impl Watch {
         let event = Event::info("resize")
             .with("from", from)
             .with("to", to)
+            .with("sizing", "measured")
             .with("fit", format!("{:.2}", fit.workers))
             .with("worker_uss", mb(fit.worker_bytes))
             .with("base", mb(fit.base_bytes));
         self.events.push(self.with_usage(event));
+        self.resize(from, to, pool)
+    }
+
+    /// A new worker count carried out: the pool's target in fan-out, the server's own scaling
+    /// signal in delegate mode.
+    fn resize(&self, from: u32, to: u32, pool: &mut Pool) -> Vec<Action> {
         match self.config.mode {
             Mode::FanOut => {
                 pool.set_target(to);
                 Vec::new()
             }
             Mode::Delegate => {
-                // The sizer runs only for a server with scaling signals (`setup::configure`).
+                // The sizers run only for a server with scaling signals (`setup::configure`).
                 let Some((more, fewer)) = self.config.signals.scale else {
                     return Vec::new();
                 };

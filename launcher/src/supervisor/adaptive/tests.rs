@@ -1,0 +1,215 @@
+//! Adaptive sizing as tables (readings -> action) on a fake clock, the CPU-bound case, the climb
+//! and the way back, and a no-oscillation property over constant loads.
+
+use super::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn config() -> AdaptiveConfig {
+    AdaptiveConfig {
+        floor: 2,
+        max_workers: 1024,
+        grow_window: 10 * SECOND,
+        grow_share: 0.5,
+        cpu_max: 0.8,
+        shrink_after: 60 * SECOND,
+        step: 3 * SECOND,
+    }
+}
+
+/// `workers` workers, with `seconds` of queue reads (every 100 ms; a share `queued` of them
+/// with connections waiting) and busy samples (every 0.5 s) behind them.
+fn after(workers: u32, seconds: u64, queued: f64, busy: f64) -> (Adaptive, Instant) {
+    let start = Instant::now();
+    let mut adaptive = Adaptive::new(config(), workers, start);
+    let reads = seconds * 10;
+    for i in 0..reads {
+        let at = start + Duration::from_millis(100 * (i + 1));
+        let waiting = (i as f64) < queued * reads as f64;
+        adaptive.queue_read(at, waiting);
+        if i % 5 == 0 {
+            adaptive.busy_sample(at, busy);
+        }
+    }
+    (adaptive, start + Duration::from_millis(100 * reads))
+}
+
+/// Workers, seconds of history, the share of queue reads with connections waiting, busy workers,
+/// ready, CPU use, memory fit -> the new count.
+type Row = (
+    u32,
+    u64,
+    f64,
+    f64,
+    bool,
+    Option<f64>,
+    Option<f64>,
+    Option<u32>,
+);
+
+#[test]
+fn readings_to_actions() {
+    let table: [Row; 14] = [
+        // Connections wait in every read, or in most: one more.
+        (2, 10, 1.0, 2.0, true, Some(0.3), Some(10.0), Some(3)),
+        (2, 10, 0.6, 2.0, true, Some(0.3), Some(10.0), Some(3)),
+        // In fewer than half of the reads: no change.
+        (2, 10, 0.4, 2.0, true, Some(0.3), Some(10.0), None),
+        // The CPUs are busy.
+        (2, 10, 1.0, 2.0, true, Some(0.85), Some(10.0), None),
+        // 60% with 2 workers is 90% with 3: a CPU-bound app.
+        (2, 10, 1.0, 2.0, true, Some(0.6), Some(10.0), None),
+        // 60% with 10 workers is 66% with 11.
+        (10, 10, 1.0, 10.0, true, Some(0.6), Some(20.0), Some(11)),
+        // No CPU figure yet.
+        (2, 10, 1.0, 2.0, true, None, Some(10.0), None),
+        // A fourth worker does not fit with a quarter to spare, or the fit is not known.
+        (3, 10, 1.0, 3.0, true, Some(0.3), Some(4.1), None),
+        (3, 10, 1.0, 3.0, true, Some(0.3), None, None),
+        // The last worker added is not ready yet.
+        (2, 10, 1.0, 2.0, false, Some(0.3), Some(10.0), None),
+        // Too few reads since the start.
+        (2, 2, 1.0, 2.0, true, Some(0.3), Some(10.0), None),
+        // A minute of an empty queue with 1 of 4 busy: one fewer; with 3 busy: no change.
+        (4, 70, 0.0, 1.0, true, Some(0.1), Some(10.0), Some(3)),
+        (4, 70, 0.0, 3.0, true, Some(0.1), Some(10.0), None),
+        // More workers than fit: one fewer, whatever the queue says.
+        (4, 10, 1.0, 4.0, true, Some(0.3), Some(3.5), Some(3)),
+    ];
+    for (workers, seconds, queued, busy, ready, cpu, fit, expected) in table {
+        let (mut adaptive, now) = after(workers, seconds, queued, busy);
+        let step = adaptive.decide(now, ready, cpu, fit);
+        assert_eq!(
+            step.map(|s| s.to),
+            expected,
+            "{workers} workers, {seconds} s, queued {queued}, busy {busy}, ready {ready}, cpu {cpu:?}, fit {fit:?}: {step:?}"
+        );
+    }
+}
+
+#[test]
+fn never_below_the_floor_nor_above_the_cap() {
+    let (mut idle, now) = after(2, 70, 0.0, 0.0);
+    assert_eq!(
+        idle.decide(now, true, Some(0.0), Some(10.0)),
+        None,
+        "at the floor"
+    );
+    let (mut full, now) = after(6, 10, 1.0, 6.0);
+    full.config.max_workers = 6;
+    assert_eq!(
+        full.decide(now, true, Some(0.1), Some(50.0)),
+        None,
+        "at LAUNCHER_MAX_WORKERS"
+    );
+}
+
+#[test]
+fn a_cpu_bound_app_with_a_full_queue_never_grows() {
+    let start = Instant::now();
+    let mut adaptive = Adaptive::new(config(), 5, start);
+    let mut now = start;
+    for _ in 0..6000 {
+        now += Duration::from_millis(100);
+        adaptive.queue_read(now, true);
+        adaptive.busy_sample(now, 5.0);
+        assert_eq!(adaptive.decide(now, true, Some(0.97), Some(30.0)), None);
+    }
+    assert_eq!(adaptive.target(), 5);
+}
+
+/// A constant load that needs `demand` workers: connections wait whenever there are fewer, and
+/// `min(demand, workers)` of them are busy. Returns the counts over `minutes`, a decision every
+/// 0.5 s.
+fn run(demand: f64, start_with: u32, minutes: u64, fit: f64) -> Vec<u32> {
+    let start = Instant::now();
+    let mut adaptive = Adaptive::new(config(), start_with, start);
+    let mut counts = vec![adaptive.target()];
+    let mut now = start;
+    for tick in 0..minutes * 600 {
+        now += Duration::from_millis(100);
+        let workers = f64::from(adaptive.target());
+        adaptive.queue_read(now, workers < demand);
+        if tick % 5 == 4 {
+            adaptive.busy_sample(now, demand.min(workers));
+            let cpu = 0.02 * demand.min(workers);
+            if let Some(step) = adaptive.decide(now, true, Some(cpu), Some(fit)) {
+                counts.push(step.to);
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn a_constant_load_climbs_one_way_then_holds() {
+    for demand in [0.0, 1.0, 2.0, 2.5, 3.0, 7.3, 12.0, 12.9, 20.0] {
+        for start_with in [2, 5, 16] {
+            let counts = run(demand, start_with, 20, 100.0);
+            let turns = counts
+                .windows(3)
+                .filter(|w| (w[1] > w[0]) != (w[2] > w[1]))
+                .count();
+            assert_eq!(turns, 0, "demand {demand}, from {start_with}: {counts:?}");
+            let settled = *counts.last().expect("a count");
+            let needed = (demand.ceil() as u32).max(2);
+            assert!(
+                settled == needed || (start_with > needed && settled <= start_with),
+                "demand {demand}, from {start_with}: settled at {settled}: {counts:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_climb_of_twelve_takes_under_a_minute_and_the_way_back_under_two() {
+    let counts = run(14.0, 2, 1, 100.0);
+    assert_eq!(counts.last(), Some(&14), "{counts:?}");
+    // Load gone: back to the floor within two minutes.
+    let start = Instant::now();
+    let mut adaptive = Adaptive::new(config(), 14, start);
+    let mut now = start;
+    let mut back_at = None;
+    for tick in 0..1200u64 {
+        now += Duration::from_millis(100);
+        adaptive.queue_read(now, false);
+        if tick % 5 == 4 {
+            adaptive.busy_sample(now, 0.0);
+            adaptive.decide(now, true, Some(0.0), Some(100.0));
+        }
+        if adaptive.target() == 2 && back_at.is_none() {
+            back_at = Some(tick);
+        }
+    }
+    let seconds = back_at.expect("back at the floor") as f64 / 10.0;
+    assert!(seconds <= 120.0, "back after {seconds} s");
+}
+
+#[test]
+fn a_shrink_the_queue_undoes_makes_the_next_one_wait_longer() {
+    let start = Instant::now();
+    let mut adaptive = Adaptive::new(config(), 3, start);
+    let mut now = start;
+    // Idle for a minute: one goes.
+    for _ in 0..610 {
+        now += Duration::from_millis(100);
+        adaptive.queue_read(now, false);
+        adaptive.busy_sample(now, 1.0);
+        adaptive.decide(now, true, Some(0.1), Some(10.0));
+    }
+    let shrunk = adaptive.target();
+    assert_eq!(shrunk, 2);
+    adaptive.config.floor = 1;
+    assert_eq!(adaptive.shrink_wait(), 60 * SECOND);
+    // The queue comes back at once: it grows again, and the next shrink waits 120 s.
+    for _ in 0..100 {
+        now += Duration::from_millis(100);
+        adaptive.queue_read(now, true);
+        adaptive.busy_sample(now, 2.0);
+        if adaptive.decide(now, true, Some(0.1), Some(10.0)).is_some() {
+            break;
+        }
+    }
+    assert_eq!(adaptive.target(), 3);
+    assert_eq!(adaptive.shrink_wait(), 120 * SECOND);
+}

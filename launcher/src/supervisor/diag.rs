@@ -1,0 +1,187 @@
+//! The connections accepted from the launcher's socket, asked of the kernel as `ss` does: one
+//! `NETLINK_SOCK_DIAG` dump per address family (`SOCK_DIAG_BY_FAMILY`, linux/inet_diag.h) of
+//! the TCP sockets in every state but LISTEN and TIME_WAIT. /proc/net/tcp would list every
+//! TIME_WAIT socket too: with clients that reconnect for each request (gunicorn's sync workers
+//! close every connection) that is megabytes of text every read.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const HEADER: usize = 16;
+/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then the 48-byte socket id.
+const REQUEST: usize = 56;
+/// `struct inet_diag_msg` up to and including `idiag_inode`.
+const MESSAGE: usize = 72;
+/// TCP states (include/net/tcp_states.h) as `1 << state`: all but TIME_WAIT (6), CLOSE (7) and
+/// LISTEN (10). A connection still in the accept queue has no inode, and is passed over.
+const STATES: u32 =
+    (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+
+/// The inodes of the TCP connections whose local port is `port`: those accepted from the
+/// launcher's socket, in its network namespace.
+pub fn accepted_sockets(port: u16) -> io::Result<HashSet<u64>> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut found = HashSet::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        dump(&socket, family as u8, port, &mut found)?;
+    }
+    Ok(found)
+}
+
+fn dump(socket: &OwnedFd, family: u8, port: u16, found: &mut HashSet<u64>) -> io::Result<()> {
+    let mut request = [0u8; HEADER + REQUEST];
+    request[0..4].copy_from_slice(&((HEADER + REQUEST) as u32).to_ne_bytes());
+    request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    request[6..8].copy_from_slice(&flags.to_ne_bytes());
+    request[HEADER] = family;
+    request[HEADER + 1] = libc::IPPROTO_TCP as u8;
+    request[HEADER + 4..HEADER + 8].copy_from_slice(&STATES.to_ne_bytes());
+    // SAFETY: send(2) of a buffer this function owns, its length given.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: recv(2) into a buffer this function owns, at most its length.
+        let got = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        if got < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if parse(&buffer[..got as usize], port, found)? {
+            return Ok(());
+        }
+    }
+}
+
+/// The netlink messages of one datagram; true at the end of the dump.
+fn parse(mut data: &[u8], port: u16, found: &mut HashSet<u64>) -> io::Result<bool> {
+    let field = |bytes: &[u8], at: usize| -> u32 {
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&bytes[at..at + 4]);
+        u32::from_ne_bytes(word)
+    };
+    while data.len() >= HEADER {
+        let length = field(data, 0) as usize;
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        if length < HEADER || length > data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a truncated netlink message",
+            ));
+        }
+        let body = &data[HEADER..length];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let code = if body.len() >= 4 {
+                    field(body, 0) as i32
+                } else {
+                    0
+                };
+                return match code {
+                    0 => Ok(true),
+                    code => Err(io::Error::from_raw_os_error(-code)),
+                };
+            }
+            SOCK_DIAG_BY_FAMILY if body.len() >= MESSAGE => {
+                // The id starts at 4; its source port is big-endian.
+                let local_port = u16::from_be_bytes([body[4], body[5]]);
+                let inode = u64::from(field(body, 68));
+                if local_port == port && inode != 0 {
+                    found.insert(inode);
+                }
+            }
+            _ => {}
+        }
+        // Messages are aligned to 4 bytes.
+        let next = length.div_ceil(4) * 4;
+        data = data.get(next..).unwrap_or_default();
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::fs::MetadataExt;
+
+    fn inode(stream: &TcpStream) -> u64 {
+        let fd = stream.as_raw_fd();
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .expect("fd")
+            .ino()
+    }
+
+    #[test]
+    fn the_accepted_ends_of_connections_are_found_by_port() {
+        for address in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = TcpListener::bind(address) else {
+                continue; // no IPv6 here
+            };
+            let port = listener.local_addr().expect("address").port();
+            let client =
+                TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+            assert!(
+                accepted_sockets(port).expect("dump").is_empty(),
+                "not accepted yet"
+            );
+            let (served, _) = listener.accept().expect("accept");
+            let found = accepted_sockets(port).expect("dump");
+            assert_eq!(
+                found,
+                HashSet::from([inode(&served)]),
+                "{address}: not the client's end"
+            );
+            drop(served);
+            drop(client);
+        }
+    }
+
+    #[test]
+    fn an_error_message_ends_the_dump_with_its_code() {
+        let mut message = vec![0u8; HEADER + 4];
+        message[0..4].copy_from_slice(&((HEADER + 4) as u32).to_ne_bytes());
+        message[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        message[HEADER..].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+        let err = parse(&message, 80, &mut HashSet::new()).expect_err("an error");
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        assert!(parse(&message[..10], 80, &mut HashSet::new()).is_ok_and(|done| !done));
+    }
+}

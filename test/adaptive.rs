@@ -1,0 +1,303 @@
+//! Adaptive sizing (docs/architecture.md, "Adaptive sizing") in real cgroups as root: a 512 MB
+//! cgroup v1 memory cgroup with a cpuacct cgroup of its own (the load generator shares this
+//! machine's cores, so the dyno's CPU use must be the app's alone), real gunicorn serving the
+//! flask-memory fixture to 64 keep-alive clients, and uvicorn, which adaptive sizing refuses.
+//! Time constants are small (a step a second, shrinking after 4 s of an empty queue).
+
+mod support;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use support::harness::{launcher, secs, Run, BOOT};
+use support::http::Load;
+use support::logfmt::Event;
+use support::procs::children;
+use support::{free_port, needs_machine, venv, wait_for, MemoryCgroup};
+
+const MB: u64 = 1024 * 1024;
+const LIMIT: u64 = 512 * MB;
+const CLIENTS: usize = 64;
+/// The static count in 512 MB on this machine: 512 MB / 256 MB per worker.
+const STATIC: usize = 2;
+
+/// Adaptive sizing with the small time constants of these tests.
+const ADAPTIVE: [(&str, &str); 6] = [
+    ("LAUNCHER_SIZING", "adaptive"),
+    ("LAUNCHER_ADAPTIVE_GROW_WINDOW", "2"),
+    ("LAUNCHER_ADAPTIVE_STEP", "1"),
+    ("LAUNCHER_ADAPTIVE_SHRINK_AFTER", "4"),
+    ("LAUNCHER_READY_GRACE", "0.3"),
+    ("LAUNCHER_SAMPLE_INTERVAL", "1"),
+];
+
+/// One load at a time: 64 clients of one test would take the CPUs another test measures.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn cpu_cap() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
+}
+
+/// `launcher run -- COMMAND` in `cgroup` with adaptive sizing and `extra` settings.
+fn start(
+    cgroup: &MemoryCgroup,
+    app: &str,
+    port: u16,
+    extra: &[(&str, &str)],
+    command: &[&str],
+) -> Result<Run, String> {
+    let venv = venv(&[command[0]])?;
+    let port = port.to_string();
+    let mut env = vec![("PORT", port.as_str())];
+    env.extend(ADAPTIVE);
+    env.extend(extra);
+    let mut args = vec!["run", "--"];
+    args.extend(command);
+    Ok(Run::spawn(cgroup.wrap(&launcher(&venv, app, &env, &args))))
+}
+
+fn cgroup(name: &str) -> Result<MemoryCgroup, String> {
+    MemoryCgroup::create(&[name], LIMIT)?.with_cpu_accounting(name)
+}
+
+/// Each resize is one worker, by adaptive sizing, for `reason`.
+fn one_step_each(resizes: &[Event], reason: &str, run: &Run) {
+    for resize in resizes {
+        let (from, to): (i64, i64) = (resize.num("from"), resize.num("to"));
+        assert_eq!(
+            (to - from).abs(),
+            1,
+            "one worker at a time: {}",
+            resize.line
+        );
+        assert_eq!(resize.get("sizing"), "adaptive", "{}", resize.line);
+        assert_eq!(
+            resize.get("reason"),
+            reason,
+            "{}\n{}",
+            resize.line,
+            run.log()
+        );
+    }
+}
+
+#[test]
+fn an_io_bound_app_grows_holds_and_comes_back_down() {
+    needs_machine(|| {
+        let _serial = serial();
+        let cgroup = cgroup("launcher-test-adaptive-io")?;
+        let port = free_port();
+        // 30 MB of ballast per worker: memory stops the climb near 10 workers (the fit), so that
+        // the test sees a hold without 25 steps first.
+        let extra = [("BALLAST_MB", "30")];
+        let run = start(
+            &cgroup,
+            "flask-memory",
+            port,
+            &extra,
+            &["gunicorn", "app:app"],
+        )?;
+        let memory = run.wait_event("memory", BOOT, |_| true);
+        assert_eq!(memory.get("sizing"), "adaptive", "{}", memory.line);
+        assert!(
+            memory.get("cpu_meter").contains("cpuacct"),
+            "{}",
+            memory.line
+        );
+        let master = run.wait_children(1, BOOT)[0];
+        run.wait_grandchildren(master, STATIC, BOOT);
+        let load = Load::on(port, CLIENTS, "/sleep", secs(120));
+
+        // Grows, one worker a step, and holds: no resize for 8 s.
+        let (mut seen, mut changed_at) = (0, Instant::now());
+        let count = wait_for("adaptive sizing to grow and hold", secs(60), || {
+            let resizes = run.events("resize").len();
+            if resizes != seen {
+                (seen, changed_at) = (resizes, Instant::now());
+            }
+            let count = children(master).len();
+            (changed_at.elapsed() > secs(8) && count > STATIC + 3).then_some(count)
+        });
+        let grown = run.events("resize");
+        one_step_each(&grown, "queue", &run);
+        let last = grown.last().expect("a resize");
+        assert_eq!(last.num::<usize>("to"), count, "{}", last.line);
+        // It stopped at the memory fit, the CPUs having room to spare.
+        let fit: f64 = last.num("fit");
+        assert!(
+            fit < count as f64 + 2.25,
+            "stopped early: {}\n{}",
+            last.line,
+            run.log()
+        );
+        assert!(last.num::<f64>("cpu_busy") < 0.8, "{}", last.line);
+        let sample = run.wait_event("sample", secs(3), |e| e.index > last.index);
+        assert!(
+            sample.num::<u32>("sample#listen_queue_max") > 0,
+            "{}",
+            sample.line
+        );
+        assert!(
+            sample.megabytes("sample#memory_total") < 0.85 * 512.0,
+            "over the soft limit: {}",
+            sample.line
+        );
+
+        // The load stops: back to the static count, one idle worker at a time.
+        let tally = load.finish();
+        let stopped = Instant::now();
+        wait_for("the static count again", secs(40), || {
+            (children(master).len() == STATIC).then_some(())
+        });
+        eprintln!(
+            "grew to {count}, back to {STATIC} {:.1} s after the load stopped",
+            stopped.elapsed().as_secs_f64()
+        );
+        let shrunk: Vec<Event> = run
+            .events("resize")
+            .into_iter()
+            .filter(|e| e.index > last.index)
+            .collect();
+        one_step_each(&shrunk, "idle", &run);
+        assert_eq!(shrunk.len(), count - STATIC, "{}", run.log());
+        assert!(tally.failures.is_empty(), "{tally:?}");
+        assert!(tally.ok > 500, "{tally:?}");
+        assert_eq!(cgroup.oom_kills(), 0, "{}", run.log());
+        assert!(run.events("memory_recycle").is_empty(), "{}", run.log());
+        Ok(())
+    });
+}
+
+#[test]
+fn a_cpu_bound_app_does_not_grow_past_its_cpus() {
+    needs_machine(|| {
+        let _serial = serial();
+        let cgroup = cgroup("launcher-test-adaptive-cpu")?;
+        let port = free_port();
+        let run = start(&cgroup, "flask-memory", port, &[], &["gunicorn", "app:app"])?;
+        let master = run.wait_children(1, BOOT)[0];
+        run.wait_grandchildren(master, STATIC, BOOT);
+        let load = Load::on(port, CLIENTS, "/cpu", secs(60));
+        let begun = Instant::now();
+        let mut most = 0;
+        while begun.elapsed() < secs(20) {
+            most = most.max(children(master).len());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let tally = load.finish();
+        let log = run.log();
+        assert!(
+            most <= cpu_cap(),
+            "{most} workers for {} CPUs\n{log}",
+            cpu_cap()
+        );
+        let resizes = run.events("resize");
+        assert!(
+            resizes.iter().all(|e| e.num::<usize>("to") <= cpu_cap()),
+            "{log}"
+        );
+        // The queue asked for more, the CPUs were busy: this is the case the rule is for.
+        let samples = run.events("sample");
+        let late = &samples[samples.len().saturating_sub(10)..];
+        assert!(
+            late.iter()
+                .any(|s| s.num::<u32>("sample#listen_queue_max") > 0),
+            "{log}"
+        );
+        let busy = late
+            .iter()
+            .map(|s| s.num::<f64>("sample#cpu_busy"))
+            .fold(0.0, f64::max);
+        assert!(
+            busy > 0.4,
+            "the app never kept its CPUs busy ({busy})\n{log}"
+        );
+        assert!(tally.failures.is_empty(), "{tally:?}");
+        assert!(tally.ok > 200, "{tally:?}");
+        assert_eq!(cgroup.oom_kills(), 0, "{log}");
+        Ok(())
+    });
+}
+
+#[test]
+fn uvicorn_is_refused_with_the_reason_from_the_behaviour_table() {
+    needs_machine(|| {
+        let _serial = serial();
+        let cgroup = cgroup("launcher-test-adaptive-uvicorn")?;
+        let port = free_port();
+        let run = start(&cgroup, "asgi", port, &[], &["uvicorn", "app:app"])?;
+        let warning = run.wait_event("config", BOOT, |e| e.get("message").contains("adaptive"));
+        let message = warning.get("message");
+        assert!(
+            message.contains("uvicorn: it accepts every connection at once"),
+            "{message}"
+        );
+        let memory = run.wait_event("memory", BOOT, |_| true);
+        assert_eq!(memory.get("sizing"), "static", "{}", memory.line);
+        run.wait_ready(STATIC);
+        // A sync call in an async endpoint: the wait is in the workers, and nothing resizes.
+        let load = Load::on(port, CLIENTS, "/block?ms=50", secs(30));
+        std::thread::sleep(secs(6));
+        let tally = load.finish();
+        assert_eq!(children(run.pid()).len(), STATIC, "{}", run.log());
+        assert!(run.events("resize").is_empty(), "{}", run.log());
+        assert!(tally.failures.is_empty(), "{tally:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn gunicorn_with_threads_is_refused_and_says_which_setting() {
+    needs_machine(|| {
+        let cgroup = cgroup("launcher-test-adaptive-threads")?;
+        let port = free_port();
+        let command = ["gunicorn", "--threads", "4", "app:app"];
+        let run = start(&cgroup, "flask-memory", port, &[], &command)?;
+        let warning = run.wait_event("config", BOOT, |e| e.get("message").contains("adaptive"));
+        assert!(
+            warning.get("message").contains("(--threads 4)"),
+            "{}",
+            warning.line
+        );
+        let memory = run.wait_event("memory", BOOT, |_| true);
+        assert_eq!(memory.get("sizing"), "static", "{}", memory.line);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_users_web_concurrency_is_never_changed() {
+    needs_machine(|| {
+        let _serial = serial();
+        let cgroup = cgroup("launcher-test-adaptive-user")?;
+        let port = free_port();
+        let extra = [("WEB_CONCURRENCY", "3")];
+        let run = start(
+            &cgroup,
+            "flask-memory",
+            port,
+            &extra,
+            &["gunicorn", "app:app"],
+        )?;
+        let warning = run.wait_event("config", BOOT, |e| e.get("message").contains("adaptive"));
+        assert!(
+            warning.get("message").contains("set by the user"),
+            "{}",
+            warning.line
+        );
+        let master = run.wait_children(1, BOOT)[0];
+        run.wait_grandchildren(master, 3, BOOT);
+        // Requests wait: adaptive sizing would grow, were the count the launcher's.
+        let load = Load::on(port, CLIENTS, "/sleep", secs(30));
+        std::thread::sleep(secs(5));
+        let tally = load.finish();
+        assert_eq!(children(master).len(), 3, "{}", run.log());
+        assert!(run.events("resize").is_empty(), "{}", run.log());
+        assert!(tally.failures.is_empty(), "{tally:?}");
+        Ok(())
+    });
+}
