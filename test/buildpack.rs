@@ -1,7 +1,8 @@
-//! Buildpack-level tests: bin/detect, bin/compile, bin/release and bin/package run the way the
-//! platform runs them (an empty environment plus what it provides), the three ways of getting the
-//! binary (prebuilt, release download over loopback HTTP, build from source, with a rustup stub), a
-//! dyno boot, and the Flask fixture served by real gunicorn in a real 512 MB memory cgroup.
+//! Buildpack-level tests: bin/detect, bin/compile and bin/release run the way the platform runs
+//! them (an empty environment plus what it provides), two ways of getting the binary (release
+//! download over loopback HTTP, build from source, with a rustup stub; the prebuilt binary of a
+//! release tarball is tested with bin/package in test/cnb/release.rs), a dyno boot, and the Flask
+//! fixture served by real gunicorn in a real 512 MB memory cgroup.
 //!
 //! One cold cargo build serves the whole file (`shared()`); other tests copy its cached binary.
 
@@ -28,11 +29,10 @@ use support::{
 
 const ARCH: &str = std::env::consts::ARCH;
 const PLATFORM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-const BUILDPACK_FILES: [&str; 9] = [
+const BUILDPACK_FILES: [&str; 8] = [
     "bin/detect",
     "bin/compile",
     "bin/release",
-    "bin/package",
     "lib",
     "buildpack.toml",
     "Cargo.toml",
@@ -422,66 +422,6 @@ fn export_file_puts_the_binary_on_path_for_later_buildpacks() {
     assert_eq!(
         text(&found.stdout).trim_end(),
         build.installed().to_string_lossy()
-    );
-}
-
-// ---- (a) prebuilt, from bin/package -----------------------------------------------------------------
-
-#[test]
-fn path_a_the_packaged_prebuilt_binary_is_verified_and_used() {
-    let shared = shared();
-    let out = TempDir::new().expect("temp dir");
-    let shim = TempDir::new().expect("temp dir");
-    let target = shared.cache.join("launcher/target");
-    let mut package = platform(&shared.buildpack, "package", &[out.path()], shim.path());
-    with_toolchain(&mut package, shim.path()).env("CARGO_TARGET_DIR", &target);
-    let packaged = run(&mut package);
-    assert!(packaged.status.success(), "{}", log(&packaged));
-    let binary = out.path().join(format!("launcher-linux-{ARCH}"));
-    let sha = sha256(&binary);
-    let stanza = format!("[metadata.release.{ARCH}]");
-    assert!(
-        text(&packaged.stdout).contains(&stanza),
-        "{}",
-        log(&packaged)
-    );
-    assert!(text(&packaged.stdout).contains(&format!("sha256 = \"{sha}\"")));
-    let listing = run(Command::new("tar")
-        .arg("tzf")
-        .arg(out.path().join("launcher-buildpack-0.1.0.tgz")));
-    let listing = text(&listing.stdout);
-    assert!(listing.contains(&format!("./bin/prebuilt/launcher-linux-{ARCH}.sha256")));
-    assert!(
-        !listing.contains("./test/") && !listing.contains("./target/"),
-        "{listing}"
-    );
-
-    // No toolchain at all: the prebuilt binary is all it needs.
-    let tree = out.path().join("launcher-buildpack-0.1.0");
-    let build = Build::new("flask");
-    let output = build.compile(&tree, false);
-    assert_success(&output);
-    assert!(
-        text(&output.stdout).contains("prebuilt"),
-        "{}",
-        log(&output)
-    );
-    assert_eq!(sha256(&build.installed()), sha);
-
-    // A damaged or tampered prebuilt binary stops the build.
-    let prebuilt = tree.join(format!("bin/prebuilt/launcher-linux-{ARCH}"));
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&prebuilt)
-        .and_then(|mut file| file.write_all(b"\0"))
-        .expect("tamper");
-    let build = Build::new("flask");
-    let output = build.compile(&tree, false);
-    assert!(!output.status.success(), "{}", log(&output));
-    assert!(
-        text(&output.stderr).contains("does not match its SHA-256"),
-        "{}",
-        log(&output)
     );
 }
 

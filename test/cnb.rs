@@ -5,11 +5,11 @@
 //! non-root user with the buildpack mounted read-only.
 //!
 //! One cold cargo build serves the whole file (`shared()`); other builds find its binary in their
-//! restored cache layer.
+//! restored cache layer, and the release workflow's steps (`release`, test/cnb/release.rs) its
+//! cargo target dir.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,12 +19,14 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+#[path = "cnb/release.rs"]
+mod release;
 mod support;
 use support::harness::{Run, BOOT, SECOND};
 use support::http::get;
 use support::lifecycle::launch::{apply_env_dir, Launch};
-use support::lifecycle::toolchain::{with_toolchain, BuildOptions};
-use support::lifecycle::{layer_types, open_to_all, Site, Types, BUILD_TIMEOUT};
+use support::lifecycle::toolchain::BuildOptions;
+use support::lifecycle::{layer_types, open_to_all, Site, Types};
 use support::procs::children;
 use support::{
     fixture, free_port, make_executable, needs_machine, once, output_within, repo, run_dir, venv,
@@ -542,84 +544,6 @@ fn the_build_log_is_in_the_cnb_style_with_the_same_pinned_worker_warnings() {
             "{}",
             log(&out)
         );
-        Ok(())
-    });
-}
-
-/// The release tree bin/package makes from the shared buildpack, made once (as root, the
-/// maintainer's machine), with cargo's target dir of the cold build.
-fn packaged() -> &'static Path {
-    static PACKAGED: OnceLock<PathBuf> = OnceLock::new();
-    PACKAGED.get_or_init(|| {
-        let shared = shared();
-        // Beside the shared build (statics are never dropped), removed with it by a later run.
-        let out = shared.buildpack.with_file_name("package");
-        fs::create_dir_all(&out).expect("mkdir");
-        open_to_all(&out);
-        let target = shared
-            .cold_layers
-            .join("launcher/source-build/launcher/target");
-        let mut package = with_toolchain(&shared.buildpack.join("bin/package"), &[&out]);
-        package.env("HOME", &out).env("CARGO_TARGET_DIR", target);
-        let packaged = output_within(&mut package, BUILD_TIMEOUT);
-        assert!(packaged.status.success(), "{}", log(&packaged));
-        out.join("launcher-buildpack-0.1.0")
-    })
-}
-
-#[test]
-fn the_release_tree_builds_with_no_cargo_and_no_network() {
-    needs_machine(|| {
-        let tree = packaged();
-        assert!(tree.join("bin/build").exists() && tree.join("bin/detect").exists());
-        let site = Site::new(&fixture("flask"))?;
-        let out = site.build(tree, ID, &BuildOptions::offline());
-        assert!(out.status.success(), "{}", log(&out));
-        assert!(
-            text(&out.stdout)
-                .contains("Using the prebuilt binary in the buildpack (launcher-linux-"),
-            "{}",
-            log(&out)
-        );
-        assert!(
-            !site.buildpack_layers(ID).join("source-build").exists(),
-            "an unused cache layer"
-        );
-        let prepared = site.launch(&[ID], "web").env("DYNO", FIR_WEB).prepare()?;
-        assert_eq!(prepared.env["WEB_CONCURRENCY_SET_BY"], "launcher");
-        Ok(())
-    });
-}
-
-#[test]
-fn a_tampered_prebuilt_binary_is_refused() {
-    needs_machine(|| {
-        let dir = open_temp_dir();
-        let tree = dir.path().join("tree");
-        cp(packaged(), &tree);
-        let prebuilt = tree.join(format!(
-            "bin/prebuilt/launcher-linux-{}",
-            std::env::consts::ARCH
-        ));
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&prebuilt)
-            .and_then(|mut file| file.write_all(b"\0"))
-            .expect("tamper");
-        let site = Site::new(&fixture("flask"))?;
-        let out = site.build(&tree, ID, &BuildOptions::offline());
-        assert!(!out.status.success(), "{}", log(&out));
-        let stderr = text(&out.stderr);
-        assert!(
-            stderr.contains("! The buildpack's prebuilt binary does not match its SHA-256"),
-            "{}",
-            log(&out)
-        );
-        assert!(stderr.contains("tampered with"), "{}", log(&out));
-        assert!(!site
-            .buildpack_layers(ID)
-            .join("launcher/bin/launcher")
-            .exists());
         Ok(())
     });
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use support::harness::{command, launcher, secs, Run, BOOT, LAUNCHER};
 use support::http::{get_json, paced, Load};
 use support::procs::children;
-use support::{free_port, needs_machine, venv, wait_for, MemoryCgroup};
+use support::{free_port, needs_machine, skip, venv, wait_for, MemoryCgroup, NO_CGROUP_V1};
 
 const MB: u64 = 1024 * 1024;
 const LIMIT: u64 = 512 * MB;
@@ -376,4 +376,25 @@ fn measured_sizing_settles_where_the_workers_fit_and_holds_under_load() {
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / MB as f64
+}
+
+// ---- Where these tests cannot run ---------------------------------------------------------------
+
+/// GitHub's runners have cgroup v2 only: the release workflow's test job names that reason, and
+/// only the tests that need a cgroup v1 memory controller may then skip under CI.
+#[test]
+fn under_ci_only_the_cgroup_v1_tests_skip_and_only_when_told_why() {
+    let why = "GitHub's ubuntu runners have cgroup v2 only";
+    assert!(skip("useradd failed", false, "").is_ok(), "not CI: skip");
+    assert!(skip(NO_CGROUP_V1, true, "").is_err(), "CI, no reason given");
+    assert!(skip(NO_CGROUP_V1, true, " ").is_err(), "CI, a blank reason");
+    assert!(
+        skip("useradd failed", true, why).is_err(),
+        "CI, another cause"
+    );
+    let message = skip(NO_CGROUP_V1, true, why).expect("CI, the reason given: skip");
+    assert!(
+        message.contains(NO_CGROUP_V1) && message.contains(why),
+        "{message}"
+    );
 }
