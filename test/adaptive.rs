@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::harness::{launcher, secs, Run, BOOT};
 use support::http::Load;
 use support::logfmt::Event;
-use support::procs::children;
+use support::procs::{children, signal};
 use support::{free_port, needs_machine, venv, wait_for, MemoryCgroup};
 
 const MB: u64 = 1024 * 1024;
@@ -42,26 +42,75 @@ fn cpu_cap() -> usize {
     2 * std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
 }
 
-/// `launcher run -- COMMAND` in `cgroup` with adaptive sizing and `extra` settings.
-fn start(
-    cgroup: &MemoryCgroup,
-    app: &str,
+/// A `launcher run` with adaptive sizing, in a 512 MB memory cgroup and a cpuacct cgroup of its
+/// own (both removed with it).
+struct Served {
+    /// First, so that it is dropped first: its processes end before the cgroups go.
+    run: Run,
     port: u16,
+    cgroup: MemoryCgroup,
+}
+
+/// `launcher run -- COMMAND` serving `app` with adaptive sizing and the `extra` settings.
+fn serve(
+    name: &str,
+    app: &str,
     extra: &[(&str, &str)],
     command: &[&str],
-) -> Result<Run, String> {
+) -> Result<Served, String> {
     let venv = venv(&[command[0]])?;
-    let port = port.to_string();
-    let mut env = vec![("PORT", port.as_str())];
+    let cgroup = MemoryCgroup::create(&[name], LIMIT)?.with_cpu_accounting(name)?;
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut env = vec![("PORT", port_text.as_str())];
     env.extend(ADAPTIVE);
     env.extend(extra);
     let mut args = vec!["run", "--"];
     args.extend(command);
-    Ok(Run::spawn(cgroup.wrap(&launcher(&venv, app, &env, &args))))
+    let run = Run::spawn(cgroup.wrap(&launcher(&venv, app, &env, &args)));
+    Ok(Served { run, port, cgroup })
 }
 
-fn cgroup(name: &str) -> Result<MemoryCgroup, String> {
-    MemoryCgroup::create(&[name], LIMIT)?.with_cpu_accounting(name)
+/// `launcher run -- gunicorn ARGS app:app` on the flask-memory fixture, once gunicorn runs
+/// `workers` workers; with the gunicorn master's pid.
+fn gunicorn(
+    name: &str,
+    extra: &[(&str, &str)],
+    args: &[&str],
+    workers: usize,
+) -> Result<(Served, u32), String> {
+    let mut command = vec!["gunicorn"];
+    command.extend(args);
+    command.push("app:app");
+    let served = serve(name, "flask-memory", extra, &command)?;
+    let master = served.run.wait_children(1, BOOT)[0];
+    served.run.wait_grandchildren(master, workers, BOOT);
+    Ok((served, master))
+}
+
+/// Adaptive sizing refused at start: the `config` warning that says why (returned for its
+/// message), and the count static.
+fn refused(run: &Run) -> Event {
+    let warning = run.wait_event("config", BOOT, |e| e.get("message").contains("adaptive"));
+    let memory = run.wait_event("memory", BOOT, |_| true);
+    assert_eq!(memory.get("sizing"), "static", "{}", memory.line);
+    warning
+}
+
+/// 64 clients on `path` for 6 s change nothing: `workers()` stays `count`, no resize, no failure.
+fn load_changes_nothing(
+    served: &Served,
+    path: &'static str,
+    workers: impl Fn() -> usize,
+    count: usize,
+) {
+    let load = Load::on(served.port, CLIENTS, path, secs(30));
+    std::thread::sleep(secs(6));
+    let tally = load.finish();
+    let run = &served.run;
+    assert_eq!(workers(), count, "{}", run.log());
+    assert!(run.events("resize").is_empty(), "{}", run.log());
+    assert!(tally.failures.is_empty(), "{tally:?}");
 }
 
 /// Each resize is one worker, by adaptive sizing, for `reason`.
@@ -89,18 +138,11 @@ fn one_step_each(resizes: &[Event], reason: &str, run: &Run) {
 fn an_io_bound_app_grows_holds_and_comes_back_down() {
     needs_machine(|| {
         let _serial = serial();
-        let cgroup = cgroup("launcher-test-adaptive-io")?;
-        let port = free_port();
-        // 30 MB of ballast per worker: memory stops the climb near 10 workers (the fit), so that
+        // 20 MB of ballast per worker: memory stops the climb near 8 workers (the fit), so that
         // the test sees a hold without 25 steps first.
-        let extra = [("BALLAST_MB", "30")];
-        let run = start(
-            &cgroup,
-            "flask-memory",
-            port,
-            &extra,
-            &["gunicorn", "app:app"],
-        )?;
+        let extra = [("BALLAST_MB", "20")];
+        let (served, master) = gunicorn("launcher-test-adaptive-io", &extra, &[], STATIC)?;
+        let Served { run, port, cgroup } = &served;
         let memory = run.wait_event("memory", BOOT, |_| true);
         assert_eq!(memory.get("sizing"), "adaptive", "{}", memory.line);
         assert!(
@@ -108,9 +150,7 @@ fn an_io_bound_app_grows_holds_and_comes_back_down() {
             "{}",
             memory.line
         );
-        let master = run.wait_children(1, BOOT)[0];
-        run.wait_grandchildren(master, STATIC, BOOT);
-        let load = Load::on(port, CLIENTS, "/sleep", secs(120));
+        let load = Load::on(*port, CLIENTS, "/sleep", secs(120));
 
         // Grows, one worker a step, and holds: no resize for 8 s.
         let (mut seen, mut changed_at) = (0, Instant::now());
@@ -123,7 +163,7 @@ fn an_io_bound_app_grows_holds_and_comes_back_down() {
             (changed_at.elapsed() > secs(8) && count > STATIC + 3).then_some(count)
         });
         let grown = run.events("resize");
-        one_step_each(&grown, "queue", &run);
+        one_step_each(&grown, "queue", run);
         let last = grown.last().expect("a resize");
         assert_eq!(last.num::<usize>("to"), count, "{}", last.line);
         // It stopped at the memory fit, the CPUs having room to spare.
@@ -162,7 +202,7 @@ fn an_io_bound_app_grows_holds_and_comes_back_down() {
             .into_iter()
             .filter(|e| e.index > last.index)
             .collect();
-        one_step_each(&shrunk, "idle", &run);
+        one_step_each(&shrunk, "idle", run);
         assert_eq!(shrunk.len(), count - STATIC, "{}", run.log());
         assert!(tally.failures.is_empty(), "{tally:?}");
         assert!(tally.ok > 500, "{tally:?}");
@@ -176,12 +216,9 @@ fn an_io_bound_app_grows_holds_and_comes_back_down() {
 fn a_cpu_bound_app_does_not_grow_past_its_cpus() {
     needs_machine(|| {
         let _serial = serial();
-        let cgroup = cgroup("launcher-test-adaptive-cpu")?;
-        let port = free_port();
-        let run = start(&cgroup, "flask-memory", port, &[], &["gunicorn", "app:app"])?;
-        let master = run.wait_children(1, BOOT)[0];
-        run.wait_grandchildren(master, STATIC, BOOT);
-        let load = Load::on(port, CLIENTS, "/cpu", secs(60));
+        let (served, master) = gunicorn("launcher-test-adaptive-cpu", &[], &[], STATIC)?;
+        let Served { run, port, cgroup } = &served;
+        let load = Load::on(*port, CLIENTS, "/cpu", secs(60));
         let begun = Instant::now();
         let mut most = 0;
         while begun.elapsed() < secs(20) {
@@ -227,25 +264,18 @@ fn a_cpu_bound_app_does_not_grow_past_its_cpus() {
 fn uvicorn_is_refused_with_the_reason_from_the_behaviour_table() {
     needs_machine(|| {
         let _serial = serial();
-        let cgroup = cgroup("launcher-test-adaptive-uvicorn")?;
-        let port = free_port();
-        let run = start(&cgroup, "asgi", port, &[], &["uvicorn", "app:app"])?;
-        let warning = run.wait_event("config", BOOT, |e| e.get("message").contains("adaptive"));
+        let command = ["uvicorn", "app:app"];
+        let served = serve("launcher-test-adaptive-uvicorn", "asgi", &[], &command)?;
+        let warning = refused(&served.run);
         let message = warning.get("message");
         assert!(
             message.contains("uvicorn: it accepts every connection at once"),
             "{message}"
         );
-        let memory = run.wait_event("memory", BOOT, |_| true);
-        assert_eq!(memory.get("sizing"), "static", "{}", memory.line);
-        run.wait_ready(STATIC);
+        served.run.wait_ready(STATIC);
         // A sync call in an async endpoint: the wait is in the workers, and nothing resizes.
-        let load = Load::on(port, CLIENTS, "/block?ms=50", secs(30));
-        std::thread::sleep(secs(6));
-        let tally = load.finish();
-        assert_eq!(children(run.pid()).len(), STATIC, "{}", run.log());
-        assert!(run.events("resize").is_empty(), "{}", run.log());
-        assert!(tally.failures.is_empty(), "{tally:?}");
+        let copies = || children(served.run.pid()).len();
+        load_changes_nothing(&served, "/block?ms=50", copies, STATIC);
         Ok(())
     });
 }
@@ -253,18 +283,14 @@ fn uvicorn_is_refused_with_the_reason_from_the_behaviour_table() {
 #[test]
 fn gunicorn_with_threads_is_refused_and_says_which_setting() {
     needs_machine(|| {
-        let cgroup = cgroup("launcher-test-adaptive-threads")?;
-        let port = free_port();
-        let command = ["gunicorn", "--threads", "4", "app:app"];
-        let run = start(&cgroup, "flask-memory", port, &[], &command)?;
-        let warning = run.wait_event("config", BOOT, |e| e.get("message").contains("adaptive"));
+        let args = ["--threads", "4"];
+        let (served, _) = gunicorn("launcher-test-adaptive-threads", &[], &args, STATIC)?;
+        let warning = refused(&served.run);
         assert!(
             warning.get("message").contains("(--threads 4)"),
             "{}",
             warning.line
         );
-        let memory = run.wait_event("memory", BOOT, |_| true);
-        assert_eq!(memory.get("sizing"), "static", "{}", memory.line);
         Ok(())
     });
 }
@@ -273,31 +299,48 @@ fn gunicorn_with_threads_is_refused_and_says_which_setting() {
 fn a_users_web_concurrency_is_never_changed() {
     needs_machine(|| {
         let _serial = serial();
-        let cgroup = cgroup("launcher-test-adaptive-user")?;
-        let port = free_port();
         let extra = [("WEB_CONCURRENCY", "3")];
-        let run = start(
-            &cgroup,
-            "flask-memory",
-            port,
-            &extra,
-            &["gunicorn", "app:app"],
-        )?;
-        let warning = run.wait_event("config", BOOT, |e| e.get("message").contains("adaptive"));
+        let (served, master) = gunicorn("launcher-test-adaptive-user", &extra, &[], 3)?;
+        let warning = refused(&served.run);
         assert!(
             warning.get("message").contains("set by the user"),
             "{}",
             warning.line
         );
-        let master = run.wait_children(1, BOOT)[0];
-        run.wait_grandchildren(master, 3, BOOT);
         // Requests wait: adaptive sizing would grow, were the count the launcher's.
-        let load = Load::on(port, CLIENTS, "/sleep", secs(30));
-        std::thread::sleep(secs(5));
-        let tally = load.finish();
-        assert_eq!(children(master).len(), 3, "{}", run.log());
-        assert!(run.events("resize").is_empty(), "{}", run.log());
-        assert!(tally.failures.is_empty(), "{tally:?}");
+        load_changes_nothing(&served, "/sleep", || children(master).len(), 3);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_dyno_stopped_at_its_peak_stays_under_its_quota() {
+    needs_machine(|| {
+        let _serial = serial();
+        // No ballast: 15 MB workers, as many as fit, then SIGTERM under load. Each gunicorn
+        // worker copies the pages it shares with the master as it exits (7 MB here): counted in
+        // the fit, the peak stays under the quota; counted by unique memory alone, 27 workers
+        // were OOM-killed as they stopped.
+        let (mut served, master) = gunicorn("launcher-test-adaptive-peak", &[], &[], STATIC)?;
+        let load = Load::on(served.port, CLIENTS, "/sleep", secs(120));
+        let (mut seen, mut changed_at) = (0, Instant::now());
+        let count = wait_for("adaptive sizing to reach the fit", secs(90), || {
+            let resizes = served.run.events("resize").len();
+            if resizes != seen {
+                (seen, changed_at) = (resizes, Instant::now());
+            }
+            let count = children(master).len();
+            (changed_at.elapsed() > secs(5) && count > 10).then_some(count)
+        });
+        signal("TERM", &[served.run.pid()]);
+        let status = served.run.wait_exit(secs(40));
+        // Requests sent after the socket closed fail; those in flight were served.
+        load.finish();
+        let log = served.run.log();
+        eprintln!("stopped at {count} workers");
+        assert!(status.success(), "{status:?}\n{log}");
+        assert_eq!(served.cgroup.oom_kills(), 0, "{count} workers\n{log}");
+        assert!(served.run.events("oom_kill").is_empty(), "{log}");
         Ok(())
     });
 }

@@ -248,10 +248,14 @@ fn the_per_worker_cap_recycles_a_fan_out_worker_and_starts_its_replacement_at_on
 /// smaps_rollup: (soft limit - base) / the largest unique memory, where base is the usage less
 /// the workers' unique memory (so memory shared after fork counts once).
 fn fit(cgroup: &MemoryCgroup, master: u32) -> f64 {
-    let unique: Vec<u64> = children(master).into_iter().map(uss_of_tree).collect();
+    let workers = children(master);
+    let unique: Vec<u64> = workers.iter().map(|w| tree_sum(*w, UNIQUE)).collect();
+    let shared_dirty = workers.iter().map(|w| tree_sum(*w, &["Shared_Dirty:"]));
     let usage = cgroup.stat("total_rss") + cgroup.stat("total_swap");
     let base = usage.saturating_sub(unique.iter().sum());
-    let largest = unique.iter().copied().max().unwrap_or(1).max(1);
+    // What one more worker costs: its unique memory and the shared pages it may copy.
+    let costs = unique.iter().zip(shared_dirty).map(|(u, s)| u + s);
+    let largest = costs.max().unwrap_or(1).max(1);
     SOFT_LIMIT.saturating_sub(base) as f64 / largest as f64
 }
 
@@ -262,13 +266,17 @@ fn settles_at(fit: f64, count: usize, cap: usize) -> bool {
     n <= fit && (fit < n + 1.25 || count == cap)
 }
 
-fn uss_of_tree(pid: u32) -> u64 {
+/// The `smaps_rollup` fields that make a process's unique memory.
+const UNIQUE: &[&str] = &["Private_Clean:", "Private_Dirty:", "SwapPss:"];
+
+/// The sum of `fields` of `smaps_rollup` over `pid` and the processes under it, in bytes.
+fn tree_sum(pid: u32, fields: &[&str]) -> u64 {
     let mut tree = vec![pid];
     tree.extend(support::procs::descendants(pid));
     tree.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
         .map(|text| {
-            ["Private_Clean:", "Private_Dirty:", "SwapPss:"]
+            fields
                 .iter()
                 .filter_map(|field| {
                     let line = text.lines().find(|l| l.starts_with(field))?;

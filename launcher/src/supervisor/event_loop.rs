@@ -338,16 +338,17 @@ impl Loop<'_> {
         if self.pool.exit_code().is_some() || !(check_due || sample_due || state_due) {
             return;
         }
-        let cpu_busy = match self.watch.sizing() {
-            "adaptive" if check_due => {
-                self.load.read_cpu(&self.snapshot, now);
-                self.load.cpu_busy(self.cpu_window)
-            }
-            _ => None,
-        };
-        let actions = self
-            .watch
-            .check(&mut self.pool, now, sample_due || state_due, cpu_busy);
+        // Adaptive sizing decides at every check, on the CPU use of the last step or so.
+        let cpu_busy = (check_due && self.watch.is_adaptive()).then(|| {
+            self.load.read_cpu(&self.snapshot, now);
+            self.load.cpu_busy(self.cpu_window)
+        });
+        let actions = self.watch.check(
+            &mut self.pool,
+            now,
+            sample_due || state_due,
+            cpu_busy.flatten(),
+        );
         self.carry_out(actions);
         if state_due {
             self.next_state = now + STATE_INTERVAL;

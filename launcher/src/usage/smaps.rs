@@ -16,6 +16,10 @@ pub struct Footprint {
     pub uss_bytes: u64,
     /// The process's share of swap (`SwapPss`).
     pub swap_bytes: u64,
+    /// Pages written before a fork that the process still shares (`Shared_Dirty`): a Python
+    /// worker copies them as it touches their objects' reference counts, and every one of them
+    /// as it exits.
+    pub shared_dirty_bytes: u64,
 }
 
 impl Add for Footprint {
@@ -27,6 +31,7 @@ impl Add for Footprint {
             pss_bytes: self.pss_bytes + other.pss_bytes,
             uss_bytes: self.uss_bytes + other.uss_bytes,
             swap_bytes: self.swap_bytes + other.swap_bytes,
+            shared_dirty_bytes: self.shared_dirty_bytes + other.shared_dirty_bytes,
         }
     }
 }
@@ -42,6 +47,7 @@ pub fn parse_rollup(text: &str) -> Option<Footprint> {
         pss_bytes: field("Pss") + swap_bytes,
         uss_bytes: field("Private_Clean") + field("Private_Dirty") + swap_bytes,
         swap_bytes,
+        shared_dirty_bytes: field("Shared_Dirty"),
     })
 }
 
@@ -62,6 +68,7 @@ pub fn footprint(proc_dir: &Path, pid: i32) -> Option<Footprint> {
                 pss_bytes: rss_bytes + swap_bytes,
                 uss_bytes: rss_bytes + swap_bytes,
                 swap_bytes,
+                shared_dirty_bytes: 0,
             })
         }
     }

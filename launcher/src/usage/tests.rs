@@ -208,6 +208,7 @@ fn rollup_parses_unique_and_proportional_memory() {
             pss_bytes: 19_370 * 1024,
             uss_bytes: 14_642 * 1024,
             swap_bytes: 50 * 1024,
+            shared_dirty_bytes: 6_940 * 1024,
         })
     );
     assert_eq!(

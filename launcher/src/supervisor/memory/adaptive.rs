@@ -7,35 +7,38 @@ use std::time::Instant;
 
 use super::{mb, Reading, Watch, WorkerMemory};
 use crate::servers::Mode;
+use crate::supervisor::adaptive::FIT_HEADROOM;
 use crate::supervisor::log::Event;
 use crate::supervisor::pool::{Action, Pool};
 use crate::supervisor::{diag, load};
 
 impl Watch {
-    /// How many workers hold a connection accepted from the socket now.
+    /// How many workers hold a connection accepted from the socket now. While connections wait
+    /// in the queue, every worker is busy (they accept when free): the kernel is not asked.
+    /// Unknown when it cannot be asked (no NETLINK_SOCK_DIAG): adaptive sizing then never takes a
+    /// worker away.
     pub(super) fn look_for_busy(&mut self, workers: &[WorkerMemory], now: Instant) {
         let Some(port) = self.config.port.filter(|_| self.config.busy_known) else {
             return;
         };
-        // Unknown when the kernel cannot be asked (no NETLINK_SOCK_DIAG): adaptive sizing then
-        // never takes a worker away.
-        let Ok(sockets) = diag::accepted_sockets(port) else {
-            self.busy = None;
-            if let Some(adaptive) = &mut self.adaptive {
-                adaptive.busy_unknown();
-            }
-            return;
-        };
         let pids: Vec<i32> = workers.iter().map(|w| w.pid).collect();
-        let busy = load::busy_workers(Path::new("/proc"), &pids, &sockets);
-        self.busy = Some(busy);
-        if let Some(adaptive) = &mut self.adaptive {
-            adaptive.busy_sample(now, f64::from(busy));
+        self.busy = match self.queued {
+            true => Some(pids.len() as u32),
+            false => diag::accepted_sockets(port)
+                .ok()
+                .map(|sockets| load::busy_workers(Path::new("/proc"), &pids, &sockets)),
+        };
+        match (self.busy, &mut self.adaptive) {
+            (Some(busy), Some(adaptive)) => adaptive.busy_sample(now, f64::from(busy)),
+            (None, Some(adaptive)) => adaptive.busy_unknown(),
+            (_, None) => {}
         }
     }
 
-    /// Whether adaptive sizing needs the workers' memory now: it is about to add one, or the fit
-    /// has not been measured for `FIT_INTERVAL`.
+    /// Whether adaptive sizing needs the workers' memory now: it is about to add one and the
+    /// last fit did not already say that none fits, or the fit has not been measured for
+    /// `FIT_INTERVAL`. (At the memory cap the queue keeps asking for a worker; reading every
+    /// worker's smaps_rollup at each check to be told no again cost 1% of a core.)
     pub(super) fn fit_due(
         &mut self,
         pool: &Pool,
@@ -51,7 +54,9 @@ impl Watch {
             adaptive.retarget(pool.target(), now);
         }
         let ready = all_ready(workers, adaptive.target());
-        now >= self.next_fit || adaptive.wants_more(now, ready, cpu_busy)
+        let next = f64::from(adaptive.target() + 1) + FIT_HEADROOM;
+        let full = self.adaptive_fit.is_some_and(|fit| fit.workers < next);
+        now >= self.next_fit || (!full && adaptive.wants_more(now, ready, cpu_busy))
     }
 
     pub(super) fn adaptive_actions(
@@ -85,7 +90,7 @@ impl Watch {
             .with("workers_busy_mean", two(figures.busy_workers))
             .with("fit", two(figures.fit));
         if let Some(fit) = fit {
-            event = event.with("worker_uss", mb(fit.worker_bytes));
+            event = event.with("worker_cost", mb(fit.worker_bytes));
         }
         self.events.push(self.with_usage(event));
         self.resize(step.from, step.to, pool)

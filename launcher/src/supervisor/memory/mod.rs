@@ -32,6 +32,10 @@ pub use sizer::{Fit, Resize, Sizer, SizerConfig};
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often measured sizing measures the workers (each step waits for a warm-up anyway).
 pub const SIZING_INTERVAL: Duration = Duration::from_secs(5);
+/// How often adaptive sizing counts the busy workers at most, for the mean its shrink rule takes
+/// over the shrink wait (a minute: every 5 s): asking the kernel for the connections walks its whole TCP table, TIME_WAIT sockets
+/// included (about 1 ms with 30,000 of them).
+pub const BUSY_INTERVAL: Duration = Duration::from_secs(5);
 /// How often adaptive sizing measures the memory fit when it is not about to add a worker (for
 /// the rule that no more workers run than fit).
 pub const FIT_INTERVAL: Duration = Duration::from_secs(10);
@@ -45,6 +49,8 @@ pub struct WorkerMemory {
     pub slot: Option<u32>,
     pub uss_bytes: u64,
     pub pss_bytes: u64,
+    /// Written pages it still shares since the fork, which it may copy (`smaps::Footprint`).
+    pub shared_dirty_bytes: u64,
     pub ready: bool,
     pub age: Duration,
 }
@@ -87,8 +93,11 @@ pub struct Watch {
     /// Adaptive sizing's last memory fit, and when it is measured again at the latest.
     adaptive_fit: Option<Fit>,
     next_fit: Instant,
-    /// How many workers held a connection at the last look.
+    /// How many workers held a connection at the last look, and when adaptive sizing looks next.
     pub busy: Option<u32>,
+    next_busy: Instant,
+    /// Whether the last read of the accept queue found connections waiting.
+    queued: bool,
     oom: oom::Ledger,
     /// Delegate mode: the server process, to notice when it was restarted.
     server: Option<i32>,
@@ -118,6 +127,8 @@ impl Watch {
             adaptive_fit: None,
             next_fit: now,
             busy: None,
+            next_busy: now,
+            queued: false,
             snapshot,
             meter,
             config,
@@ -152,6 +163,10 @@ impl Watch {
         }
     }
 
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
     /// The last memory fit, of whichever sizing measures it.
     pub fn fit(&self) -> Option<Fit> {
         self.sizer
@@ -166,6 +181,7 @@ impl Watch {
 
     /// One read of the accept queue, for adaptive sizing.
     pub fn queue_read(&mut self, now: Instant, queued: bool) {
+        self.queued = queued;
         if let Some(adaptive) = &mut self.adaptive {
             adaptive.queue_read(now, queued);
         }
@@ -279,7 +295,11 @@ impl Watch {
             .as_ref()
             .is_some_and(|g| g.config.worker_max_bytes.is_some());
         let sizer_due = self.sizer.is_some() && now >= self.next_sizing;
-        if all_figures || self.adaptive.is_some() {
+        if all_figures || (self.adaptive.is_some() && now >= self.next_busy) {
+            // A dozen looks or more over the shrink wait, for its mean.
+            let shrink_after = self.config.adaptive.as_ref().map(|a| a.shrink_after);
+            self.next_busy =
+                now + shrink_after.map_or(BUSY_INTERVAL, |s| (s / 12).min(BUSY_INTERVAL));
             self.look_for_busy(&workers, now);
         }
         let fit_due = self.fit_due(pool, &workers, now, cpu_busy);
@@ -316,6 +336,7 @@ impl Watch {
             slot,
             uss_bytes: 0,
             pss_bytes: 0,
+            shared_dirty_bytes: 0,
             ready,
             age,
         };
@@ -451,7 +472,7 @@ impl Watch {
             .with("to", to)
             .with("sizing", "measured")
             .with("fit", format!("{:.2}", fit.workers))
-            .with("worker_uss", mb(fit.worker_bytes))
+            .with("worker_cost", mb(fit.worker_bytes))
             .with("base", mb(fit.base_bytes));
         self.events.push(self.with_usage(event));
         self.resize(from, to, pool)
@@ -496,6 +517,7 @@ fn measure(workers: &mut [WorkerMemory], parents: &HashMap<i32, i32>) {
         let footprint = smaps::total(proc_dir, &tree);
         worker.uss_bytes = footprint.uss_bytes;
         worker.pss_bytes = footprint.pss_bytes;
+        worker.shared_dirty_bytes = footprint.shared_dirty_bytes;
     }
 }
 

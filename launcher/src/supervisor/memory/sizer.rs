@@ -21,7 +21,9 @@ pub struct SizerConfig {
 /// What the measurement found: `fit = (soft limit - base) / per worker`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fit {
-    /// The largest unique memory of a warm worker: what one more worker is taken to cost.
+    /// What one more worker is taken to cost: the largest of the workers' unique memory plus
+    /// the written pages they still share since the fork, which they may copy (all of them when
+    /// they exit: 27 gunicorn workers stopping together copied 7 MB each and reached the quota).
     pub worker_bytes: u64,
     /// Everything else: the dyno's usage less the workers' unique memory (the master, the
     /// launcher, memory the workers share, counted once).
@@ -32,8 +34,12 @@ pub struct Fit {
 
 impl Fit {
     pub fn measure(reading: &Reading, soft_limit_bytes: u64) -> Option<Fit> {
-        let worker_bytes = reading.workers.iter().map(|w| w.uss_bytes).max()?;
-        if worker_bytes == 0 {
+        let costs = reading
+            .workers
+            .iter()
+            .map(|w| w.uss_bytes + w.shared_dirty_bytes);
+        let worker_bytes = costs.max()?;
+        if reading.workers.iter().all(|w| w.uss_bytes == 0) {
             return None;
         }
         let unique: u64 = reading.workers.iter().map(|w| w.uss_bytes).sum();

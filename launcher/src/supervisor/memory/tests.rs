@@ -13,6 +13,7 @@ fn worker(pid: i32, uss_mb: u64, ready: bool, age_s: u64) -> WorkerMemory {
         slot: Some(pid as u32),
         uss_bytes: uss_mb * MB,
         pss_bytes: (uss_mb + 5) * MB,
+        shared_dirty_bytes: 0,
         ready,
         age: Duration::from_secs(age_s),
     }
@@ -283,4 +284,27 @@ fn the_fit_counts_shared_memory_once() {
     assert_eq!(fit.base_bytes, 100 * MB);
     assert!((fit.workers - 3.35).abs() < 1e-9, "{fit:?}");
     assert_eq!(Fit::measure(&reading(300, &[]), 435 * MB), None);
+}
+
+#[test]
+fn a_worker_costs_its_own_memory_and_the_shared_pages_it_may_copy() {
+    // 27 gunicorn workers of 15 MB each that still share 7 MB written before the fork: they fit
+    // by their unique memory alone (27.9), not once they copy those pages, as they do on exit.
+    let mut workers = warm(27, 15);
+    for worker in &mut workers {
+        worker.shared_dirty_bytes = 7 * MB;
+    }
+    let fit = Fit::measure(&reading(420, &workers), 435 * MB).expect("fit");
+    assert_eq!(fit.worker_bytes, 22 * MB);
+    assert_eq!(
+        fit.base_bytes,
+        15 * MB,
+        "the shared pages are in the base once"
+    );
+    assert!((fit.workers - 420.0 / 22.0).abs() < 1e-9, "{fit:?}");
+    let exit_peak = fit.base_bytes + 19 * fit.worker_bytes;
+    assert!(
+        exit_peak <= 435 * MB,
+        "19 workers that copy everything still fit"
+    );
 }
