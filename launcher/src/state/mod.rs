@@ -106,6 +106,33 @@ pub fn write(dir: &Path, state: &State) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes what supervisors that were killed left in `dir` (checked by `prepare`): state files
+/// and half-written ones not written for `STALE_AFTER_SECS`. A running supervisor rewrites its
+/// file every 10 s, whatever its container, so an old file is nobody's.
+pub fn sweep(dir: &Path, now: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = name
+            .to_str()
+            .is_some_and(|n| n.ends_with(".json") || n.ends_with(".tmp"));
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        let written = meta.modified().ok().and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        });
+        let old = written.is_some_and(|at| now.saturating_sub(at) > STALE_AFTER_SECS);
+        if ours && old && meta.file_type().is_file() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 pub fn remove(dir: &Path, pid: u32) {
     let _ = std::fs::remove_file(dir.join(format!("{pid}.json")));
 }
@@ -229,6 +256,30 @@ mod tests {
         remove(dir.path(), me);
         assert!(read(dir.path()).is_empty());
         assert!(read(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn the_files_of_killed_supervisors_are_swept_and_nothing_else() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let me = std::process::id();
+        write(dir.path(), &state(me)).expect("write");
+        std::fs::write(dir.path().join(".77.123.tmp"), "{ half").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "mine").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("9.json")).expect("symlink");
+        let names = || {
+            let entries = std::fs::read_dir(dir.path()).expect("list").flatten();
+            let mut names: Vec<String> = entries
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        sweep(dir.path(), unix_now());
+        assert_eq!(names().len(), 4, "all fresh: {:?}", names());
+        // A minute and more later, with nobody writing: the state files go, a symlink and
+        // what is not the launcher's stay.
+        sweep(dir.path(), unix_now() + STALE_AFTER_SECS + 5);
+        assert_eq!(names(), ["9.json", "notes.txt"]);
     }
 
     #[test]

@@ -184,7 +184,10 @@ fn state_dir() -> Option<PathBuf> {
         Event::warn("state").with("message", note).emit();
     }
     match state::prepare(&place.dir, uid) {
-        Ok(()) => Some(place.dir),
+        Ok(()) => {
+            state::sweep(&place.dir, state::unix_now());
+            Some(place.dir)
+        }
         Err(why) => {
             let message = format!(
                 "no state file is kept ({why}); launcher size will not show this supervisor"
