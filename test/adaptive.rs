@@ -213,11 +213,114 @@ fn an_io_bound_app_grows_holds_and_comes_back_down() {
 }
 
 #[test]
-fn a_cpu_bound_app_does_not_grow_past_its_cpus() {
+fn after_a_rolling_restart_it_grows_again_from_the_servers_count() {
+    // gunicorn reads its config again on HUP and goes back to the count it was started with:
+    // adaptive sizing must go on from there, not wait for ever for the workers it had added.
     needs_machine(|| {
         let _serial = serial();
-        let (served, master) = gunicorn("launcher-test-adaptive-cpu", &[], &[], STATIC)?;
+        let extra = [("BALLAST_MB", "20")];
+        let (served, master) = gunicorn("launcher-test-adaptive-hup", &extra, &[], STATIC)?;
         let Served { run, port, cgroup } = &served;
+        let load = Load::on(*port, CLIENTS, "/sleep", secs(90));
+        let before = wait_for("adaptive sizing to add two workers", secs(40), || {
+            let grown = run.events("resize");
+            (grown.len() >= 2).then(|| grown.last().map(|e| e.num::<usize>("to")))
+        });
+        let at = run.stdout().len();
+        signal("HUP", &[run.pid()]);
+        let again = wait_for("a resize after the restart", secs(40), || {
+            let mut after = run.events("resize").into_iter().filter(|e| e.index >= at);
+            after.find(|e| e.num::<usize>("from") == STATIC)
+        });
+        assert_eq!(again.get("reason"), "queue", "{}", again.line);
+        wait_for("more workers than gunicorn's own count", secs(20), || {
+            (children(master).len() > STATIC).then_some(())
+        });
+        let tally = load.finish();
+        eprintln!(
+            "grew to {before:?}, restarted at {STATIC}, then {}",
+            again.line
+        );
+        assert!(tally.failures.is_empty(), "{tally:?}");
+        assert_eq!(cgroup.oom_kills(), 0, "{}", run.log());
+        Ok(())
+    });
+}
+
+#[test]
+fn it_waits_for_each_new_worker_to_boot_before_the_next() {
+    // Each gunicorn worker takes 3 s to import the app: counted as ready after the grace
+    // (0.3 s), every step (1 s) would add another while the last is still importing.
+    needs_machine(|| {
+        let _serial = serial();
+        let extra = [("BOOT_S", "3")];
+        let (served, _) = gunicorn("launcher-test-adaptive-boot", &extra, &[], STATIC)?;
+        let Served { run, port, cgroup } = &served;
+        let load = Load::on(*port, CLIENTS, "/sleep", secs(60));
+        let grown = wait_for("three steps", secs(40), || {
+            let grown = run.events("resize");
+            (grown.len() >= 3).then_some(grown)
+        });
+        let tally = load.finish();
+        let lines = run.stdout();
+        one_step_each(&grown, "queue", run);
+        for resize in &grown {
+            let before = lines[..resize.index].iter();
+            let booted: usize = before
+                .map(|l| l.matches("fixture: event=booted ").count())
+                .sum();
+            let from: usize = resize.num("from");
+            assert!(
+                booted >= from,
+                "{from} workers but {booted} booted: {}\n{}",
+                resize.line,
+                run.log()
+            );
+        }
+        assert!(tally.failures.is_empty(), "{tally:?}");
+        assert_eq!(cgroup.oom_kills(), 0, "{}", run.log());
+        Ok(())
+    });
+}
+
+#[test]
+fn a_cpu_bound_app_does_not_grow_past_its_cpus() {
+    cpu_bound("launcher-test-adaptive-cpu", 0);
+}
+
+#[test]
+fn a_cpu_bound_app_on_a_busy_machine_does_not_grow_either() {
+    // Other processes take most of the CPUs: the dyno uses a fraction of its own, and its
+    // workers wait for the rest. More workers would only wait too.
+    cpu_bound("launcher-test-adaptive-cpu-busy", cpu_cap() - 1);
+}
+
+/// Spinning processes outside the dyno, killed when dropped.
+struct Spinners(Vec<std::process::Child>);
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// 64 clients on the CPU-bound endpoint for 20 s, with `spinners` processes spinning outside
+/// the dyno's cgroups: never more workers than 2*cpus+1.
+fn cpu_bound(name: &str, spinners: usize) {
+    needs_machine(|| {
+        let _serial = serial();
+        let (served, master) = gunicorn(name, &[], &[], STATIC)?;
+        let Served { run, port, cgroup } = &served;
+        let spin = (0..spinners).map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .map_err(|e| format!("sh: {e}"))
+        });
+        let spinning = Spinners(spin.collect::<Result<_, _>>()?);
         let load = Load::on(*port, CLIENTS, "/cpu", secs(60));
         let begun = Instant::now();
         let mut most = 0;
@@ -226,6 +329,7 @@ fn a_cpu_bound_app_does_not_grow_past_its_cpus() {
             std::thread::sleep(Duration::from_millis(200));
         }
         let tally = load.finish();
+        drop(spinning);
         let log = run.log();
         assert!(
             most <= cpu_cap(),
@@ -249,10 +353,12 @@ fn a_cpu_bound_app_does_not_grow_past_its_cpus() {
             .iter()
             .map(|s| s.num::<f64>("sample#cpu_busy"))
             .fold(0.0, f64::max);
-        assert!(
-            busy > 0.4,
-            "the app never kept its CPUs busy ({busy})\n{log}"
-        );
+        if spinners == 0 {
+            assert!(
+                busy > 0.4,
+                "the app never kept its CPUs busy ({busy})\n{log}"
+            );
+        }
         assert!(tally.failures.is_empty(), "{tally:?}");
         assert!(tally.ok > 200, "{tally:?}");
         assert_eq!(cgroup.oom_kills(), 0, "{log}");

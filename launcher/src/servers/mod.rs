@@ -109,6 +109,14 @@ pub struct Signals {
     pub blocked: &'static [(Signal, &'static str)],
 }
 
+/// Whether a delegated server's rolling restart keeps a worker count its scaling signals
+/// changed. gunicorn and unicorn read their config again on HUP, and puma's hot restart (USR2)
+/// executes puma again: each goes back to the count it was started with. puma's phased restart
+/// (USR1) replaces the workers it has.
+pub fn restart_keeps_count(restart: Signal) -> bool {
+    restart == Signal::SIGUSR1
+}
+
 /// How the workers the memory guard and the sizers look at are found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workers {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 pub const FIT_HEADROOM: f64 = 0.25;
 /// Busy workers must be this far under one fewer for a worker to go: half a worker to spare.
 pub const BUSY_HEADROOM: f64 = 0.5;
-/// A grow decision needs at least this many queue reads since the last step.
+/// A grow decision needs at least this many queue reads since the last step, or as many as the
+/// grow window and the step interval leave room for when the reads are further apart.
 pub const MIN_READS: usize = 10;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,19 @@ pub struct AdaptiveConfig {
     pub shrink_after: Duration,
     /// The least time between two steps.
     pub step: Duration,
+    /// How often the queue is read (`LAUNCHER_QUEUE_READ_INTERVAL`).
+    pub read_interval: Duration,
+}
+
+impl AdaptiveConfig {
+    /// The queue reads a grow decision needs: `MIN_READS`, or fewer when the reads are so far
+    /// apart that the grow window or the step interval holds fewer (2 s reads in a 10 s window
+    /// with 2 s steps: one), so that every valid setting can grow.
+    pub fn min_reads(&self) -> usize {
+        let room = self.grow_window.min(self.step).as_secs_f64();
+        let reads = room / self.read_interval.as_secs_f64().max(0.001);
+        (reads.floor() as usize).clamp(1, MIN_READS)
+    }
 }
 
 /// What one decision looked at, for the `resize` line.
@@ -157,7 +171,7 @@ impl Adaptive {
         let (queued_share, reads) = self.queued_share(now);
         now.duration_since(self.last_step) >= self.config.step
             && ready
-            && reads >= MIN_READS
+            && reads >= self.config.min_reads()
             && queued_share >= self.config.grow_share
             && self.cpu_room(cpu_busy)
             && self.target < self.config.max_workers
@@ -172,7 +186,8 @@ impl Adaptive {
     }
 
     /// One decision: a step of one worker, or None. `ready`: every wanted worker is up and ready
-    /// (the last step's worker has booted). `cpu_busy` is the dyno's CPU use in shares of its
+    /// (the last step's worker has booted), which growing waits for and shrinking does not (a
+    /// worker that crashes at boot would otherwise hold the count up for good). `cpu_busy` is the dyno's CPU use in shares of its
     /// CPUs, `fit` how many workers fit in memory (None: not measured yet).
     pub fn decide(
         &mut self,
@@ -217,7 +232,7 @@ impl Adaptive {
             }
             return Some(self.take(step(from + 1, "queue"), now));
         }
-        if now.duration_since(self.last_step) < self.config.step || !ready {
+        if now.duration_since(self.last_step) < self.config.step {
             return None;
         }
         let empty = now.duration_since(self.last_queued) >= self.shrink_wait();

@@ -338,8 +338,10 @@ impl Loop<'_> {
         if self.pool.exit_code().is_some() || !(check_due || sample_due || state_due) {
             return;
         }
-        // Adaptive sizing decides at every check, on the CPU use of the last step or so.
-        let cpu_busy = (check_due && self.watch.is_adaptive()).then(|| {
+        // Adaptive sizing decides at every check, on the CPU use of the last step or so (also
+        // at a check the sample or the state file brought forward: a decision without a CPU
+        // figure could not grow).
+        let cpu_busy = self.watch.is_adaptive().then(|| {
             self.load.read_cpu(&self.snapshot, now);
             self.load.cpu_busy(self.cpu_window)
         });

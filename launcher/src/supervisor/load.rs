@@ -40,7 +40,8 @@ impl Peak {
     fn add(&mut self, read: QueueRead) {
         self.max = self.max.max(read.queued);
         self.reads += 1;
-        self.full += u64::from(read.queued >= read.backlog);
+        // The kernel drops a SYN once the queue is over the backlog (`sk_acceptq_is_full`).
+        self.full += u64::from(read.queued > read.backlog);
     }
 }
 
@@ -198,12 +199,12 @@ impl Load {
     }
 }
 
-/// How many of `workers` hold a connection from `sockets`: in it, or in a process under it. A
+/// Those of `workers` that hold a connection from `sockets`: in it, or in a process under it. A
 /// worker of a server that accepts only when free (gunicorn's sync workers, unicorn) holds one
 /// exactly while it serves a request.
-pub fn busy_workers(proc_dir: &Path, workers: &[i32], sockets: &HashSet<u64>) -> u32 {
+pub fn busy_workers(proc_dir: &Path, workers: &[i32], sockets: &HashSet<u64>) -> Vec<i32> {
     if sockets.is_empty() {
-        return 0;
+        return Vec::new();
     }
     let holds = |pid: i32| {
         let Ok(fds) = std::fs::read_dir(proc_dir.join(pid.to_string()).join("fd")) else {
@@ -223,7 +224,7 @@ pub fn busy_workers(proc_dir: &Path, workers: &[i32], sockets: &HashSet<u64>) ->
     let busy = workers
         .iter()
         .filter(|worker| procs::tree(proc_dir, **worker).into_iter().any(holds));
-    busy.count() as u32
+    busy.copied().collect()
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ fn supervise(request: Request, signals: SignalFd) -> Result<u8, Fatal> {
     let snapshot = Snapshot::new(Path::new("/"));
     let meter = Meter::for_host(&snapshot, &report.host, std::process::id() as i32);
     let watch_config = memory::configure(&settings, &report, &plan, port);
-    let cpu = CpuMeter::for_host(&report.host, std::process::id() as i32);
+    let cpu = CpuMeter::for_host(&report.host, &meter, std::process::id() as i32);
     memory::log_start(&watch_config, (&meter, &cpu), &settings, &report, &plan);
     let load = Load::new(
         settings.queue_read_interval,

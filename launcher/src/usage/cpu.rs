@@ -2,11 +2,13 @@
 //! (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`), or summed over /proc where there is none.
 //! Its rise over a stretch of wall time, against the CPUs the dyno may use, is `cpu_busy`.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::host::{CgroupDir, Host, Snapshot, Version};
 use crate::procs;
+use crate::usage::Meter;
 
 /// Where the dyno's CPU time is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +24,14 @@ pub enum CpuMeter {
 }
 
 impl CpuMeter {
-    pub fn for_host(host: &Host, pid: i32) -> CpuMeter {
-        match (&host.cpu_cgroup, &host.memory_cgroup) {
+    /// The cgroup's counter where there is one; else what the memory meter counts: every
+    /// process on Cedar (a limit file, no cgroup mounted), else the launcher's own tree (a
+    /// memory cgroup with no CPU accounting mounted must not count the whole machine).
+    pub fn for_host(host: &Host, memory: &Meter, pid: i32) -> CpuMeter {
+        match (&host.cpu_cgroup, memory) {
             (Some(dir), _) => CpuMeter::Cgroup(dir.clone()),
-            // A limit file but no cgroup mounted: Cedar.
-            (None, Some(_)) => CpuMeter::Processes,
-            (None, None) => CpuMeter::OwnTree { pid },
+            (None, Meter::Processes) => CpuMeter::Processes,
+            (None, _) => CpuMeter::OwnTree { pid },
         }
     }
 
@@ -87,6 +91,69 @@ fn ticks_of(proc_dir: &Path, pids: &[i32]) -> Duration {
     Duration::from_secs_f64(ticks as f64 / procs::ticks_per_second())
 }
 
+/// What some processes asked of the CPUs: the time their threads ran plus the time they waited
+/// in a run queue for a CPU (/proc/PID/task/TID/schedstat), over wall time. Unlike the CPU
+/// time used, it is not capped by what the machine gave them: CPU-bound workers on a host whose
+/// other load takes half the CPUs ran half the time and waited the other half, while I/O-bound
+/// ones slept. A process's time counts from the first reading that sees it.
+#[derive(Debug, Default)]
+pub struct Demand {
+    /// Each process's ran-plus-waited nanoseconds at the last reading.
+    last: HashMap<i32, u64>,
+    /// The sum of what the processes added between readings, and when it was read.
+    readings: VecDeque<(Instant, u64)>,
+    total: u64,
+}
+
+impl Demand {
+    pub fn read(&mut self, proc_dir: &Path, pids: &[i32], now: Instant, keep: Duration) {
+        let mut seen = HashMap::with_capacity(pids.len());
+        for &pid in pids {
+            let Some(ns) = runnable_ns(proc_dir, pid) else {
+                continue;
+            };
+            if let Some(before) = self.last.get(&pid) {
+                self.total += ns.saturating_sub(*before);
+            }
+            seen.insert(pid, ns);
+        }
+        self.last = seen;
+        self.readings.push_back((now, self.total));
+        while self
+            .readings
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > keep)
+        {
+            self.readings.pop_front();
+        }
+    }
+
+    /// The demand over about the last `over` (from the newest reading back to the last one at
+    /// least `over` before it, else the oldest), as a share of `capacity` CPUs.
+    pub fn share(&self, over: Duration, capacity: f64) -> Option<f64> {
+        let (newest_at, newest) = *self.readings.back()?;
+        let start = self
+            .readings
+            .iter()
+            .rev()
+            .find(|(at, _)| newest_at.duration_since(*at) >= over)
+            .or(self.readings.front())?;
+        let wall = newest_at.duration_since(start.0);
+        busy(Duration::from_nanos(newest - start.1), wall, capacity)
+    }
+}
+
+/// The nanoseconds a process's threads have run and waited to run.
+fn runnable_ns(proc_dir: &Path, pid: i32) -> Option<u64> {
+    let tasks = std::fs::read_dir(proc_dir.join(pid.to_string()).join("task")).ok()?;
+    let per_thread = tasks.flatten().filter_map(|task| {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+        Some(fields.next()??.saturating_add(fields.next()??))
+    });
+    Some(per_thread.sum())
+}
+
 /// The share of `capacity` CPUs that `used` CPU time over `wall` time is.
 pub fn busy(used: Duration, wall: Duration, capacity: f64) -> Option<f64> {
     (wall > Duration::ZERO && capacity > 0.0)
@@ -125,6 +192,42 @@ mod tests {
         let busy = busy(Duration::from_millis(900), Duration::from_secs(1), 0.9);
         assert!((busy.expect("busy") - 1.0).abs() < 1e-9);
         assert_eq!(super::busy(Duration::ZERO, Duration::ZERO, 2.0), None);
+    }
+
+    #[test]
+    fn demand_is_run_and_wait_time_from_the_first_reading() {
+        let host = FakeHost::new();
+        let stat = |pid: i32, tid: i32, run_ms: u64, wait_ms: u64| {
+            let path = format!("/proc/{pid}/task/{tid}/schedstat");
+            host.write(
+                &path,
+                &format!("{} {} 7\n", run_ms * 1_000_000, wait_ms * 1_000_000),
+            );
+        };
+        let proc_dir = host.root().join("proc");
+        let keep = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut demand = Demand::default();
+        stat(10, 10, 5_000, 1_000);
+        demand.read(&proc_dir, &[10], t0, keep);
+        assert_eq!(
+            demand.share(Duration::from_secs(1), 2.0),
+            None,
+            "one reading"
+        );
+        // A second later: 10 ran 0.5 s and waited 0.5 s (two threads); 11 is new, not counted.
+        stat(10, 10, 5_300, 1_400);
+        stat(10, 12, 200, 100);
+        stat(11, 11, 9_000, 9_000);
+        demand.read(&proc_dir, &[10, 11], t0 + Duration::from_secs(1), keep);
+        // The thread that appeared counts whole: (0.3 + 0.4 + 0.3) s over 1 s of 2 CPUs.
+        let share = demand.share(Duration::from_secs(1), 2.0).expect("share");
+        assert!((share - 0.5).abs() < 1e-9, "{share}");
+        // 10 idle; 11 ran 1 s and waited 1 s more.
+        stat(11, 11, 10_000, 10_000);
+        demand.read(&proc_dir, &[10, 11], t0 + Duration::from_secs(2), keep);
+        let share = demand.share(Duration::from_secs(1), 2.0).expect("share");
+        assert!((share - 1.0).abs() < 1e-9, "{share}");
     }
 
     #[test]

@@ -244,3 +244,36 @@ fn the_live_machine_is_metered() {
         "{own:?}"
     );
 }
+
+#[test]
+fn cpu_time_is_read_where_the_memory_is_counted() {
+    use super::cpu::CpuMeter;
+    let cpu = |fake: &Fake| {
+        let host = fake.0.read();
+        let meter = Meter::for_host(&fake.snapshot(), &host, 100);
+        CpuMeter::for_host(&host, &meter, 100)
+    };
+    // A v1 memory cgroup and no cpuacct hierarchy mounted: the launcher's tree, not the
+    // machine's every process.
+    let v1 = Fake::new();
+    v1.write("/proc/self/cgroup", "4:memory:/dyno\n")
+        .write("/proc/self/mountinfo", V1_MOUNTS)
+        .write(
+            "/sys/fs/cgroup/memory/dyno/memory.limit_in_bytes",
+            "536870912\n",
+        )
+        .write("/sys/fs/cgroup/memory/dyno/memory.stat", "total_rss 1\n");
+    assert_eq!(cpu(&v1), CpuMeter::OwnTree { pid: 100 });
+    // Cedar: a limit file, no cgroup mounted: every process of the dyno.
+    let cedar = Fake::new();
+    cedar
+        .write("/proc/self/cgroup", "0::/\n")
+        .write(
+            "/proc/self/mountinfo",
+            "20 1 0:5 / /proc rw - proc proc rw\n",
+        )
+        .write("/sys/fs/cgroup/memory/memory.limit_in_bytes", "536870912\n");
+    assert_eq!(cpu(&cedar), CpuMeter::Processes);
+    // No limit at all.
+    assert_eq!(cpu(&Fake::new()), CpuMeter::OwnTree { pid: 100 });
+}

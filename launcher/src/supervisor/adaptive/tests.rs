@@ -14,6 +14,7 @@ fn config() -> AdaptiveConfig {
         cpu_max: 0.8,
         shrink_after: 60 * SECOND,
         step: 3 * SECOND,
+        read_interval: SECOND / 10,
     }
 }
 
@@ -49,7 +50,7 @@ type Row = (
 
 #[test]
 fn readings_to_actions() {
-    let table: [Row; 14] = [
+    let table: [Row; 15] = [
         // Connections wait in every read, or in most: one more.
         (2, 10, 1.0, 2.0, true, Some(0.3), Some(10.0), Some(3)),
         (2, 10, 0.6, 2.0, true, Some(0.3), Some(10.0), Some(3)),
@@ -73,6 +74,8 @@ fn readings_to_actions() {
         // A minute of an empty queue with 1 of 4 busy: one fewer; with 3 busy: no change.
         (4, 70, 0.0, 1.0, true, Some(0.1), Some(10.0), Some(3)),
         (4, 70, 0.0, 3.0, true, Some(0.1), Some(10.0), None),
+        // Also while a worker is not up (one that crashes at boot must not hold the count up).
+        (4, 70, 0.0, 1.0, false, Some(0.1), Some(10.0), Some(3)),
         // More workers than fit: one fewer, whatever the queue says.
         (4, 10, 1.0, 4.0, true, Some(0.3), Some(3.5), Some(3)),
     ];
@@ -85,6 +88,24 @@ fn readings_to_actions() {
             "{workers} workers, {seconds} s, queued {queued}, busy {busy}, ready {ready}, cpu {cpu:?}, fit {fit:?}: {step:?}"
         );
     }
+}
+
+#[test]
+fn reads_far_apart_still_let_it_grow() {
+    let start = Instant::now();
+    let sparse = AdaptiveConfig {
+        read_interval: 2 * SECOND,
+        ..config()
+    };
+    assert_eq!(sparse.min_reads(), 1);
+    assert_eq!(config().min_reads(), MIN_READS);
+    let mut adaptive = Adaptive::new(sparse, 2, start);
+    for i in 1..=5 {
+        adaptive.queue_read(start + 2 * i * SECOND, true);
+    }
+    let now = start + 10 * SECOND;
+    let step = adaptive.decide(now, true, Some(0.3), Some(10.0));
+    assert_eq!(step.map(|s| s.to), Some(3), "{step:?}");
 }
 
 #[test]

@@ -76,17 +76,21 @@ fn an_accepted_connection_makes_its_holder_busy() {
     let proc_dir = Path::new("/proc");
     let me = [std::process::id() as i32];
     let accepted = || super::super::diag::accepted_sockets(port).expect("sock_diag");
-    assert_eq!(busy_workers(proc_dir, &me, &accepted()), 0, "still queued");
+    assert_eq!(
+        busy_workers(proc_dir, &me, &accepted()).len(),
+        0,
+        "still queued"
+    );
     let std = TcpListener::from(listener.fd);
     let (served, _) = std.accept().expect("accept");
-    assert_eq!(busy_workers(proc_dir, &me, &accepted()), 1);
+    assert_eq!(busy_workers(proc_dir, &me, &accepted()), me);
     let mut other = std::process::Command::new("sleep")
         .arg("10")
         .spawn()
         .expect("sleep");
     let without = [other.id() as i32];
     assert_eq!(
-        busy_workers(proc_dir, &without, &accepted()),
+        busy_workers(proc_dir, &without, &accepted()).len(),
         0,
         "not its connection"
     );
@@ -94,7 +98,7 @@ fn an_accepted_connection_makes_its_holder_busy() {
     other.wait().expect("reap");
     drop(served);
     drop(client);
-    assert_eq!(busy_workers(proc_dir, &me, &accepted()), 0);
+    assert_eq!(busy_workers(proc_dir, &me, &accepted()).len(), 0);
 }
 
 #[test]
@@ -112,4 +116,17 @@ fn cpu_busy_is_over_the_window_asked_for() {
     assert!((recent - 1.0).abs() < 1e-9, "{recent}");
     let whole = load.cpu_busy(Duration::from_secs(60)).expect("busy");
     assert!((whole - 0.75).abs() < 1e-9, "from the oldest: {whole}");
+}
+
+#[test]
+fn a_queue_at_its_backlog_is_not_full_yet() {
+    // The kernel takes one connection more than the backlog before it drops any.
+    let (listener, port) = listener(2);
+    let clients: Vec<TcpStream> = (0..2).filter_map(|_| connect(port)).collect();
+    assert_eq!(clients.len(), 2);
+    let start = Instant::now();
+    let mut load = load(start);
+    let read = load.read_queue(&listener, start).expect("read");
+    assert_eq!((read.queued, read.backlog), (2, 2));
+    assert!(load.take_events().is_empty(), "not full at its backlog");
 }

@@ -66,13 +66,16 @@ impl Guard {
         self.recycling.map(|(pid, _)| pid)
     }
 
-    /// One decision for this reading. `reading.workers` lists the live workers: a recycled worker
-    /// missing from it has exited, and the cool-down starts.
+    /// One decision for this reading. A recycled worker neither among `reading.workers` nor
+    /// among `reading.stopping` has exited, and the cool-down starts. One the launcher is
+    /// stopping (fan-out) is the pool's to kill after the graceful timeout; the guard kills a
+    /// delegated server's worker itself.
     pub fn check(&mut self, reading: &Reading, now: Instant) -> Option<GuardAction> {
         if let Some((pid, since)) = self.recycling {
-            if reading.workers.iter().any(|w| w.pid == pid) {
+            let stopping = reading.stopping.contains(&pid);
+            if stopping || reading.workers.iter().any(|w| w.pid == pid) {
                 let waited = now.saturating_duration_since(since);
-                if waited >= self.config.kill_after && !self.killed {
+                if waited >= self.config.kill_after && !self.killed && !stopping {
                     self.killed = true;
                     return Some(GuardAction::Kill { pid, waited });
                 }

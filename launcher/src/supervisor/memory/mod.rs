@@ -11,7 +11,7 @@ mod sizer;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,8 @@ use super::log::Event;
 use super::pool::{Action, Pool};
 use crate::host::Snapshot;
 use crate::procs;
-use crate::servers::Mode;
+use crate::servers::{self, Mode};
+use crate::usage::cpu::Demand;
 use crate::usage::{smaps, Meter, Usage};
 pub use guard::{Guard, GuardAction, GuardConfig};
 pub use setup::{configure, log_start};
@@ -61,6 +62,10 @@ pub struct Reading {
     /// The dyno's usage as Heroku counts it: resident plus swap.
     pub usage_bytes: u64,
     pub workers: Vec<WorkerMemory>,
+    /// Workers the launcher is stopping (fan-out: a recycle, a resize, a rolling restart) that
+    /// have not exited yet: the usage still counts their memory. (A delegated server's
+    /// stopping workers are still its children, among `workers`.)
+    pub stopping: Vec<i32>,
 }
 
 /// What the watch was set up with.
@@ -79,6 +84,8 @@ pub struct WatchConfig {
     pub busy_known: bool,
     /// The worker count the sizer starts from.
     pub workers: u32,
+    /// The CPUs the dyno may use (`Host::cpu_capacity`), for the workers' CPU demand.
+    pub cpu_capacity: f64,
     /// The server's signals: how one of its workers is stopped, how it is resized.
     pub signals: crate::servers::Signals,
 }
@@ -96,6 +103,10 @@ pub struct Watch {
     /// How many workers held a connection at the last look, and when adaptive sizing looks next.
     pub busy: Option<u32>,
     next_busy: Instant,
+    /// Workers seen holding a connection since they started: they have booted.
+    serving: HashSet<i32>,
+    /// What the workers asked of the CPUs, for adaptive sizing's CPU rule.
+    demand: Demand,
     /// Whether the last read of the accept queue found connections waiting.
     queued: bool,
     oom: oom::Ledger,
@@ -128,6 +139,8 @@ impl Watch {
             next_fit: now,
             busy: None,
             next_busy: now,
+            serving: HashSet::new(),
+            demand: Demand::default(),
             queued: false,
             snapshot,
             meter,
@@ -193,11 +206,16 @@ impl Watch {
     }
 
     /// TTIN/TTOU forwarded to a delegated server: measured or adaptive sizing goes on from the
-    /// new count.
+    /// new count. A rolling restart (SIGHUP) that takes the server back to the count it was
+    /// started with: from that count.
     pub fn scaled_by_signal(&mut self, signal: Signal, now: Instant) {
+        let restart = self.config.signals.restart;
+        let resets = restart.is_some_and(|r| !servers::restart_keeps_count(r));
+        let boot = self.config.workers;
         let change = |target: u32| match signal {
             Signal::SIGTTIN => Some(target + 1),
             Signal::SIGTTOU => Some(target.saturating_sub(1)),
+            Signal::SIGHUP if resets => Some(boot),
             _ => None,
         };
         if let Some(sizer) = &mut self.sizer {
@@ -302,7 +320,9 @@ impl Watch {
                 now + shrink_after.map_or(BUSY_INTERVAL, |s| (s / 12).min(BUSY_INTERVAL));
             self.look_for_busy(&workers, now);
         }
-        let fit_due = self.fit_due(pool, &workers, now, cpu_busy);
+        let cpu = self.cpu_figures(&workers, now, cpu_busy);
+        let booted = self.booted(pool, &workers, now, cpu.rule());
+        let fit_due = self.fit_due(booted, now, cpu.rule());
         if all_figures || over || capped || sizer_due || fit_due {
             // Only when needed: smaps_rollup walks each worker's page tables, and on a busy host
             // /proc has hundreds of entries.
@@ -311,19 +331,23 @@ impl Watch {
         let reading = Reading {
             usage_bytes: usage.total_bytes(),
             workers,
+            stopping: pool.stopping_pids(),
         };
         let mut actions = self.guard_actions(&reading, pool, now);
         let recycling = self.guard.as_ref().is_some_and(|g| g.recycling().is_some());
-        if sizer_due && actions.is_empty() && !recycling {
+        // A worker still stopping holds memory the usage counts and the fit would charge to
+        // the others: the sizers wait until it has exited.
+        let settled = reading.stopping.is_empty();
+        if sizer_due && actions.is_empty() && !recycling && settled {
             self.next_sizing = now + SIZING_INTERVAL;
             actions.extend(self.sizer_actions(&reading, pool));
         }
-        if fit_due {
+        if fit_due && settled {
             self.next_fit = now + FIT_INTERVAL;
             self.adaptive_fit = Fit::measure(&reading, self.config.soft_limit_bytes);
         }
-        if self.adaptive.is_some() && actions.is_empty() && !recycling {
-            actions.extend(self.adaptive_actions(&reading, pool, now, cpu_busy));
+        if self.adaptive.is_some() && actions.is_empty() && !recycling && settled {
+            actions.extend(self.adaptive_actions(pool, booted, now, cpu));
         }
         self.reading = Some(reading);
         actions

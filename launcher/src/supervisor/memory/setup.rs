@@ -58,6 +58,7 @@ pub fn configure(
                 cpu_max: a.cpu_max,
                 shrink_after: a.shrink_after,
                 step: a.step,
+                read_interval: settings.queue_read_interval,
             }
         });
     WatchConfig {
@@ -71,6 +72,7 @@ pub fn configure(
         port,
         busy_known: plan.queue_blind.is_none(),
         workers,
+        cpu_capacity: report.host.cpu_capacity,
         signals: plan.signals,
     }
 }

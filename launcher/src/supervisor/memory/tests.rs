@@ -23,6 +23,7 @@ fn reading(usage_mb: u64, workers: &[WorkerMemory]) -> Reading {
     Reading {
         usage_bytes: usage_mb * MB,
         workers: workers.to_vec(),
+        stopping: Vec::new(),
     }
 }
 
@@ -144,6 +145,33 @@ fn one_recycle_at_a_time_then_a_cool_down() {
     assert_eq!(guard.check(&after, at(4.9)), None);
     assert_eq!(
         recycled(guard.check(&after, at(5.0))),
+        Some((2, Why::DynoSoftLimit))
+    );
+}
+
+#[test]
+fn a_copy_the_launcher_is_stopping_has_not_exited_yet() {
+    // Fan-out: the recycled copy leaves the live workers at once, but it drains for a while
+    // and the usage still counts it: no cool-down, no second recycle, and no kill of the
+    // guard's own (the pool kills it after the graceful timeout).
+    let mut guard = guard(None);
+    let t0 = Instant::now();
+    let at = |s: f64| t0 + Duration::from_secs_f64(s);
+    let (a, b) = (worker(1, 200, true, 60), worker(2, 150, true, 60));
+    let over = reading(450, &[a, b.clone()]);
+    assert!(recycled(guard.check(&over, at(0.0))).is_some());
+    let mut draining = reading(450, &[b.clone(), worker(3, 20, false, 0)]);
+    draining.stopping = vec![1];
+    for s in [0.5, 4.0, 10.0, 30.0] {
+        assert_eq!(guard.check(&draining, at(s)), None, "at {s} s");
+    }
+    assert_eq!(guard.recycling(), Some(1));
+    // Gone: the cool-down starts only now.
+    let after = reading(450, &[b, worker(3, 20, true, 30)]);
+    assert_eq!(guard.check(&after, at(31.0)), None);
+    assert_eq!(guard.check(&after, at(33.9)), None);
+    assert_eq!(
+        recycled(guard.check(&after, at(34.0))),
         Some((2, Why::DynoSoftLimit))
     );
 }

@@ -191,6 +191,12 @@ impl Pool {
         live.map(|w| (w.slot, w.pid, w.ready, w.started)).collect()
     }
 
+    /// The workers being stopped that have not exited yet.
+    pub fn stopping_pids(&self) -> Vec<i32> {
+        let stopping = self.workers.iter().filter(|w| w.stopping);
+        stopping.map(|w| w.pid).collect()
+    }
+
     /// How many workers the pool keeps (fan-out), or 1 (the delegated server).
     pub fn target(&self) -> u32 {
         self.target
