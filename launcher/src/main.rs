@@ -165,7 +165,7 @@ fn run_supervisor(
         return ExitCode::from(2);
     }
     let request = supervisor::Request {
-        mode: mode.as_deref().and_then(servers::Mode::parse).flatten(),
+        mode: mode.as_deref().and_then(servers::ModeChoice::parse),
         app_dir,
         command,
     };

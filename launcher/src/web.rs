@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::env::Env;
-use crate::servers::{self, Mode, Server};
+use crate::servers::{self, Mode, ModeChoice, Server};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WebProcess {
@@ -51,7 +51,10 @@ pub fn read(app_dir: &Path, env: &Env) -> Option<WebProcess> {
     let (launcher_run, forced, rest) = launcher_run(&words[start..]);
     let argv: Vec<OsString> = rest.iter().map(OsString::from).collect();
     let found = servers::identify(&argv);
-    let mode = forced.unwrap_or(servers::behaviour(found.server).mode);
+    let mode = match forced {
+        Some(ModeChoice::Fixed(mode)) => mode,
+        _ => servers::behaviour(found.server).mode,
+    };
     let mut web = WebProcess {
         command: command.clone(),
         server: found.server,
@@ -93,7 +96,7 @@ fn is_assignment(word: &str) -> bool {
 }
 
 /// `launcher run [--mode M] [--app-dir D] -- CMD...`: (whether it is, the mode asked for, CMD...).
-fn launcher_run<'a>(words: &'a [&'a str]) -> (bool, Option<Mode>, &'a [&'a str]) {
+fn launcher_run<'a>(words: &'a [&'a str]) -> (bool, Option<ModeChoice>, &'a [&'a str]) {
     let is_launcher = words
         .first()
         .is_some_and(|w| w.rsplit('/').next() == Some("launcher"));
@@ -106,11 +109,11 @@ fn launcher_run<'a>(words: &'a [&'a str]) -> (bool, Option<Mode>, &'a [&'a str])
         match *word {
             "--" => return (true, forced, &words[i + 1..]),
             "--mode" => {
-                forced = words.get(i + 1).and_then(|m| Mode::parse(m)).flatten();
+                forced = words.get(i + 1).and_then(|m| ModeChoice::parse(m));
                 i += 2;
             }
             w if w.starts_with("--mode=") => {
-                forced = Mode::parse(&w["--mode=".len()..]).flatten();
+                forced = ModeChoice::parse(&w["--mode=".len()..]);
                 i += 1;
             }
             "--app-dir" => i += 2,
