@@ -311,6 +311,64 @@ fn the_boot_line_is_logged_on_web_dynos_only() {
     assert_eq!(stderr(&launcher(&["profile", "--root", root], &[])), "");
 }
 
+// ---- The web process: `launcher size`, the build log, the boot ----------------------------------
+
+/// An app directory holding `files` (path, text).
+fn app_with(files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new().expect("temp dir");
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, text).expect("write");
+    }
+    dir
+}
+
+fn utf8(path: &Path) -> &str {
+    path.to_str().expect("utf-8")
+}
+
+/// `command --root ROOT --app-dir APP`.
+fn in_app<'a>(command: &'a str, root: &'a TempDir, app: &'a TempDir) -> Vec<&'a str> {
+    let (root, app) = (utf8(root.path()), utf8(app.path()));
+    vec![command, "--root", root, "--app-dir", app]
+}
+
+#[test]
+fn the_mode_shown_for_the_web_process_is_the_one_launcher_run_picks() {
+    let root = cedar_root(512, 8);
+    let mode = |app: &TempDir, env: &[(&str, &str)]| {
+        let args = [in_app("size", &root, app), vec!["--json"]].concat();
+        let report = json(&launcher(&args, env));
+        report["web"]["mode"].as_str().expect("mode").to_owned()
+    };
+    let gunicorn = app_with(&[("Procfile", "web: gunicorn app:app\n")]);
+    assert_eq!(mode(&gunicorn, &[]), "delegate", "auto's pick");
+    assert_eq!(mode(&gunicorn, &[("LAUNCHER_MODE", "fanout")]), "fanout");
+    let with_file = app_with(&[
+        ("Procfile", "web: gunicorn app:app\n"),
+        ("launcher.toml", "mode = \"fanout\"\n"),
+    ]);
+    assert_eq!(mode(&with_file, &[]), "fanout", "launcher.toml");
+    let build = launcher(&["build-report", "--app-dir", utf8(with_file.path())], &[]);
+    let log = String::from_utf8_lossy(&build.stdout);
+    assert!(
+        log.contains("`launcher run` would run it in fanout mode"),
+        "{log}"
+    );
+    // `--mode` in the Procfile wins over both, `auto` included.
+    for (args, setting, expected) in [
+        ("--mode delegate -- node server.js", "fanout", "delegate"),
+        ("--mode auto -- gunicorn app:app", "fanout", "delegate"),
+        ("--mode=auto -- node server.js", "delegate", "fanout"),
+    ] {
+        let app = app_with(&[("Procfile", &format!("web: launcher run {args}\n"))]);
+        let env = [("LAUNCHER_MODE", setting)];
+        let case = format!("launcher run {args}, LAUNCHER_MODE={setting}");
+        assert_eq!(mode(&app, &env), expected, "{case}");
+    }
+}
+
 // ---- The .profile.d script under real bash ------------------------------------------------------
 
 /// What `launcher size` computes on this machine for an empty environment: the profile tests run

@@ -59,7 +59,7 @@ impl Report {
     pub fn for_app(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Self {
         let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
         let mut report = Report::gather(root, env, Settings::load(env, app_dir.as_deref()));
-        report.web = app_dir.and_then(|dir| crate::web::read(&dir, env));
+        report.web = app_dir.and_then(|dir| crate::web::read(&dir, env, &report.settings));
         report
     }
 

@@ -17,6 +17,8 @@ use std::fmt;
 
 use nix::sys::signal::Signal;
 
+use crate::settings::Settings;
+
 pub use gunicorn::concurrent_workers;
 #[cfg(test)]
 pub use ruby::UnicornConfig;
@@ -66,6 +68,11 @@ impl ModeChoice {
             "delegate" => Some(ModeChoice::Fixed(Mode::Delegate)),
             _ => None,
         }
+    }
+
+    /// The `LAUNCHER_MODE` / `launcher.toml` setting as the reader took it.
+    pub fn setting(settings: &Settings) -> ModeChoice {
+        ModeChoice::parse(settings.choice(&crate::settings::MODE)).unwrap_or(ModeChoice::Auto)
     }
 }
 

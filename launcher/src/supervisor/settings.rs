@@ -81,7 +81,7 @@ impl RunSettings {
         }
         let sample_interval = settings.seconds(&table::SAMPLE_INTERVAL);
         RunSettings {
-            mode: ModeChoice::parse(settings.choice(&table::MODE)).unwrap_or(ModeChoice::Auto),
+            mode: ModeChoice::setting(settings),
             graceful_timeout,
             ready_grace: settings.seconds(&table::READY_GRACE),
             ready_timeout: settings.seconds(&table::READY_TIMEOUT),
