@@ -369,6 +369,16 @@ fn the_mode_shown_for_the_web_process_is_the_one_launcher_run_picks() {
     }
 }
 
+#[test]
+fn the_help_says_which_servers_auto_delegates_to() {
+    let help = launcher(&["run", "--help"], &[]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("auto: delegate for gunicorn, puma and unicorn, fanout otherwise"),
+        "{text}"
+    );
+}
+
 // ---- The .profile.d script under real bash ------------------------------------------------------
 
 /// What `launcher size` computes on this machine for an empty environment: the profile tests run

@@ -83,7 +83,7 @@ enum Command {
     /// restarts, graceful shutdown. Example: launcher run -- gunicorn app:app
     Run {
         /// fanout: N copies of the command share the socket; delegate: one server that forks its
-        /// own N workers; auto: delegate for gunicorn, fanout otherwise.
+        /// own N workers; auto: delegate for gunicorn, puma and unicorn, fanout otherwise.
         #[arg(long, value_parser = ["auto", "fanout", "delegate"])]
         mode: Option<String>,
         /// The app's root, where launcher.toml is looked for (default: the current directory).

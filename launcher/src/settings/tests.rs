@@ -289,3 +289,25 @@ fn the_readme_settings_table_is_this_table() {
         in_code.len()
     );
 }
+
+#[test]
+fn the_mode_and_max_workers_texts_say_what_the_code_does() {
+    use crate::servers::{Mode, TABLE};
+    let delegated: Vec<&str> = TABLE
+        .iter()
+        .filter(|b| b.mode == Mode::Delegate)
+        .map(|b| b.name)
+        .collect();
+    let named = match delegated.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => panic!("auto delegates to no server"),
+    };
+    let said = format!("`auto` delegates to {named}, fan-out otherwise");
+    assert!(MODE.doc.contains(&said), "{said:?} not in {:?}", MODE.doc);
+    assert!(
+        MAX_WORKERS.doc.contains("measured and adaptive sizing"),
+        "it caps adaptive sizing's growth too: {:?}",
+        MAX_WORKERS.doc
+    );
+}
