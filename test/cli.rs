@@ -370,6 +370,30 @@ fn the_mode_shown_for_the_web_process_is_the_one_launcher_run_picks() {
 }
 
 #[test]
+fn unicorn_warnings_are_for_the_build_log_and_launcher_size_not_the_boot() {
+    let root = cedar_root(512, 8);
+    let app = app_with(&[("Procfile", "web: unicorn -p $PORT\n")]);
+    let warning = "unicorn runs without a config file";
+    let profile = in_app("profile", &root, &app);
+    for dyno in ["web.1", "worker.1", "run.1234"] {
+        let err = stderr(&launcher(&profile, &[("DYNO", dyno)]));
+        assert!(!err.contains("unicorn"), "{dyno}: {err}");
+        let lines = usize::from(dyno == "web.1");
+        assert_eq!(
+            err.lines().count(),
+            lines,
+            "{dyno}, the boot line only: {err}"
+        );
+    }
+    assert_eq!(stderr(&launcher(&profile, &[])), "");
+    let size = launcher(&in_app("size", &root, &app), &[]);
+    let text = String::from_utf8_lossy(&size.stdout);
+    assert!(text.contains(&format!("note: {warning}")), "{text}");
+    let build = launcher(&["build-report", "--app-dir", utf8(app.path())], &[]);
+    assert!(stderr(&build).contains(warning), "{}", stderr(&build));
+}
+
+#[test]
 fn the_help_says_which_servers_auto_delegates_to() {
     let help = launcher(&["run", "--help"], &[]);
     let text = String::from_utf8_lossy(&help.stdout);

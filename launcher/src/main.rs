@@ -126,7 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             app_dir,
         } => {
-            let mut report = Report::for_app(&root, &env, app_dir);
+            let mut report = Report::for_size(&root, &env, app_dir);
             if root == Path::new("/") {
                 read_running(&mut report);
             }
