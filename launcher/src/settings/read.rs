@@ -225,7 +225,8 @@ fn read_file(app_dir: &Path, problems: &mut Vec<Problem>) -> Option<toml::Table>
     }
 }
 
-/// Keys of the file that are no setting of the file.
+/// Keys of the file that are no setting of the file. A setting's config var name (any case, with
+/// or without `LAUNCHER_`) is told the key to write, or that the setting is a config var only.
 fn unknown_keys(table: &toml::Table) -> Vec<Problem> {
     let keyed = |key: &str| ALL.iter().any(|s| s.key == Some(key));
     let named = |key: &str| {
@@ -239,11 +240,14 @@ fn unknown_keys(table: &toml::Table) -> Vec<Problem> {
         .map(|key| Problem {
             origin: Origin::File,
             spec: None,
-            what: match named(key) {
-                Some(spec) => format!(
-                    "{FILE_NAME}: {} is a config var only, not a {FILE_NAME} setting (set {} instead)",
-                    shown(key),
-                    spec.var
+            what: match named(key).map(|spec| (spec.var, spec.key)) {
+                Some((var, Some(file_key))) => format!(
+                    "{FILE_NAME}: unknown setting {} (write {file_key}, the key for {var})",
+                    shown(key)
+                ),
+                Some((var, None)) => format!(
+                    "{FILE_NAME}: {} is a config var only, not a {FILE_NAME} setting (set {var} instead)",
+                    shown(key)
                 ),
                 None => format!("{FILE_NAME}: unknown setting {}", shown(key)),
             },

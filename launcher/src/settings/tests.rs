@@ -311,3 +311,40 @@ fn the_mode_and_max_workers_texts_say_what_the_code_does() {
         MAX_WORKERS.doc
     );
 }
+
+#[test]
+fn a_config_var_name_in_the_file_is_told_the_key_to_write() {
+    for (text, warning) in [
+        (
+            "launcher_max_workers = 8",
+            "launcher.toml: unknown setting \"launcher_max_workers\" (write max_workers, the key \
+             for LAUNCHER_MAX_WORKERS); ignored",
+        ),
+        (
+            "MODE = \"fanout\"",
+            "launcher.toml: unknown setting \"MODE\" (write mode, the key for LAUNCHER_MODE); \
+             ignored",
+        ),
+        (
+            "LAUNCHER_SIZING = \"measured\"",
+            "launcher.toml: unknown setting \"LAUNCHER_SIZING\" (write sizing, the key for \
+             LAUNCHER_SIZING); ignored",
+        ),
+        (
+            "web_memory = 512",
+            "launcher.toml: \"web_memory\" is a config var only, not a launcher.toml setting (set \
+             WEB_MEMORY instead); ignored",
+        ),
+        (
+            "LAUNCHER_BINARY_URL = \"x\"",
+            "launcher.toml: \"LAUNCHER_BINARY_URL\" is a config var only, not a launcher.toml \
+             setting (set LAUNCHER_BINARY_URL instead); ignored",
+        ),
+        (
+            "colour = 1",
+            "launcher.toml: unknown setting \"colour\"; ignored",
+        ),
+    ] {
+        assert_eq!(load(&[], Some(text)).warnings(), [warning], "{text}");
+    }
+}
