@@ -394,6 +394,29 @@ fn unicorn_warnings_are_for_the_build_log_and_launcher_size_not_the_boot() {
 }
 
 #[test]
+fn workers_times_threads_does_not_overflow() {
+    let root = cedar_root(512, 8);
+    let app = app_with(&[
+        ("Procfile", "web: bundle exec puma -C config/puma.rb\n"),
+        ("config/puma.rb", "threads 1, 4294967295\n"),
+    ]);
+    let size = launcher(&in_app("size", &root, &app), &[("WEB_CONCURRENCY", "1024")]);
+    assert!(size.status.success(), "{}", stderr(&size));
+    let text = String::from_utf8_lossy(&size.stdout);
+    assert!(
+        text.contains("1024 workers x 4294967295 threads = 4398046510080 requests at once"),
+        "{text}"
+    );
+    let build = launcher(&["build-report", "--app-dir", utf8(app.path())], &[]);
+    assert!(build.status.success(), "{}", stderr(&build));
+    let log = String::from_utf8_lossy(&build.stdout);
+    assert!(
+        log.contains("2 workers x 4294967295 threads = 8589934590 requests at once"),
+        "{log}"
+    );
+}
+
+#[test]
 fn the_help_says_which_servers_auto_delegates_to() {
     let help = launcher(&["run", "--help"], &[]);
     let text = String::from_utf8_lossy(&help.stdout);

@@ -170,14 +170,15 @@ impl WebProcess {
         }
     }
 
-    /// puma: workers x threads, the requests served at once with `workers` workers.
+    /// puma: workers x threads, the requests served at once with `workers` workers. In u64: a
+    /// config's threads are taken as written, up to u32::MAX.
     pub fn concurrency(&self, workers: u32) -> Option<String> {
         let threads = self.threads?;
         let source = self.threads_source.as_deref().unwrap_or_default();
         Some(format!(
             "{threads} threads per worker ({source}; RAILS_MAX_THREADS sets it): {workers} \
              workers x {threads} threads = {} requests at once",
-            workers * threads
+            u64::from(workers) * u64::from(threads)
         ))
     }
 }
@@ -281,6 +282,16 @@ mod tests {
         assert!(line.contains("2 workers x 5 threads = 10"), "{line}");
         let env = Env::from_pairs([("RAILS_MAX_THREADS", "3")]);
         assert_eq!(read_app(dir.path(), &env).expect("web").threads, Some(3));
+        let most = app(
+            "web: bundle exec puma -C config/puma.rb\n",
+            &[("config/puma.rb", "threads 1, 4294967295\n")],
+        );
+        let web = read_app(most.path(), &Env::default()).expect("web");
+        let line = web.concurrency(1024).expect("puma");
+        assert!(
+            line.contains("1024 workers x 4294967295 threads = 4398046510080 requests"),
+            "{line}"
+        );
     }
 
     #[test]
