@@ -126,6 +126,27 @@ fn json_has_exactly_the_documented_keys() {
             "web_memory_mb"
         ]
     );
+    // The README lists each, and each key of `web`.
+    let app = app_with(&[
+        ("Procfile", "web: bundle exec puma -C config/puma.rb\n"),
+        ("config/puma.rb", "threads 1, 5\n"),
+    ]);
+    let args = [in_app("size", &root, &app), vec!["--json"]].concat();
+    let with_web = json(&launcher(&args, &[]));
+    let web = with_web["web"].as_object().expect("web");
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("`--json` prints one object with the keys")
+        .expect("README.md lists the keys of `launcher size --json`");
+    let end = start + readme[start..].find("\n\n").expect("paragraph end");
+    let listed = &readme[start..end];
+    for key in keys.iter().copied().chain(web.keys().map(String::as_str)) {
+        assert!(
+            listed.contains(&format!("`{key}`")) || listed.contains(&format!("\"{key}\"")),
+            "README.md's `launcher size --json` keys lack `{key}`:\n{listed}"
+        );
+    }
     // Every setting the launcher reads, with its value and where it came from.
     let settings = report["settings"].as_object().expect("settings");
     assert_eq!(
@@ -309,6 +330,121 @@ fn the_boot_line_is_logged_on_web_dynos_only() {
         );
     }
     assert_eq!(stderr(&launcher(&["profile", "--root", root], &[])), "");
+}
+
+// ---- The web process: `launcher size`, the build log, the boot ----------------------------------
+
+/// An app directory holding `files` (path, text).
+fn app_with(files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new().expect("temp dir");
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, text).expect("write");
+    }
+    dir
+}
+
+fn utf8(path: &Path) -> &str {
+    path.to_str().expect("utf-8")
+}
+
+/// `command --root ROOT --app-dir APP`.
+fn in_app<'a>(command: &'a str, root: &'a TempDir, app: &'a TempDir) -> Vec<&'a str> {
+    let (root, app) = (utf8(root.path()), utf8(app.path()));
+    vec![command, "--root", root, "--app-dir", app]
+}
+
+#[test]
+fn the_mode_shown_for_the_web_process_is_the_one_launcher_run_picks() {
+    let root = cedar_root(512, 8);
+    let mode = |app: &TempDir, env: &[(&str, &str)]| {
+        let args = [in_app("size", &root, app), vec!["--json"]].concat();
+        let report = json(&launcher(&args, env));
+        report["web"]["mode"].as_str().expect("mode").to_owned()
+    };
+    let gunicorn = app_with(&[("Procfile", "web: gunicorn app:app\n")]);
+    assert_eq!(mode(&gunicorn, &[]), "delegate", "auto's pick");
+    assert_eq!(mode(&gunicorn, &[("LAUNCHER_MODE", "fanout")]), "fanout");
+    let with_file = app_with(&[
+        ("Procfile", "web: gunicorn app:app\n"),
+        ("launcher.toml", "mode = \"fanout\"\n"),
+    ]);
+    assert_eq!(mode(&with_file, &[]), "fanout", "launcher.toml");
+    let build = launcher(&["build-report", "--app-dir", utf8(with_file.path())], &[]);
+    let log = String::from_utf8_lossy(&build.stdout);
+    assert!(
+        log.contains("`launcher run` would run it in fanout mode"),
+        "{log}"
+    );
+    // `--mode` in the Procfile wins over both, `auto` included.
+    for (args, setting, expected) in [
+        ("--mode delegate -- node server.js", "fanout", "delegate"),
+        ("--mode auto -- gunicorn app:app", "fanout", "delegate"),
+        ("--mode=auto -- node server.js", "delegate", "fanout"),
+    ] {
+        let app = app_with(&[("Procfile", &format!("web: launcher run {args}\n"))]);
+        let env = [("LAUNCHER_MODE", setting)];
+        let case = format!("launcher run {args}, LAUNCHER_MODE={setting}");
+        assert_eq!(mode(&app, &env), expected, "{case}");
+    }
+}
+
+#[test]
+fn unicorn_warnings_are_for_the_build_log_and_launcher_size_not_the_boot() {
+    let root = cedar_root(512, 8);
+    let app = app_with(&[("Procfile", "web: unicorn -p $PORT\n")]);
+    let warning = "unicorn runs without a config file";
+    let profile = in_app("profile", &root, &app);
+    for dyno in ["web.1", "worker.1", "run.1234"] {
+        let err = stderr(&launcher(&profile, &[("DYNO", dyno)]));
+        assert!(!err.contains("unicorn"), "{dyno}: {err}");
+        let lines = usize::from(dyno == "web.1");
+        assert_eq!(
+            err.lines().count(),
+            lines,
+            "{dyno}, the boot line only: {err}"
+        );
+    }
+    assert_eq!(stderr(&launcher(&profile, &[])), "");
+    let size = launcher(&in_app("size", &root, &app), &[]);
+    let text = String::from_utf8_lossy(&size.stdout);
+    assert!(text.contains(&format!("note: {warning}")), "{text}");
+    let build = launcher(&["build-report", "--app-dir", utf8(app.path())], &[]);
+    assert!(stderr(&build).contains(warning), "{}", stderr(&build));
+}
+
+#[test]
+fn workers_times_threads_does_not_overflow() {
+    let root = cedar_root(512, 8);
+    let app = app_with(&[
+        ("Procfile", "web: bundle exec puma -C config/puma.rb\n"),
+        ("config/puma.rb", "threads 1, 4294967295\n"),
+    ]);
+    let size = launcher(&in_app("size", &root, &app), &[("WEB_CONCURRENCY", "1024")]);
+    assert!(size.status.success(), "{}", stderr(&size));
+    let text = String::from_utf8_lossy(&size.stdout);
+    assert!(
+        text.contains("1024 workers x 4294967295 threads = 4398046510080 requests at once"),
+        "{text}"
+    );
+    let build = launcher(&["build-report", "--app-dir", utf8(app.path())], &[]);
+    assert!(build.status.success(), "{}", stderr(&build));
+    let log = String::from_utf8_lossy(&build.stdout);
+    assert!(
+        log.contains("2 workers x 4294967295 threads = 8589934590 requests at once"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_help_says_which_servers_auto_delegates_to() {
+    let help = launcher(&["run", "--help"], &[]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("auto: delegate for gunicorn, puma and unicorn, fanout otherwise"),
+        "{text}"
+    );
 }
 
 // ---- The .profile.d script under real bash ------------------------------------------------------

@@ -113,6 +113,42 @@ fn a_launcher_toml_holding_every_run_setting_starts_launcher_run() {
     assert!(stderr.is_empty(), "{stderr:?}");
 }
 
+#[test]
+fn launcher_run_mode_auto_on_the_command_line_wins_over_launcher_mode_and_the_file() {
+    // `sleep` is no server auto delegates to: auto runs it in fan-out.
+    for (env, file) in [
+        (&[("LAUNCHER_MODE", "delegate")][..], None),
+        (&[][..], Some("mode = \"delegate\"\n")),
+    ] {
+        let dir = TempDir::new().expect("temp dir");
+        if let Some(file) = file {
+            fs::write(dir.path().join("launcher.toml"), file).expect("write");
+        }
+        let mut command = Command::new(LAUNCHER);
+        command
+            .args(["run", "--mode", "auto", "--", "sleep", "30"])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", SYSTEM_PATH)
+            .env("LAUNCHER_SAMPLE_INTERVAL", "0")
+            .envs(env.iter().copied());
+        let run = Run::spawn(command);
+        let start = run.wait_event("start", BOOT, |_| true);
+        assert_eq!(
+            start.get("mode"),
+            "fanout",
+            "{env:?} {file:?}: {}",
+            start.line
+        );
+        assert!(
+            start.get("mode_reason").starts_with("--mode auto"),
+            "{}",
+            start.line
+        );
+        run.end();
+    }
+}
+
 /// The launcher's names as a child of `launcher run` sees them after sourcing the profile again,
 /// one map per child: the child writes them to `<dir>/<its pid>` and stays up.
 fn labels_after_profile(mode: &str, env: &[(&str, &str)]) -> Vec<BTreeMap<String, String>> {

@@ -120,7 +120,7 @@ pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<Strin
                 .to_owned(),
         );
     }
-    if let Some(web) = crate::web::read(app_dir, env) {
+    if let Some(web) = crate::web::read(app_dir, env, &settings) {
         details.push(format!(
             "The web process runs {}: {}",
             web.server,

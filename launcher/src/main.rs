@@ -83,7 +83,7 @@ enum Command {
     /// restarts, graceful shutdown. Example: launcher run -- gunicorn app:app
     Run {
         /// fanout: N copies of the command share the socket; delegate: one server that forks its
-        /// own N workers; auto: delegate for gunicorn, fanout otherwise.
+        /// own N workers; auto: delegate for gunicorn, puma and unicorn, fanout otherwise.
         #[arg(long, value_parser = ["auto", "fanout", "delegate"])]
         mode: Option<String>,
         /// The app's root, where launcher.toml is looked for (default: the current directory).
@@ -126,7 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             app_dir,
         } => {
-            let mut report = Report::for_app(&root, &env, app_dir);
+            let mut report = Report::for_size(&root, &env, app_dir);
             if root == Path::new("/") {
                 read_running(&mut report);
             }
@@ -165,7 +165,7 @@ fn run_supervisor(
         return ExitCode::from(2);
     }
     let request = supervisor::Request {
-        mode: mode.as_deref().and_then(servers::Mode::parse).flatten(),
+        mode: mode.as_deref().and_then(servers::ModeChoice::parse),
         app_dir,
         command,
     };

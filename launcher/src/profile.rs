@@ -75,8 +75,9 @@ pub fn render_toml(exports: &[(&'static str, String)]) -> String {
         .collect()
 }
 
-/// Logs what the boot does on stderr: a warning line per setting or value that was replaced, and
-/// the boot line on web dynos. Best effort: a closed stderr must not cost the dyno its sizing.
+/// Logs what the boot does on stderr: a warning line per setting or value that was replaced (a
+/// config var or a `launcher.toml` entry, on every dyno), and the boot line on web dynos. Best
+/// effort: a closed stderr must not cost the dyno its sizing.
 pub fn log(report: &Report, env: &Env) {
     let mut stderr = std::io::stderr().lock();
     for warning in report.warnings() {

@@ -21,7 +21,7 @@ pub struct Report {
     pub running: Vec<State>,
     /// Why the state files were looked for elsewhere, or not read.
     pub running_notes: Vec<String>,
-    /// The app's web process (`launcher size` in an app's directory).
+    /// The app's web process (`launcher size` in an app's directory; never at boot).
     pub web: Option<WebProcess>,
 }
 
@@ -58,24 +58,38 @@ impl Report {
     /// directory: the app's root where the boot script, `launcher run` and exec.d start.
     pub fn for_app(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Self {
         let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-        let mut report = Report::gather(root, env, Settings::load(env, app_dir.as_deref()));
-        report.web = app_dir.and_then(|dir| crate::web::read(&dir, env));
+        Report::gather(root, env, Settings::load(env, app_dir.as_deref()))
+    }
+
+    /// `for_app` with the app's web process, for `launcher size`. The boot does not read it: what
+    /// the Procfile runs is for `launcher size` and the build log to tell.
+    pub fn for_size(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Self {
+        let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
+        let mut report = Report::for_app(root, env, app_dir.clone());
+        report.web = app_dir.and_then(|dir| crate::web::read(&dir, env, &report.settings));
         report
     }
 
-    /// Warnings for stderr: settings that were replaced or ignored, and an invalid
+    /// Warnings for stderr at boot and for `launcher run`'s `config` lines, each naming a config
+    /// var or a `launcher.toml` entry: settings that were replaced or ignored, and an invalid
     /// `WEB_CONCURRENCY`.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = self.settings.warnings();
         warnings.extend(self.decision.warnings.iter().cloned());
-        warnings.extend(self.web.iter().flat_map(|w| w.warnings.iter().cloned()));
         warnings
+    }
+
+    /// `warnings`, then what `launcher size` warns of besides: the web process's (a unicorn
+    /// config that cannot take `WEB_CONCURRENCY`), as the build log does.
+    fn size_warnings(&self) -> Vec<String> {
+        let web = self.web.iter().flat_map(|w| w.warnings.iter().cloned());
+        self.warnings().into_iter().chain(web).collect()
     }
 
     /// The reason, then warnings, then what the host reading passed over.
     fn notes(&self) -> Vec<String> {
         std::iter::once(self.decision.reason.clone())
-            .chain(self.warnings())
+            .chain(self.size_warnings())
             .chain(self.host.notes.iter().cloned())
             .chain(self.running_notes.iter().cloned())
             .collect()
@@ -147,7 +161,7 @@ impl Report {
             text.push_str(&running_line(state));
         }
         let notes = self.host.notes.iter().chain(&self.running_notes);
-        for note in self.warnings().iter().chain(notes) {
+        for note in self.size_warnings().iter().chain(notes) {
             text.push_str(&format!("note: {note}\n"));
         }
         text

@@ -1,5 +1,5 @@
 //! The app's web process as its Procfile names it: which server it runs, whether under
-//! `launcher run`, how `launcher run` runs that server (the behaviour table's mode), and for puma
+//! `launcher run`, how `launcher run` runs that server (`servers::choose_mode`), and for puma
 //! the threads each worker runs. Shown by the build log and `launcher size`; warnings for a
 //! unicorn config that cannot take `WEB_CONCURRENCY` or binds a port itself.
 
@@ -9,7 +9,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::env::Env;
-use crate::servers::{self, Mode, Server};
+use crate::servers::{self, Mode, ModeChoice, Server};
+use crate::settings::Settings;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WebProcess {
@@ -19,9 +20,11 @@ pub struct WebProcess {
     pub server: Server,
     /// Whether the command is `launcher run -- ...`.
     pub launcher_run: bool,
-    /// How `launcher run` runs the server (`--mode` in the command, else its table's mode).
+    /// How `launcher run` runs the server, by the rule `launcher run` follows: `--mode` in the
+    /// command, else `LAUNCHER_MODE` or `launcher.toml`, else `auto`'s pick; and why.
     #[serde(serialize_with = "as_name")]
     pub mode: Mode,
+    pub mode_reason: String,
     /// puma's threads per worker, and where the figure comes from.
     pub threads: Option<u32>,
     pub threads_source: Option<String>,
@@ -42,21 +45,24 @@ pub fn procfile_command(app_dir: &Path) -> Option<String> {
     })
 }
 
-/// The web process of the app in `app_dir`; None without a Procfile `web:` line.
-pub fn read(app_dir: &Path, env: &Env) -> Option<WebProcess> {
+/// The web process of the app in `app_dir`, with its `settings`; None without a Procfile `web:`
+/// line.
+pub fn read(app_dir: &Path, env: &Env, settings: &Settings) -> Option<WebProcess> {
     let command = procfile_command(app_dir)?;
     let words: Vec<&str> = command.split_whitespace().collect();
     // `VAR=value` before the program, as a Procfile line may set.
     let start = words.iter().take_while(|w| is_assignment(w)).count();
-    let (launcher_run, forced, rest) = launcher_run(&words[start..]);
+    let (launcher_run, asked, rest) = launcher_run(&words[start..]);
     let argv: Vec<OsString> = rest.iter().map(OsString::from).collect();
     let found = servers::identify(&argv);
-    let mode = forced.unwrap_or(servers::behaviour(found.server).mode);
+    let setting = ModeChoice::setting(settings);
+    let (mode, mode_reason) = servers::choose_mode(asked, setting, found.server);
     let mut web = WebProcess {
         command: command.clone(),
         server: found.server,
         launcher_run,
         mode,
+        mode_reason,
         threads: None,
         threads_source: None,
         warnings: Vec::new(),
@@ -93,31 +99,31 @@ fn is_assignment(word: &str) -> bool {
 }
 
 /// `launcher run [--mode M] [--app-dir D] -- CMD...`: (whether it is, the mode asked for, CMD...).
-fn launcher_run<'a>(words: &'a [&'a str]) -> (bool, Option<Mode>, &'a [&'a str]) {
+fn launcher_run<'a>(words: &'a [&'a str]) -> (bool, Option<ModeChoice>, &'a [&'a str]) {
     let is_launcher = words
         .first()
         .is_some_and(|w| w.rsplit('/').next() == Some("launcher"));
     if !is_launcher || words.get(1) != Some(&"run") {
         return (false, None, words);
     }
-    let mut forced = None;
+    let mut asked = None;
     let mut i = 2;
     while let Some(word) = words.get(i) {
         match *word {
-            "--" => return (true, forced, &words[i + 1..]),
+            "--" => return (true, asked, &words[i + 1..]),
             "--mode" => {
-                forced = words.get(i + 1).and_then(|m| Mode::parse(m)).flatten();
+                asked = words.get(i + 1).and_then(|m| ModeChoice::parse(m));
                 i += 2;
             }
             w if w.starts_with("--mode=") => {
-                forced = Mode::parse(&w["--mode=".len()..]).flatten();
+                asked = ModeChoice::parse(&w["--mode=".len()..]);
                 i += 1;
             }
             "--app-dir" => i += 2,
             _ => i += 1,
         }
     }
-    (true, forced, &[])
+    (true, asked, &[])
 }
 
 /// What a unicorn config (or its absence) means for `WEB_CONCURRENCY` and for the socket.
@@ -164,14 +170,15 @@ impl WebProcess {
         }
     }
 
-    /// puma: workers x threads, the requests served at once with `workers` workers.
+    /// puma: workers x threads, the requests served at once with `workers` workers. In u64: a
+    /// config's threads are taken as written, up to u32::MAX.
     pub fn concurrency(&self, workers: u32) -> Option<String> {
         let threads = self.threads?;
         let source = self.threads_source.as_deref().unwrap_or_default();
         Some(format!(
             "{threads} threads per worker ({source}; RAILS_MAX_THREADS sets it): {workers} \
              workers x {threads} threads = {} requests at once",
-            workers * threads
+            u64::from(workers) * u64::from(threads)
         ))
     }
 }
@@ -189,6 +196,37 @@ mod tests {
             std::fs::write(path, text).expect("write");
         }
         dir
+    }
+
+    /// The web process of the app in `dir`, with its settings read as `launcher size` reads them.
+    fn read_app(dir: &Path, env: &Env) -> Option<WebProcess> {
+        read(dir, env, &Settings::load(env, Some(dir)))
+    }
+
+    #[test]
+    fn the_mode_is_chosen_as_launcher_run_chooses_it() {
+        let fanout = Env::from_pairs([("LAUNCHER_MODE", "fanout")]);
+        let gunicorn = app("web: gunicorn app:app\n", &[]);
+        let web = read_app(gunicorn.path(), &fanout).expect("web");
+        assert_eq!(web.mode, Mode::FanOut, "LAUNCHER_MODE");
+        assert_eq!(web.mode_reason, "LAUNCHER_MODE or launcher.toml");
+        assert!(web.how().contains("in fanout mode"), "{}", web.how());
+        let file = app(
+            "web: gunicorn app:app\n",
+            &[("launcher.toml", "mode = \"fanout\"\n")],
+        );
+        let web = read_app(file.path(), &Env::default()).expect("web");
+        assert_eq!(web.mode, Mode::FanOut, "launcher.toml");
+        for procfile in [
+            "web: launcher run --mode delegate -- gunicorn app:app\n",
+            "web: launcher run --mode auto -- gunicorn app:app\n",
+            "web: launcher run --mode=auto -- gunicorn app:app\n",
+        ] {
+            let asked = app(procfile, &[("launcher.toml", "mode = \"fanout\"\n")]);
+            let web = read_app(asked.path(), &fanout).expect("web");
+            assert_eq!(web.mode, Mode::Delegate, "--mode wins: {procfile}");
+            assert!(web.mode_reason.starts_with("--mode"), "{}", web.mode_reason);
+        }
     }
 
     #[test]
@@ -211,7 +249,7 @@ mod tests {
         ];
         for (procfile, server, under, mode) in table {
             let dir = app(procfile, &[]);
-            let web = read(dir.path(), &Env::default()).expect("web");
+            let web = read_app(dir.path(), &Env::default()).expect("web");
             assert_eq!(
                 (web.server, web.launcher_run, web.mode),
                 (server, under, mode),
@@ -219,7 +257,7 @@ mod tests {
             );
         }
         assert_eq!(
-            read(app("worker: celery\n", &[]).path(), &Env::default()),
+            read_app(app("worker: celery\n", &[]).path(), &Env::default()),
             None
         );
     }
@@ -233,7 +271,7 @@ mod tests {
                 "threads_count = ENV.fetch(\"RAILS_MAX_THREADS\") { 5 }\n",
             )],
         );
-        let web = read(dir.path(), &Env::default()).expect("web");
+        let web = read_app(dir.path(), &Env::default()).expect("web");
         assert_eq!(web.threads, Some(5));
         let line = web.concurrency(2).expect("puma");
         let how = web.how();
@@ -243,7 +281,17 @@ mod tests {
         );
         assert!(line.contains("2 workers x 5 threads = 10"), "{line}");
         let env = Env::from_pairs([("RAILS_MAX_THREADS", "3")]);
-        assert_eq!(read(dir.path(), &env).expect("web").threads, Some(3));
+        assert_eq!(read_app(dir.path(), &env).expect("web").threads, Some(3));
+        let most = app(
+            "web: bundle exec puma -C config/puma.rb\n",
+            &[("config/puma.rb", "threads 1, 4294967295\n")],
+        );
+        let web = read_app(most.path(), &Env::default()).expect("web");
+        let line = web.concurrency(1024).expect("puma");
+        assert!(
+            line.contains("1024 workers x 4294967295 threads = 4398046510080 requests"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -253,7 +301,7 @@ mod tests {
             "web: unicorn -p $PORT -c config/unicorn.rb\n",
             &[("config/unicorn.rb", heroku)],
         );
-        assert!(read(fine.path(), &Env::default())
+        assert!(read_app(fine.path(), &Env::default())
             .expect("web")
             .warnings
             .is_empty());
@@ -261,11 +309,13 @@ mod tests {
             "web: unicorn -c config/unicorn.rb\n",
             &[("config/unicorn.rb", "worker_processes 4\nlisten 5000\n")],
         );
-        let warnings = read(pinned.path(), &Env::default()).expect("web").warnings;
+        let warnings = read_app(pinned.path(), &Env::default())
+            .expect("web")
+            .warnings;
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         let none = app("web: unicorn -p $PORT\n", &[]);
         assert_eq!(
-            read(none.path(), &Env::default())
+            read_app(none.path(), &Env::default())
                 .expect("web")
                 .warnings
                 .len(),

@@ -17,6 +17,8 @@ use std::fmt;
 
 use nix::sys::signal::Signal;
 
+use crate::settings::Settings;
+
 pub use gunicorn::concurrent_workers;
 #[cfg(test)]
 pub use ruby::UnicornConfig;
@@ -50,14 +52,27 @@ impl fmt::Display for Mode {
     }
 }
 
-impl Mode {
-    pub fn parse(text: &str) -> Option<Option<Mode>> {
+/// A mode as asked for (`--mode`, `LAUNCHER_MODE`, `launcher.toml`): `auto` leaves it to the
+/// behaviour table. `--mode auto` is asked for too: it wins over the setting like the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeChoice {
+    Auto,
+    Fixed(Mode),
+}
+
+impl ModeChoice {
+    pub fn parse(text: &str) -> Option<ModeChoice> {
         match text {
-            "auto" => Some(None),
-            "fanout" => Some(Some(Mode::FanOut)),
-            "delegate" => Some(Some(Mode::Delegate)),
+            "auto" => Some(ModeChoice::Auto),
+            "fanout" => Some(ModeChoice::Fixed(Mode::FanOut)),
+            "delegate" => Some(ModeChoice::Fixed(Mode::Delegate)),
             _ => None,
         }
+    }
+
+    /// The `LAUNCHER_MODE` / `launcher.toml` setting as the reader took it.
+    pub fn setting(settings: &Settings) -> ModeChoice {
+        ModeChoice::parse(settings.choice(&crate::settings::MODE)).unwrap_or(ModeChoice::Auto)
     }
 }
 
@@ -333,6 +348,25 @@ pub fn server_named(program: &str) -> Server {
 pub fn auto_mode(server: Server) -> (Mode, String) {
     let behaviour = behaviour(server);
     (behaviour.mode, behaviour.why.to_owned())
+}
+
+/// The mode `server` runs in under `launcher run`, and why: `--mode` (`asked`, `auto` included)
+/// wins over `LAUNCHER_MODE` or `launcher.toml` (`setting`), which wins over `auto`'s pick. The
+/// one rule, for `launcher run` and for what `launcher size` and the build log show.
+pub fn choose_mode(
+    asked: Option<ModeChoice>,
+    setting: ModeChoice,
+    server: Server,
+) -> (Mode, String) {
+    match (asked, setting) {
+        (Some(ModeChoice::Fixed(mode)), _) => (mode, "--mode".to_owned()),
+        (Some(ModeChoice::Auto), _) => {
+            let (mode, why) = auto_mode(server);
+            (mode, format!("--mode auto: {why}"))
+        }
+        (None, ModeChoice::Fixed(mode)) => (mode, "LAUNCHER_MODE or launcher.toml".to_owned()),
+        (None, ModeChoice::Auto) => auto_mode(server),
+    }
 }
 
 /// What a signal forwarded by the user does to a server run in `mode`: passed on, or blocked

@@ -279,10 +279,39 @@ fn wrappers_that_do_not_exec_are_hinted_at() {
 
 #[test]
 fn modes_parse() {
-    assert_eq!(Mode::parse("auto"), Some(None));
-    assert_eq!(Mode::parse("fanout"), Some(Some(Mode::FanOut)));
-    assert_eq!(Mode::parse("delegate"), Some(Some(Mode::Delegate)));
-    assert_eq!(Mode::parse("Delegate"), None);
+    assert_eq!(ModeChoice::parse("auto"), Some(ModeChoice::Auto));
+    let fixed = |mode| Some(ModeChoice::Fixed(mode));
+    assert_eq!(ModeChoice::parse("fanout"), fixed(Mode::FanOut));
+    assert_eq!(ModeChoice::parse("delegate"), fixed(Mode::Delegate));
+    assert_eq!(ModeChoice::parse("Delegate"), None);
+}
+
+#[test]
+fn mode_on_the_command_line_wins_auto_included_then_the_setting_then_auto() {
+    use Mode::{Delegate, FanOut};
+    use ModeChoice::{Auto, Fixed};
+    use Server::{Gunicorn, Node, Unknown};
+    let (fanout, delegate) = (Fixed(FanOut), Fixed(Delegate));
+    let table = [
+        (None, Auto, Gunicorn, Delegate, "gunicorn pre-forks"),
+        (None, Auto, Unknown, FanOut, "not a server known"),
+        (None, fanout, Gunicorn, FanOut, "LAUNCHER_MODE or"),
+        (Some(delegate), fanout, Node, Delegate, "--mode"),
+        (
+            Some(Auto),
+            fanout,
+            Gunicorn,
+            Delegate,
+            "--mode auto: gunicorn",
+        ),
+        (Some(Auto), delegate, Unknown, FanOut, "--mode auto: not a"),
+    ];
+    for (asked, setting, server, mode, why) in table {
+        let (chosen, reason) = choose_mode(asked, setting, server);
+        assert_eq!(chosen, mode, "{asked:?} {setting:?} {server}");
+        let case = format!("{asked:?} {setting:?} {server}");
+        assert!(reason.starts_with(why), "{case}: {reason}");
+    }
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! one reader from one table. Config vars win over the file; each value keeps its source.
 //! See docs/architecture.md, "Settings".
 
+mod problem;
 mod read;
 pub mod table;
 #[cfg(test)]

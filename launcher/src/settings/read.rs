@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::problem::{Instead, Origin, Problem};
 use super::table::{Kind, Spec, ALL};
 use super::FILE_NAME;
 use crate::env::Env;
@@ -66,27 +67,6 @@ pub struct Entry {
     pub source: Source,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    ConfigVar,
-    File,
-}
-
-/// Something wrong with a config var or `launcher.toml`, and what the reader did instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    origin: Origin,
-    spec: Option<&'static str>,
-    what: String,
-    instead: String,
-}
-
-impl Problem {
-    fn warning(&self) -> String {
-        format!("{}; {}", self.what, self.instead)
-    }
-}
-
 /// The settings of one command, each with its source, and the problems met reading them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -133,15 +113,7 @@ impl Settings {
     /// The build log's view: config vars as warned at boot, and the file's problems with both
     /// consequences, so a typo shows up at `git push`.
     pub fn build_log_warnings(&self) -> Vec<String> {
-        let describe = |p: &Problem| match p.origin {
-            Origin::ConfigVar => p.warning(),
-            Origin::File => format!(
-                "{}: `launcher run` refuses to start on this; at boot it is {}",
-                p.what,
-                p.instead.trim_start_matches("its settings are ")
-            ),
-        };
-        self.problems.iter().map(describe).collect()
+        self.problems.iter().map(Problem::build_log_line).collect()
     }
 
     /// Whether `spec`'s config var or file entry was invalid.
@@ -200,7 +172,7 @@ fn read_file(app_dir: &Path, problems: &mut Vec<Problem>) -> Option<toml::Table>
             origin: Origin::File,
             spec: None,
             what,
-            instead: "its settings are ignored".to_owned(),
+            instead: Instead::FileIgnored,
         })
     };
     let text = match crate::files::read_text(&app_dir.join(FILE_NAME), crate::files::MAX_BYTES) {
@@ -225,7 +197,8 @@ fn read_file(app_dir: &Path, problems: &mut Vec<Problem>) -> Option<toml::Table>
     }
 }
 
-/// Keys of the file that are no setting of the file.
+/// Keys of the file that are no setting of the file. A setting's config var name (any case, with
+/// or without `LAUNCHER_`) is told the key to write, or that the setting is a config var only.
 fn unknown_keys(table: &toml::Table) -> Vec<Problem> {
     let keyed = |key: &str| ALL.iter().any(|s| s.key == Some(key));
     let named = |key: &str| {
@@ -239,15 +212,18 @@ fn unknown_keys(table: &toml::Table) -> Vec<Problem> {
         .map(|key| Problem {
             origin: Origin::File,
             spec: None,
-            what: match named(key) {
-                Some(spec) => format!(
-                    "{FILE_NAME}: {} is a config var only, not a {FILE_NAME} setting (set {} instead)",
-                    shown(key),
-                    spec.var
+            what: match named(key).map(|spec| (spec.var, spec.key)) {
+                Some((var, Some(file_key))) => format!(
+                    "{FILE_NAME}: unknown setting {} (write {file_key}, the key for {var})",
+                    shown(key)
+                ),
+                Some((var, None)) => format!(
+                    "{FILE_NAME}: {} is a config var only, not a {FILE_NAME} setting (set {var} instead)",
+                    shown(key)
                 ),
                 None => format!("{FILE_NAME}: unknown setting {}", shown(key)),
             },
-            instead: "ignored".to_owned(),
+            instead: Instead::Ignored,
         })
         .collect()
 }
@@ -275,9 +251,9 @@ fn read_one(
         _ => entry(default, Source::Default),
     };
     let instead = |chosen: &Entry| match chosen.source {
-        Source::ConfigVar => format!("the {} config var wins", spec.var),
-        Source::File => format!("using {} from {FILE_NAME}", chosen.value.text()),
-        Source::Default => format!("using the default, {}", chosen.value.text()),
+        Source::ConfigVar => Instead::ConfigVar(spec.var),
+        Source::File => Instead::File(chosen.value.text()),
+        Source::Default => Instead::Default(chosen.value.text()),
     };
     if let Some((text, None)) = from_var {
         problems.push(Problem {

@@ -110,7 +110,7 @@ pub const MAX_WORKERS: Spec = Spec {
     },
     default: "",
     when: SIZE,
-    doc: "caps the computed value (never yours), and measured sizing",
+    doc: "caps the computed value (never yours), and what measured and adaptive sizing grow to",
 };
 
 pub const DISABLE: Spec = Spec {
@@ -129,7 +129,8 @@ pub const MODE: Spec = Spec {
     default: "auto",
     when: RUN,
     doc: "how the app is run: N copies sharing the socket, or one server that forks its own \
-          workers; `auto` delegates to gunicorn only. `launcher run --mode` wins over it",
+          workers; `auto` delegates to gunicorn, puma and unicorn, fan-out otherwise. `launcher \
+          run --mode` wins over it",
 };
 
 pub const GRACEFUL_TIMEOUT: Spec = Spec {

@@ -289,3 +289,125 @@ fn the_readme_settings_table_is_this_table() {
         in_code.len()
     );
 }
+
+#[test]
+fn the_mode_and_max_workers_texts_say_what_the_code_does() {
+    use crate::servers::{Mode, TABLE};
+    let delegated: Vec<&str> = TABLE
+        .iter()
+        .filter(|b| b.mode == Mode::Delegate)
+        .map(|b| b.name)
+        .collect();
+    let named = match delegated.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => panic!("auto delegates to no server"),
+    };
+    let said = format!("`auto` delegates to {named}, fan-out otherwise");
+    assert!(MODE.doc.contains(&said), "{said:?} not in {:?}", MODE.doc);
+    assert!(
+        MAX_WORKERS.doc.contains("measured and adaptive sizing"),
+        "it caps adaptive sizing's growth too: {:?}",
+        MAX_WORKERS.doc
+    );
+}
+
+#[test]
+fn a_config_var_name_in_the_file_is_told_the_key_to_write() {
+    for (text, warning) in [
+        (
+            "launcher_max_workers = 8",
+            "launcher.toml: unknown setting \"launcher_max_workers\" (write max_workers, the key \
+             for LAUNCHER_MAX_WORKERS); ignored",
+        ),
+        (
+            "MODE = \"fanout\"",
+            "launcher.toml: unknown setting \"MODE\" (write mode, the key for LAUNCHER_MODE); \
+             ignored",
+        ),
+        (
+            "LAUNCHER_SIZING = \"measured\"",
+            "launcher.toml: unknown setting \"LAUNCHER_SIZING\" (write sizing, the key for \
+             LAUNCHER_SIZING); ignored",
+        ),
+        (
+            "web_memory = 512",
+            "launcher.toml: \"web_memory\" is a config var only, not a launcher.toml setting (set \
+             WEB_MEMORY instead); ignored",
+        ),
+        (
+            "LAUNCHER_BINARY_URL = \"x\"",
+            "launcher.toml: \"LAUNCHER_BINARY_URL\" is a config var only, not a launcher.toml \
+             setting (set LAUNCHER_BINARY_URL instead); ignored",
+        ),
+        (
+            "colour = 1",
+            "launcher.toml: unknown setting \"colour\"; ignored",
+        ),
+    ] {
+        assert_eq!(load(&[], Some(text)).warnings(), [warning], "{text}");
+    }
+}
+
+#[test]
+fn every_build_log_warning_is_a_sentence() {
+    let refuses = "`launcher run` refuses to start on this";
+    let build_log = |vars: &[(&str, &str)], file: &str| load(vars, Some(file)).build_log_warnings();
+    let bad_mode = "launcher.toml: mode must be one of auto, fanout, delegate, not \"turbo\"";
+    assert_eq!(
+        build_log(&[], "colour = 1\n"),
+        [format!(
+            "launcher.toml: unknown setting \"colour\": {refuses}; at boot it is ignored"
+        )]
+    );
+    assert_eq!(
+        build_log(&[], "mode = \"turbo\"\n"),
+        [format!(
+            "{bad_mode}: {refuses}; at boot the default, auto, is used"
+        )]
+    );
+    assert_eq!(
+        build_log(&[], "max_workers = 0\n"),
+        [format!(
+            "launcher.toml: max_workers must be a whole number from 1 to 1024, not 0: {refuses}; \
+             at boot the default, none, is used"
+        )]
+    );
+    assert_eq!(
+        build_log(&[("LAUNCHER_MODE", "fanout")], "mode = \"turbo\"\n"),
+        [format!(
+            "{bad_mode}: {refuses}; at boot the LAUNCHER_MODE config var wins"
+        )]
+    );
+    // A config var's problem reads as it does at boot.
+    let bad_var = "LAUNCHER_MODE=\"turbo\" is not one of auto, fanout, delegate";
+    assert_eq!(
+        build_log(&[("LAUNCHER_MODE", "turbo")], "mode = \"fanout\"\n"),
+        [format!("{bad_var}; using fanout from launcher.toml")]
+    );
+    assert_eq!(
+        build_log(&[("LAUNCHER_MODE", "turbo")], "mode = \"turbo\"\n"),
+        [
+            format!("{bad_var}; using the default, auto"),
+            format!("{bad_mode}: {refuses}; at boot the default, auto, is used"),
+        ]
+    );
+    // The file as a whole: unreadable, or not TOML.
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    std::fs::create_dir(dir.path().join(FILE_NAME)).expect("mkdir");
+    let unreadable = Settings::load(&env(&[]), Some(dir.path()));
+    assert_eq!(
+        unreadable.build_log_warnings(),
+        [format!(
+            "cannot read launcher.toml: not a regular file (a directory): {refuses}; at boot the \
+             file is ignored"
+        )]
+    );
+    let not_toml = load(&[], Some("mode = [\n")).build_log_warnings();
+    assert_eq!(not_toml.len(), 1, "{not_toml:?}");
+    assert!(
+        not_toml[0].starts_with("launcher.toml is not valid TOML (")
+            && not_toml[0].ends_with(&format!("): {refuses}; at boot the file is ignored")),
+        "{not_toml:?}"
+    );
+}

@@ -28,7 +28,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::env::Env;
 use crate::host::Snapshot;
 use crate::report::Report;
-use crate::servers::Mode;
+use crate::servers::ModeChoice;
 use crate::settings::Settings;
 use crate::state;
 use crate::usage::cpu::CpuMeter;
@@ -42,7 +42,8 @@ use pool::Pool;
 
 /// What `launcher run` was asked for on its command line.
 pub struct Request {
-    pub mode: Option<Mode>,
+    /// `--mode`; None when not given.
+    pub mode: Option<ModeChoice>,
     pub app_dir: Option<PathBuf>,
     pub command: Vec<OsString>,
 }

@@ -60,11 +60,7 @@ impl Plan {
         app_dir: &Path,
     ) -> Plan {
         let found = servers::identify(&request.command);
-        let (mode, mode_reason) = match (request.mode, settings.mode) {
-            (Some(mode), _) => (mode, "--mode".to_owned()),
-            (None, Some(mode)) => (mode, "LAUNCHER_MODE or launcher.toml".to_owned()),
-            (None, None) => servers::auto_mode(found.server),
-        };
+        let (mode, mode_reason) = servers::choose_mode(request.mode, settings.mode, found.server);
         let rewrite = if let Some(listen) = listen {
             servers::use_socket(&request.command, found, listen)
         } else {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::servers::Mode;
+use crate::servers::ModeChoice;
 use crate::settings::{self as table, Settings};
 
 /// Heroku sends SIGKILL 30 s after SIGTERM; the launcher must be done before that: the graceful
@@ -44,8 +44,8 @@ pub struct AdaptiveSettings {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSettings {
-    /// None: chosen from the command.
-    pub mode: Option<Mode>,
+    /// `Auto`: chosen from the command.
+    pub mode: ModeChoice,
     pub graceful_timeout: Duration,
     pub ready_grace: Duration,
     pub ready_timeout: Duration,
@@ -81,7 +81,7 @@ impl RunSettings {
         }
         let sample_interval = settings.seconds(&table::SAMPLE_INTERVAL);
         RunSettings {
-            mode: Mode::parse(settings.choice(&table::MODE)).flatten(),
+            mode: ModeChoice::setting(settings),
             graceful_timeout,
             ready_grace: settings.seconds(&table::READY_GRACE),
             ready_timeout: settings.seconds(&table::READY_TIMEOUT),
@@ -154,10 +154,13 @@ mod tests {
             false,
         );
         assert_eq!(settings.sample_interval, None, "0 turns samples off");
-        assert_eq!(settings.mode, Some(Mode::Delegate));
+        assert_eq!(
+            settings.mode,
+            ModeChoice::Fixed(crate::servers::Mode::Delegate)
+        );
         assert_eq!(settings.sizing, Sizing::Measured);
         let defaults = run_settings(&[], false);
-        assert_eq!(defaults.mode, None, "auto: chosen from the command");
+        assert_eq!(defaults.mode, ModeChoice::Auto, "chosen from the command");
         assert_eq!(defaults.sample_interval, Some(Duration::from_secs(20)));
         assert_eq!(defaults.soft_limit_percent, 85);
         assert_eq!(defaults.sizing, Sizing::Static);
