@@ -6,7 +6,7 @@
 //!
 //! One cold cargo build serves the whole file (`shared()`); other builds find its binary in their
 //! restored cache layer, and the release workflow's steps (`release`, test/cnb/release.rs) its
-//! cargo target dir.
+//! cargo target dir. bin/package on binaries built elsewhere: `package`, test/cnb/package.rs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+#[path = "cnb/package.rs"]
+mod package;
 #[path = "cnb/release.rs"]
 mod release;
 mod support;

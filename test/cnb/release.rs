@@ -141,7 +141,7 @@ fn elf_header(arch: &str) -> Vec<u8> {
 }
 
 /// Writes `dir/name` and `dir/name.sha256` as sha256sum writes it.
-fn with_checksum(dir: &Path, name: &str, bytes: &[u8]) {
+pub(super) fn with_checksum(dir: &Path, name: &str, bytes: &[u8]) {
     fs::write(dir.join(name), bytes).expect("write");
     let sum = Command::new("sha256sum")
         .arg(name)
