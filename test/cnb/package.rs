@@ -1,5 +1,6 @@
 //! bin/package given a binary for this machine built elsewhere (no cargo): a C program standing in
-//! for the launcher, compiled with gcc: which binaries it takes as static.
+//! for the launcher, compiled with gcc. Which binaries it takes as static, and which files of the
+//! source its tarball takes: in a git checkout, only those git tracks.
 
 use std::fs;
 use std::path::Path;
@@ -10,7 +11,7 @@ use tempfile::TempDir;
 use super::release::with_checksum;
 use super::support::lifecycle::{BUILD_TIMEOUT, SYSTEM_PATH};
 use super::support::{needs_machine, output_within, repo};
-use super::{log, text};
+use super::{cp, log, text, BUILDPACK_FILES};
 
 const ARCH: &str = std::env::consts::ARCH;
 
@@ -84,6 +85,83 @@ fn bin_package_takes_a_plain_static_binary_and_refuses_a_dynamic_one() {
             text(&out.stderr).contains("is dynamically linked"),
             "{}",
             log(&out)
+        );
+        Ok(())
+    });
+}
+
+/// The entries of the tarball bin/package wrote to `out`.
+fn listing(out: &Path) -> Vec<String> {
+    let tarball = fs::read_dir(out)
+        .expect("out")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+        .expect("a tarball");
+    let list = Command::new("tar")
+        .arg("-tzf")
+        .arg(tarball)
+        .output()
+        .expect("tar");
+    text(&list.stdout).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn in_a_git_checkout_the_tarball_takes_only_the_files_git_tracks() {
+    needs_machine(|| {
+        let dir = TempDir::new().map_err(|e| e.to_string())?;
+        let binary = c_launcher(dir.path(), &["-static"])?;
+        let checkout = dir.path().join("checkout");
+        fs::create_dir_all(checkout.join("bin")).map_err(|e| e.to_string())?;
+        for file in BUILDPACK_FILES {
+            cp(&repo().join(file), &checkout.join(file));
+        }
+        fs::write(checkout.join("NOTES"), "tracked, then deleted").map_err(|e| e.to_string())?;
+        let git = |args: &[&str]| {
+            Command::new("git")
+                .arg("-C")
+                .arg(&checkout)
+                .args(args)
+                .output()
+                .map_err(|e| format!("git: {e}"))
+                .and_then(|out| match out.status.success() {
+                    true => Ok(()),
+                    false => Err(format!("git {args:?}: {}", log(&out))),
+                })
+        };
+        git(&["init", "--quiet"])?;
+        git(&["add", "--all"])?;
+        fs::remove_file(checkout.join("NOTES")).map_err(|e| e.to_string())?;
+        // Untracked: what README's benchmark makes in the checkout, and a stray plot.
+        fs::create_dir_all(checkout.join(".venv-bench/bin")).map_err(|e| e.to_string())?;
+        fs::write(checkout.join(".venv-bench/bin/python3"), "").map_err(|e| e.to_string())?;
+        fs::write(checkout.join("plot.png"), "").map_err(|e| e.to_string())?;
+
+        let out = package(&checkout, &binary, &dir.path().join("git"));
+        assert!(out.status.success(), "{}", log(&out));
+        let entries = listing(&dir.path().join("git"));
+        for file in ["./bin/compile", "./lib/binary.sh", "./launcher/Cargo.toml"] {
+            assert!(
+                entries.iter().any(|e| e == file),
+                "no {file} in {entries:?}"
+            );
+        }
+        for left_out in ["./plot.png", "./.venv-bench", "./NOTES", "./bin/package"] {
+            assert!(
+                !entries.iter().any(|e| e.starts_with(left_out)),
+                "{entries:?}"
+            );
+        }
+
+        // Not a git checkout: every file but the fixed list of what a release leaves out.
+        fs::remove_dir_all(checkout.join(".git")).map_err(|e| e.to_string())?;
+        let out = package(&checkout, &binary, &dir.path().join("plain"));
+        assert!(out.status.success(), "{}", log(&out));
+        let entries = listing(&dir.path().join("plain"));
+        assert!(entries.iter().any(|e| e == "./plot.png"), "{entries:?}");
+        assert!(
+            !entries.iter().any(|e| e.starts_with("./.venv-bench")),
+            "{entries:?}"
         );
         Ok(())
     });
