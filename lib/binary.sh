@@ -7,6 +7,7 @@
 #
 # Usage: source "$BUILDPACK_DIR/lib/output.sh"; source "$BUILDPACK_DIR/lib/binary.sh"
 #   binary::obtain DEST CACHE_DIR ENV_DIR    # writes an executable, verified binary to DEST
+#   binary::version DEST                     # checks that it runs: BINARY_VERSION
 #   binary::cargo_build CARGO TARGET_DIR     # the release build (also used by bin/package);
 #                                            # prints the path of the built binary
 #   binary::toml_field TABLE KEY             # a value of buildpack.toml (also bin/package's)
@@ -200,6 +201,7 @@ binary::install_toolchain() {
   work="$(mktemp -d)"
   if ! curl "${BINARY_CURL_OPTIONS[@]}" --output "${work}/rustup-init" "${url}" ||
     ! curl "${BINARY_CURL_OPTIONS[@]}" --output "${work}/rustup-init.sha256" "${url}.sha256"; then
+    rm -rf "${work}"
     output::error "Could not download rustup-init from ${url}." \
       "Building the launcher from source needs a Rust toolchain. Use a release of this buildpack," \
       "which ships a prebuilt binary, or set LAUNCHER_BINARY_URL."
@@ -212,11 +214,29 @@ binary::install_toolchain() {
       exit 1
     }
   chmod 0755 "${work}/rustup-init"
-  "${work}/rustup-init" -y --profile minimal --no-modify-path 2>&1 | output::indent
+  if ! "${work}/rustup-init" -y --profile minimal --no-modify-path 2>&1 | output::indent; then
+    rm -rf "${work}"
+    output::error "rustup-init from ${url} could not install a Rust toolchain (its output is above)." \
+      "Use a release of this buildpack, which ships a prebuilt binary, or set LAUNCHER_BINARY_URL."
+  fi
   rm -rf "${work}"
   [[ -x "${CARGO_HOME}/bin/cargo" ]] ||
     output::error "rustup-init finished but installed no cargo in ${CARGO_HOME}/bin."
   output::detail "Installed the Rust toolchain ($(output::elapsed "${start}"))"
+}
+
+# Usage: binary::version FILE -> sets BINARY_VERSION to what the installed binary FILE reports
+# (`launcher X.Y.Z`). A binary that does not run here (built for another architecture or C
+# library, or damaged at its source) ends the build, and is removed first.
+binary::version() {
+  local file="$1" status=0
+  # shellcheck disable=SC2034 # bin/compile and bin/build print it.
+  BINARY_VERSION="$("${file}" --version)" || status=$?
+  [[ ${status} -eq 0 ]] && return 0
+  rm -f "${file}"
+  output::error "The launcher binary does not run here: \`launcher --version\` exited with status ${status}." \
+    "It may be built for another architecture or C library, or be damaged. Use a release of this" \
+    "buildpack, or set LAUNCHER_BINARY_URL to a static launcher for $(binary::arch)."
 }
 
 # Usage: binary::cargo_build CARGO TARGET_DIR [ARCH] -> path of the static release binary.

@@ -372,6 +372,27 @@ fn arm64_machines_get_the_aarch64_binary_and_others_are_refused() {
     );
 }
 
+#[test]
+fn a_binary_that_does_not_run_here_stops_the_cnb_build_saying_so() {
+    needs_machine(|| {
+        let dir = open_temp_dir();
+        let tree = dir.path().join("buildpack");
+        copy_buildpack(&tree);
+        let prebuilt = tree.join("bin/prebuilt");
+        fs::create_dir_all(&prebuilt).expect("mkdir");
+        let name = format!("launcher-linux-{}", std::env::consts::ARCH);
+        release::with_checksum(&prebuilt, &name, b"#!/bin/sh\nexit 126\n");
+        let site = Site::new(&fixture("flask"))?;
+        let out = site.build(&tree, ID, &BuildOptions::offline());
+        assert!(!out.status.success(), "{}", log(&out));
+        let headline =
+            "! The launcher binary does not run here: `launcher --version` exited with status 126.";
+        assert!(text(&out.stderr).contains(headline), "{}", log(&out));
+        assert!(!text(&out.stdout).contains("installed"), "{}", log(&out));
+        Ok(())
+    });
+}
+
 // ---- The lifecycle stand-in's own rules ------------------------------------------------------------
 
 #[test]
