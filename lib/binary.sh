@@ -76,6 +76,17 @@ binary::sha256() {
   sha256sum "$1" | cut -d ' ' -f 1
 }
 
+# Usage: binary::checksum VALUE -> VALUE as binary::verify compares it: its first field (so the
+# whole line of a .sha256 file, "HASH  launcher-linux-x86_64", will do), in lower case. Returns 1,
+# printing nothing, when that is not a SHA-256 (64 hex digits).
+binary::checksum() {
+  local first
+  read -r first _ <<<"$1" || true
+  first="${first,,}"
+  [[ "${first}" =~ ^[0-9a-f]{64}$ ]] || return 1
+  printf '%s' "${first}"
+}
+
 # Usage: binary::verify FILE EXPECTED HEADLINE [ADVICE...] || <clean up>; exit 1
 # Returns 0 when FILE's SHA-256 is EXPECTED; otherwise prints HEADLINE, both checksums and ADVICE as
 # a warning block and returns 1, so the caller can clean up before ending the build.
@@ -110,7 +121,7 @@ binary::from_prebuilt() {
 # when it got one; 0 when none is listed or the download failed. A checksum mismatch ends the build.
 binary::from_release() {
   local dest="$1" arch="$2" env_dir="$3"
-  local url expected start download
+  local url given origin expected start download
   BINARY_DOWNLOADED=0
   url="$(binary::setting LAUNCHER_BINARY_URL "${env_dir}")"
   url="${url:-$(binary::toml_field "metadata.release.${arch}" url)}"
@@ -118,11 +129,19 @@ binary::from_release() {
     output::detail "No release binary listed in buildpack.toml for ${arch}; building from source"
     return 0
   fi
-  expected="$(binary::setting LAUNCHER_BINARY_SHA256 "${env_dir}")"
-  expected="${expected:-$(binary::toml_field "metadata.release.${arch}" sha256)}"
-  [[ -n "${expected}" ]] ||
+  given="$(binary::setting LAUNCHER_BINARY_SHA256 "${env_dir}")"
+  origin="LAUNCHER_BINARY_SHA256"
+  if [[ -z "${given}" ]]; then
+    given="$(binary::toml_field "metadata.release.${arch}" sha256)"
+    origin="buildpack.toml's [metadata.release.${arch}] sha256"
+  fi
+  [[ -n "${given}" ]] ||
     output::error "No SHA-256 to check the launcher binary from ${url} against." \
       "Set LAUNCHER_BINARY_SHA256 to the binary's SHA-256 (sha256sum prints it)."
+  expected="$(binary::checksum "${given}")" ||
+    output::error "${origin} is not a SHA-256: \"${given%%$'\n'*}\"" \
+      "Set it to the binary's SHA-256, 64 hex digits: the first field of what sha256sum prints," \
+      "or the whole line of the .sha256 file a release has beside each binary."
   start="$(output::now)"
   download="${dest}.download"
   if ! curl "${BINARY_CURL_OPTIONS[@]}" --output "${download}" "${url}"; then

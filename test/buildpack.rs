@@ -545,6 +545,29 @@ fn path_b_the_release_binary_is_downloaded_and_verified() {
     );
     assert_eq!(fs::read(build.installed()).expect("installed"), good);
 
+    // LAUNCHER_BINARY_SHA256 as it may be pasted: in upper case, or the whole line of the
+    // release's .sha256 file. Anything else is refused, before any download.
+    let sum = sha256(&shared.cached_binary());
+    for given in [
+        sum.to_uppercase(),
+        format!("{sum}  launcher-linux-{ARCH}\n"),
+    ] {
+        let build = Build::new("flask");
+        build.set_config_var("LAUNCHER_BINARY_URL", &server.url("/good"));
+        build.set_config_var("LAUNCHER_BINARY_SHA256", &given);
+        let output = build.compile(&buildpack, false);
+        assert_success(&output);
+        assert_eq!(fs::read(build.installed()).expect("installed"), good);
+    }
+    let build = Build::new("flask");
+    build.set_config_var("LAUNCHER_BINARY_URL", &server.url("/good"));
+    build.set_config_var("LAUNCHER_BINARY_SHA256", &format!("sha256:{sum}"));
+    let output = build.compile(&buildpack, false);
+    assert!(!output.status.success(), "{}", log(&output));
+    let refused = format!("LAUNCHER_BINARY_SHA256 is not a SHA-256: \"sha256:{sum}\"");
+    assert!(text(&output.stderr).contains(&refused), "{}", log(&output));
+    assert!(!build.installed().exists());
+
     // LAUNCHER_BINARY_URL pointing at a tampered binary: the build stops, nothing is installed.
     let build = Build::new("flask");
     build.set_config_var("LAUNCHER_BINARY_URL", &server.url("/tampered"));
@@ -572,7 +595,7 @@ fn path_b_the_release_binary_is_downloaded_and_verified() {
     assert!(text(&output.stdout).contains("cached"), "{}", log(&output));
     assert_eq!(
         server.requests(),
-        ["/good", "/tampered", "/missing"].map(str::to_owned)
+        ["/good", "/good", "/good", "/tampered", "/missing"].map(str::to_owned)
     );
 }
 
