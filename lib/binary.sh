@@ -7,6 +7,7 @@
 #
 # Usage: source "$BUILDPACK_DIR/lib/output.sh"; source "$BUILDPACK_DIR/lib/binary.sh"
 #   binary::obtain DEST CACHE_DIR ENV_DIR    # writes an executable, verified binary to DEST
+#   binary::version DEST                     # checks that it runs: BINARY_VERSION
 #   binary::cargo_build CARGO TARGET_DIR     # the release build (also used by bin/package);
 #                                            # prints the path of the built binary
 #   binary::toml_field TABLE KEY             # a value of buildpack.toml (also bin/package's)
@@ -75,6 +76,17 @@ binary::sha256() {
   sha256sum "$1" | cut -d ' ' -f 1
 }
 
+# Usage: binary::checksum VALUE -> VALUE as binary::verify compares it: its first field (so the
+# whole line of a .sha256 file, "HASH  launcher-linux-x86_64", will do), in lower case. Returns 1,
+# printing nothing, when that is not a SHA-256 (64 hex digits).
+binary::checksum() {
+  local first
+  read -r first _ <<<"$1" || true
+  first="${first,,}"
+  [[ "${first}" =~ ^[0-9a-f]{64}$ ]] || return 1
+  printf '%s' "${first}"
+}
+
 # Usage: binary::verify FILE EXPECTED HEADLINE [ADVICE...] || <clean up>; exit 1
 # Returns 0 when FILE's SHA-256 is EXPECTED; otherwise prints HEADLINE, both checksums and ADVICE as
 # a warning block and returns 1, so the caller can clean up before ending the build.
@@ -109,7 +121,7 @@ binary::from_prebuilt() {
 # when it got one; 0 when none is listed or the download failed. A checksum mismatch ends the build.
 binary::from_release() {
   local dest="$1" arch="$2" env_dir="$3"
-  local url expected start download
+  local url given origin expected start download
   BINARY_DOWNLOADED=0
   url="$(binary::setting LAUNCHER_BINARY_URL "${env_dir}")"
   url="${url:-$(binary::toml_field "metadata.release.${arch}" url)}"
@@ -117,11 +129,19 @@ binary::from_release() {
     output::detail "No release binary listed in buildpack.toml for ${arch}; building from source"
     return 0
   fi
-  expected="$(binary::setting LAUNCHER_BINARY_SHA256 "${env_dir}")"
-  expected="${expected:-$(binary::toml_field "metadata.release.${arch}" sha256)}"
-  [[ -n "${expected}" ]] ||
+  given="$(binary::setting LAUNCHER_BINARY_SHA256 "${env_dir}")"
+  origin="LAUNCHER_BINARY_SHA256"
+  if [[ -z "${given}" ]]; then
+    given="$(binary::toml_field "metadata.release.${arch}" sha256)"
+    origin="buildpack.toml's [metadata.release.${arch}] sha256"
+  fi
+  [[ -n "${given}" ]] ||
     output::error "No SHA-256 to check the launcher binary from ${url} against." \
       "Set LAUNCHER_BINARY_SHA256 to the binary's SHA-256 (sha256sum prints it)."
+  expected="$(binary::checksum "${given}")" ||
+    output::error "${origin} is not a SHA-256: \"${given%%$'\n'*}\"" \
+      "Set it to the binary's SHA-256, 64 hex digits: the first field of what sha256sum prints," \
+      "or the whole line of the .sha256 file a release has beside each binary."
   start="$(output::now)"
   download="${dest}.download"
   if ! curl "${BINARY_CURL_OPTIONS[@]}" --output "${download}" "${url}"; then
@@ -200,6 +220,7 @@ binary::install_toolchain() {
   work="$(mktemp -d)"
   if ! curl "${BINARY_CURL_OPTIONS[@]}" --output "${work}/rustup-init" "${url}" ||
     ! curl "${BINARY_CURL_OPTIONS[@]}" --output "${work}/rustup-init.sha256" "${url}.sha256"; then
+    rm -rf "${work}"
     output::error "Could not download rustup-init from ${url}." \
       "Building the launcher from source needs a Rust toolchain. Use a release of this buildpack," \
       "which ships a prebuilt binary, or set LAUNCHER_BINARY_URL."
@@ -212,11 +233,29 @@ binary::install_toolchain() {
       exit 1
     }
   chmod 0755 "${work}/rustup-init"
-  "${work}/rustup-init" -y --profile minimal --no-modify-path 2>&1 | output::indent
+  if ! "${work}/rustup-init" -y --profile minimal --no-modify-path 2>&1 | output::indent; then
+    rm -rf "${work}"
+    output::error "rustup-init from ${url} could not install a Rust toolchain (its output is above)." \
+      "Use a release of this buildpack, which ships a prebuilt binary, or set LAUNCHER_BINARY_URL."
+  fi
   rm -rf "${work}"
   [[ -x "${CARGO_HOME}/bin/cargo" ]] ||
     output::error "rustup-init finished but installed no cargo in ${CARGO_HOME}/bin."
   output::detail "Installed the Rust toolchain ($(output::elapsed "${start}"))"
+}
+
+# Usage: binary::version FILE -> sets BINARY_VERSION to what the installed binary FILE reports
+# (`launcher X.Y.Z`). A binary that does not run here (built for another architecture or C
+# library, or damaged at its source) ends the build, and is removed first.
+binary::version() {
+  local file="$1" status=0
+  # shellcheck disable=SC2034 # bin/compile and bin/build print it.
+  BINARY_VERSION="$("${file}" --version)" || status=$?
+  [[ ${status} -eq 0 ]] && return 0
+  rm -f "${file}"
+  output::error "The launcher binary does not run here: \`launcher --version\` exited with status ${status}." \
+    "It may be built for another architecture or C library, or be damaged. Use a release of this" \
+    "buildpack, or set LAUNCHER_BINARY_URL to a static launcher for $(binary::arch)."
 }
 
 # Usage: binary::cargo_build CARGO TARGET_DIR [ARCH] -> path of the static release binary.

@@ -545,6 +545,29 @@ fn path_b_the_release_binary_is_downloaded_and_verified() {
     );
     assert_eq!(fs::read(build.installed()).expect("installed"), good);
 
+    // LAUNCHER_BINARY_SHA256 as it may be pasted: in upper case, or the whole line of the
+    // release's .sha256 file. Anything else is refused, before any download.
+    let sum = sha256(&shared.cached_binary());
+    for given in [
+        sum.to_uppercase(),
+        format!("{sum}  launcher-linux-{ARCH}\n"),
+    ] {
+        let build = Build::new("flask");
+        build.set_config_var("LAUNCHER_BINARY_URL", &server.url("/good"));
+        build.set_config_var("LAUNCHER_BINARY_SHA256", &given);
+        let output = build.compile(&buildpack, false);
+        assert_success(&output);
+        assert_eq!(fs::read(build.installed()).expect("installed"), good);
+    }
+    let build = Build::new("flask");
+    build.set_config_var("LAUNCHER_BINARY_URL", &server.url("/good"));
+    build.set_config_var("LAUNCHER_BINARY_SHA256", &format!("sha256:{sum}"));
+    let output = build.compile(&buildpack, false);
+    assert!(!output.status.success(), "{}", log(&output));
+    let refused = format!("LAUNCHER_BINARY_SHA256 is not a SHA-256: \"sha256:{sum}\"");
+    assert!(text(&output.stderr).contains(&refused), "{}", log(&output));
+    assert!(!build.installed().exists());
+
     // LAUNCHER_BINARY_URL pointing at a tampered binary: the build stops, nothing is installed.
     let build = Build::new("flask");
     build.set_config_var("LAUNCHER_BINARY_URL", &server.url("/tampered"));
@@ -572,7 +595,7 @@ fn path_b_the_release_binary_is_downloaded_and_verified() {
     assert!(text(&output.stdout).contains("cached"), "{}", log(&output));
     assert_eq!(
         server.requests(),
-        ["/good", "/tampered", "/missing"].map(str::to_owned)
+        ["/good", "/good", "/good", "/tampered", "/missing"].map(str::to_owned)
     );
 }
 
@@ -611,7 +634,18 @@ fn path_c_installs_a_toolchain_into_the_cache_when_there_is_no_cargo() {
         "{}  *rustup-init\n",
         sha256(&stub_file.path().join("rustup-init"))
     );
+    let failing = b"#!/bin/sh\necho 'rustup-init: no network here' >&2\nexit 1\n".to_vec();
+    fs::write(stub_file.path().join("failing"), &failing).expect("write stub");
+    let failing_sha = format!(
+        "{}  *rustup-init\n",
+        sha256(&stub_file.path().join("failing"))
+    );
     let server = Server::start(vec![
+        ("/failing/rustup-init".to_owned(), failing),
+        (
+            "/failing/rustup-init.sha256".to_owned(),
+            failing_sha.into_bytes(),
+        ),
         ("/rustup-init".to_owned(), stub.clone()),
         (
             "/rustup-init.sha256".to_owned(),
@@ -675,6 +709,62 @@ fn path_c_installs_a_toolchain_into_the_cache_when_there_is_no_cargo() {
         log(&output)
     );
     assert!(!build.cache().join("launcher/cargo-home/bin/cargo").exists());
+
+    // A rustup-init that fails: the build stops saying so, and leaves no download behind.
+    let build = Build::new("flask");
+    let url = server.url("/failing/rustup-init");
+    build.set_config_var("LAUNCHER_RUSTUP_INIT_URL", &url);
+    let tmp = build.home().join("tmp");
+    fs::create_dir(&tmp).expect("mkdir");
+    let (app, cache, env) = (build.app(), build.cache(), build.env_dir());
+    let mut compile = platform(
+        &shared.buildpack,
+        "compile",
+        &[&app, &cache, &env],
+        &build.home(),
+    );
+    let output = run(compile.env("TMPDIR", &tmp));
+    assert!(!output.status.success(), "{}", log(&output));
+    let headline = format!(" !     rustup-init from {url} could not install a Rust toolchain");
+    assert!(text(&output.stderr).contains(&headline), "{}", log(&output));
+    assert!(
+        text(&output.stdout).contains("rustup-init: no network here"),
+        "{}",
+        log(&output)
+    );
+    let left: Vec<_> = fs::read_dir(&tmp).expect("tmp").flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A buildpack copy in `dir` whose prebuilt binary for this machine is `script`.
+fn with_prebuilt(dir: &Path, script: &str) -> PathBuf {
+    let buildpack = dir.join("buildpack");
+    copy_buildpack(&buildpack);
+    let prebuilt = buildpack.join("bin/prebuilt");
+    fs::create_dir_all(&prebuilt).expect("mkdir");
+    let name = format!("launcher-linux-{ARCH}");
+    fs::write(prebuilt.join(&name), script).expect("write");
+    let sum = format!("{}  {name}\n", sha256(&prebuilt.join(&name)));
+    fs::write(prebuilt.join(format!("{name}.sha256")), sum).expect("write");
+    buildpack
+}
+
+#[test]
+fn a_binary_that_does_not_run_here_stops_the_build_saying_so() {
+    let dir = TempDir::new().expect("temp dir");
+    let script = "#!/bin/sh\necho 'cannot execute: Exec format error' >&2\nexit 126\n";
+    let buildpack = with_prebuilt(dir.path(), script);
+    let build = Build::new("flask");
+    let output = build.compile(&buildpack, false);
+    assert!(!output.status.success(), "{}", log(&output));
+    let headline = " !     The launcher binary does not run here: `launcher --version` exited with status 126.";
+    assert!(text(&output.stderr).contains(headline), "{}", log(&output));
+    assert!(
+        !text(&output.stdout).contains("installed"),
+        "{}",
+        log(&output)
+    );
+    assert!(!build.installed().exists());
 }
 
 // ---- A dyno boot ----------------------------------------------------------------------------------

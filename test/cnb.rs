@@ -6,7 +6,7 @@
 //!
 //! One cold cargo build serves the whole file (`shared()`); other builds find its binary in their
 //! restored cache layer, and the release workflow's steps (`release`, test/cnb/release.rs) its
-//! cargo target dir.
+//! cargo target dir. bin/package on binaries built elsewhere: `package`, test/cnb/package.rs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+#[path = "cnb/package.rs"]
+mod package;
 #[path = "cnb/release.rs"]
 mod release;
 mod support;
@@ -174,7 +176,12 @@ fn the_descriptor_is_a_cnb_for_api_0_10_and_keeps_the_classic_fields() {
     let ignored = toml["publish"]["Ignore"]["files"]
         .as_array()
         .expect("[publish.Ignore] files");
-    assert!(ignored.iter().any(|f| f.as_str() == Some("test/")));
+    for left_out in ["test/", ".venv-bench/"] {
+        assert!(
+            ignored.iter().any(|f| f.as_str() == Some(left_out)),
+            "{left_out}"
+        );
+    }
     for arch in ["x86_64", "aarch64"] {
         let release = toml["metadata"]["release"][arch].as_table().expect(arch);
         assert!(release.contains_key("url") && release.contains_key("sha256"));
@@ -363,6 +370,27 @@ fn arm64_machines_get_the_aarch64_binary_and_others_are_refused() {
         fs::read_to_string(&dest).expect("installed"),
         "a released arm64 binary"
     );
+}
+
+#[test]
+fn a_binary_that_does_not_run_here_stops_the_cnb_build_saying_so() {
+    needs_machine(|| {
+        let dir = open_temp_dir();
+        let tree = dir.path().join("buildpack");
+        copy_buildpack(&tree);
+        let prebuilt = tree.join("bin/prebuilt");
+        fs::create_dir_all(&prebuilt).expect("mkdir");
+        let name = format!("launcher-linux-{}", std::env::consts::ARCH);
+        release::with_checksum(&prebuilt, &name, b"#!/bin/sh\nexit 126\n");
+        let site = Site::new(&fixture("flask"))?;
+        let out = site.build(&tree, ID, &BuildOptions::offline());
+        assert!(!out.status.success(), "{}", log(&out));
+        let headline =
+            "! The launcher binary does not run here: `launcher --version` exited with status 126.";
+        assert!(text(&out.stderr).contains(headline), "{}", log(&out));
+        assert!(!text(&out.stdout).contains("installed"), "{}", log(&out));
+        Ok(())
+    });
 }
 
 // ---- The lifecycle stand-in's own rules ------------------------------------------------------------

@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -140,7 +141,7 @@ fn elf_header(arch: &str) -> Vec<u8> {
 }
 
 /// Writes `dir/name` and `dir/name.sha256` as sha256sum writes it.
-fn with_checksum(dir: &Path, name: &str, bytes: &[u8]) {
+pub(super) fn with_checksum(dir: &Path, name: &str, bytes: &[u8]) {
     fs::write(dir.join(name), bytes).expect("write");
     let sum = Command::new("sha256sum")
         .arg(name)
@@ -227,6 +228,9 @@ fn run_release() -> Result<Release, String> {
         fs::rename(built.join(&file), binaries.join(&file)).map_err(|e| e.to_string())?;
     }
     fs::remove_dir_all(&built).map_err(|e| e.to_string())?;
+    // What download-artifact gives the release job: the files without their execute bits.
+    let artifact = binaries.join(format!("launcher-linux-{ARCH}"));
+    fs::set_permissions(&artifact, fs::Permissions::from_mode(0o644)).map_err(|e| e.to_string())?;
     // The other runner's artifact: a stand-in (nothing here builds or runs that architecture).
     let other = format!("launcher-linux-{}", other_arch());
     with_checksum(&binaries, &other, &elf_header(other_arch()));
@@ -305,6 +309,11 @@ fn the_release_is_one_tarball_with_both_binaries_and_a_package_toml_for_pack() {
         ];
         expected.sort();
         assert_eq!(files, expected, "exactly what the release uploads");
+        for arch in ["x86_64", "aarch64"] {
+            let binary = release.dist.join(format!("launcher-linux-{arch}"));
+            let mode = fs::metadata(&binary).expect("binary").permissions().mode();
+            assert_eq!(mode & 0o777, 0o755, "{}", binary.display());
+        }
         let check = Command::new("sh")
             .args(["-c", "sha256sum --check --strict *.sha256"])
             .current_dir(&release.dist)

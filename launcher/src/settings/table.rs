@@ -357,11 +357,12 @@ pub const BINARY_SHA256: Spec = Spec {
     var: "LAUNCHER_BINARY_SHA256",
     key: None,
     kind: Kind::BuildText {
-        values: "hex SHA-256",
+        values: "SHA-256, 64 hex digits in either case, or the whole line of the release's \
+                 `.sha256` file",
     },
     default: "from `buildpack.toml`",
     when: BUILD,
-    doc: "the checksum that download must have",
+    doc: "the checksum that download must have; anything else stops the build",
 };
 
 pub const RUSTUP_INIT_URL: Spec = Spec {

@@ -44,8 +44,10 @@ pub fn escape_id(id: &str) -> String {
 /// A build's directories in one temp dir that the build user can reach: the app
 /// (`workspace`), `layers/<buildpack>`, `platform/env`, the user's home, and the user.
 pub struct Site {
-    dir: TempDir,
+    /// First: fields drop in declaration order, and `User::drop` kills the build user's processes,
+    /// which must be gone before the directory they may still be writing in is removed.
     pub user: User,
+    dir: TempDir,
 }
 
 impl Site {
@@ -54,7 +56,7 @@ impl Site {
         let user = User::create()?;
         let dir = TempDir::new().map_err(|e| e.to_string())?;
         open_to_all(dir.path());
-        let site = Site { dir, user };
+        let site = Site { user, dir };
         for sub in ["workspace", "layers", "platform/env", "home", "shim"] {
             fs::create_dir_all(site.path(sub)).map_err(|e| e.to_string())?;
         }

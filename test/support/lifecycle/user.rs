@@ -45,12 +45,15 @@ impl User {
                 .parse()
                 .map_err(|_| format!("id {flag} {name}: no number"))
         };
-        let user = User {
-            uid: id("-u")?,
-            gid: id("-g")?,
-            name,
-        };
-        Ok(user)
+        match (id("-u"), id("-g")) {
+            (Ok(uid), Ok(gid)) => Ok(User { name, uid, gid }),
+            // No User to drop yet (and its drop would wait for the lock held here): the account
+            // useradd made is removed now, or every later run would find it left behind.
+            (Err(e), _) | (_, Err(e)) => {
+                userdel(&name);
+                Err(e)
+            }
+        }
     }
 
     /// Gives `path` and everything under it to this user.
@@ -87,10 +90,15 @@ impl Drop for User {
         let _ = Command::new("pkill")
             .args(["-KILL", "-U", &self.uid.to_string()])
             .status();
-        let deleted = Command::new("userdel").arg(&self.name).output();
-        if !deleted.is_ok_and(|out| out.status.success()) {
-            eprintln!("could not remove the test user {}", self.name);
-        }
+        userdel(&self.name);
+    }
+}
+
+/// Removes the account `name`; the caller holds `ACCOUNTS`.
+fn userdel(name: &str) {
+    let deleted = Command::new("userdel").arg(name).output();
+    if !deleted.is_ok_and(|out| out.status.success()) {
+        eprintln!("could not remove the test user {name}");
     }
 }
 
