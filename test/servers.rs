@@ -5,6 +5,7 @@
 //! SIGHUP replaces every worker under load with no failed request, TTIN/TTOU scale by one, the
 //! server repairs a killed worker, the memory guard recycles a leaking one, and both shutdowns
 //! (SIGTERM to every process as on Cedar, to the launcher alone as PID 1) end with nothing left.
+//! puma with one thread a worker grows and shrinks with adaptive sizing under keep-alive clients.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -198,6 +199,55 @@ fn unicorn_delegated_runs_the_sized_count_restarts_scales_repairs_recycles_and_s
 }
 
 /// As PID 1 of a container (Kubernetes, Docker): SIGTERM to the launcher alone.
+#[test]
+fn puma_with_adaptive_sizing_grows_under_keep_alive_clients_and_comes_back_down() {
+    // One thread per worker: a worker takes a connection only while its thread is free, so
+    // the others wait in the launcher's accept queue (keep-alive connections included).
+    needs_machine(|| {
+        Ruby::Puma.installed()?;
+        let name = "launcher-test-puma-adaptive";
+        let cgroup = MemoryCgroup::create(&[name], 512 * MB)?.with_cpu_accounting(name)?;
+        let tmp = tempfile::TempDir::new().map_err(|e| e.to_string())?;
+        let port = free_port();
+        let port_text = port.to_string();
+        let env = [
+            ("RAILS_MAX_THREADS", "1"),
+            ("LAUNCHER_SIZING", "adaptive"),
+            ("LAUNCHER_ADAPTIVE_GROW_WINDOW", "2"),
+            ("LAUNCHER_ADAPTIVE_STEP", "1"),
+            ("LAUNCHER_ADAPTIVE_SHRINK_AFTER", "4"),
+        ];
+        let pidfile = tmp.path().join("server.pid");
+        let launcher = ruby_launcher(Ruby::Puma, &port_text, &pidfile, &env);
+        let run = Run::spawn(cgroup.wrap(&launcher));
+        let memory = run.wait_event("memory", BOOT, |_| true);
+        assert_eq!(memory.get("sizing"), "adaptive", "{}", memory.line);
+        let sized = sized_in(&cgroup);
+        let master = run.wait_children(1, BOOT)[0];
+        workers(&run, master, sized, &[], "at start");
+        let load = Load::on(port, 64, "/slow?s=0.05", secs(60));
+        run.wait("puma to grow by three workers", secs(40), || {
+            (children(master).len() >= sized + 3).then_some(())
+        });
+        let tally = load.finish();
+        let grown = run.events("resize");
+        run.wait("puma back at the static count", secs(40), || {
+            (children(master).len() == sized).then_some(())
+        });
+        let resizes = run.events("resize");
+        let reason = |e: &support::logfmt::Event| e.get("reason").to_owned();
+        assert!(grown.iter().all(|e| reason(e) == "queue"), "{}", run.log());
+        assert!(
+            resizes[grown.len()..].iter().all(|e| reason(e) == "idle"),
+            "{}",
+            run.log()
+        );
+        assert!(tally.failures.is_empty(), "{tally:?}\n{}", run.log());
+        assert_eq!(cgroup.oom_kills(), 0, "{}", run.log());
+        Ok(())
+    });
+}
+
 fn as_pid_1(server: Ruby) -> Result<(), String> {
     server.installed()?;
     let cgroup = MemoryCgroup::create(
