@@ -165,15 +165,8 @@ impl Load {
     /// The dyno's CPU use over about the last `over`, as a share of its CPUs: from the newest
     /// reading back to the last one at least `over` before it (else the oldest).
     pub fn cpu_busy(&self, over: Duration) -> Option<f64> {
-        let (newest_at, newest) = *self.cpu_readings.back()?;
-        let start = self
-            .cpu_readings
-            .iter()
-            .rev()
-            .find(|(at, _)| newest_at.duration_since(*at) >= over)
-            .or(self.cpu_readings.front())?;
-        let wall = newest_at.duration_since(start.0);
-        cpu::busy(newest.saturating_sub(start.1), wall, self.capacity)
+        let (used, wall) = cpu::rise(&self.cpu_readings, over)?;
+        cpu::busy(used, wall, self.capacity)
     }
 
     /// The `sample#` line's figures: the queue since the last sample, the CPU over `interval`.

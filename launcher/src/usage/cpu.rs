@@ -101,8 +101,8 @@ pub struct Demand {
     /// Each process's ran-plus-waited nanoseconds at the last reading.
     last: HashMap<i32, u64>,
     /// The sum of what the processes added between readings, and when it was read.
-    readings: VecDeque<(Instant, u64)>,
-    total: u64,
+    readings: VecDeque<(Instant, Duration)>,
+    total: Duration,
 }
 
 impl Demand {
@@ -113,7 +113,7 @@ impl Demand {
                 continue;
             };
             if let Some(before) = self.last.get(&pid) {
-                self.total += ns.saturating_sub(*before);
+                self.total += Duration::from_nanos(ns.saturating_sub(*before));
             }
             seen.insert(pid, ns);
         }
@@ -131,16 +131,28 @@ impl Demand {
     /// The demand over about the last `over` (from the newest reading back to the last one at
     /// least `over` before it, else the oldest), as a share of `capacity` CPUs.
     pub fn share(&self, over: Duration, capacity: f64) -> Option<f64> {
-        let (newest_at, newest) = *self.readings.back()?;
-        let start = self
-            .readings
-            .iter()
-            .rev()
-            .find(|(at, _)| newest_at.duration_since(*at) >= over)
-            .or(self.readings.front())?;
-        let wall = newest_at.duration_since(start.0);
-        busy(Duration::from_nanos(newest - start.1), wall, capacity)
+        let (used, wall) = rise(&self.readings, over)?;
+        busy(used, wall, capacity)
     }
+}
+
+/// How much a running total of time rose over about the last `over`, and over how much wall
+/// time: from the newest reading back to the last one at least `over` before it, else the
+/// oldest.
+pub fn rise(
+    readings: &VecDeque<(Instant, Duration)>,
+    over: Duration,
+) -> Option<(Duration, Duration)> {
+    let (newest_at, newest) = *readings.back()?;
+    let start = readings
+        .iter()
+        .rev()
+        .find(|(at, _)| newest_at.duration_since(*at) >= over)
+        .or(readings.front())?;
+    Some((
+        newest.saturating_sub(start.1),
+        newest_at.duration_since(start.0),
+    ))
 }
 
 /// The nanoseconds a process's threads have run and waited to run.
