@@ -322,8 +322,12 @@ impl Watch {
         }
         let cpu = self.cpu_figures(&workers, now, cpu_busy);
         let booted = self.booted(pool, &workers, now, cpu.rule());
-        let fit_due = self.fit_due(booted, now, cpu.rule());
-        if all_figures || over || capped || sizer_due || fit_due {
+        // A worker still stopping holds memory the usage counts and the fit would charge to
+        // the others: the sizers wait until it has exited (and the fit is not measured).
+        let stopping = pool.stopping_pids();
+        let settled = stopping.is_empty();
+        let fit_due = settled && self.fit_due(booted, now, cpu.rule());
+        if all_figures || over || capped || (sizer_due && settled) || fit_due {
             // Only when needed: smaps_rollup walks each worker's page tables, and on a busy host
             // /proc has hundreds of entries.
             measure(&mut workers, &procs::parents(Path::new("/proc")));
@@ -331,18 +335,15 @@ impl Watch {
         let reading = Reading {
             usage_bytes: usage.total_bytes(),
             workers,
-            stopping: pool.stopping_pids(),
+            stopping,
         };
         let mut actions = self.guard_actions(&reading, pool, now);
         let recycling = self.guard.as_ref().is_some_and(|g| g.recycling().is_some());
-        // A worker still stopping holds memory the usage counts and the fit would charge to
-        // the others: the sizers wait until it has exited.
-        let settled = reading.stopping.is_empty();
         if sizer_due && actions.is_empty() && !recycling && settled {
             self.next_sizing = now + SIZING_INTERVAL;
             actions.extend(self.sizer_actions(&reading, pool));
         }
-        if fit_due && settled {
+        if fit_due {
             self.next_fit = now + FIT_INTERVAL;
             self.adaptive_fit = Fit::measure(&reading, self.config.soft_limit_bytes);
         }
