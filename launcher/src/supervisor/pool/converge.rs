@@ -12,13 +12,10 @@ impl Pool {
     /// Moves towards the wanted workers; call after every batch of events.
     pub fn converge(&mut self, now: Instant) -> Vec<Action> {
         if let Phase::Stopping {
-            deadline,
-            fast,
-            killed,
-            exit_code,
+            deadline, killed, ..
         } = self.phase
         {
-            return self.finish_stopping(now, (deadline, fast, killed, exit_code));
+            return self.finish_stopping(now, deadline, killed);
         }
         self.more_to_spawn = false;
         for index in 0..self.workers.len() {
@@ -46,7 +43,8 @@ impl Pool {
     fn finish_stopping(
         &mut self,
         now: Instant,
-        (deadline, fast, killed, exit_code): (Instant, bool, Option<(Instant, Instant)>, u8),
+        deadline: Instant,
+        killed: Option<(Instant, Instant)>,
     ) -> Vec<Action> {
         let (report, at) = match killed {
             None if now >= deadline => {
@@ -60,15 +58,33 @@ impl Pool {
             }
             _ => return Vec::new(),
         };
-        self.phase = Phase::Stopping {
+        self.kill_all((at, now), Some(report))
+    }
+
+    /// SIGKILL to everything left, marked in the shutdown: `killed` is (the first SIGKILL, this
+    /// one), from which the sweeps and the stuck wait count.
+    pub(super) fn kill_all(
+        &mut self,
+        killed: (Instant, Instant),
+        report: Option<Event>,
+    ) -> Vec<Action> {
+        if let Phase::Stopping {
             deadline,
             fast,
-            killed: Some((at, now)),
             exit_code,
-        };
+            ..
+        } = self.phase
+        {
+            self.phase = Phase::Stopping {
+                deadline,
+                fast,
+                killed: Some(killed),
+                exit_code,
+            };
+        }
         vec![Action::Kill {
             target: KillTarget::All,
-            report: Some(report),
+            report,
         }]
     }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use super::{Action, Event, KillTarget, Phase, Pool, Rolling};
+use super::{Action, Event, Phase, Pool, Rolling};
 use crate::servers::{self, Mode};
 use crate::sizing::MAX_WEB_CONCURRENCY;
 
@@ -89,24 +89,7 @@ impl Pool {
 
     /// A second fast shutdown: SIGKILL to everything at once, and the stuck wait starts.
     fn kill_now(&mut self, now: Instant) -> Vec<Action> {
-        if let Phase::Stopping {
-            deadline,
-            fast,
-            exit_code,
-            ..
-        } = self.phase
-        {
-            self.phase = Phase::Stopping {
-                deadline,
-                fast,
-                killed: Some((now, now)),
-                exit_code,
-            };
-        }
-        vec![Action::Kill {
-            target: KillTarget::All,
-            report: None,
-        }]
+        self.kill_all((now, now), None)
     }
 
     fn shut_down(&mut self, fast: bool, forwarded: Signal, now: Instant) -> Vec<Action> {
