@@ -22,6 +22,7 @@ use tempfile::TempDir;
 mod support;
 use support::lifecycle::toolchain::Toolchain;
 use support::procs::children;
+use support::text;
 use support::{
     fixture, free_port, make_executable, needs_machine, once, repo, run_dir, venv, wait_for,
     MemoryCgroup,
@@ -49,10 +50,6 @@ const FIXTURES: [&str; 5] = [
 
 fn run(command: &mut Command) -> Output {
     command.output().expect("run command")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn cp(args: &[&Path]) {

@@ -30,6 +30,7 @@ use support::lifecycle::launch::{apply_env_dir, Launch};
 use support::lifecycle::toolchain::BuildOptions;
 use support::lifecycle::{layer_types, open_to_all, Site, Types};
 use support::procs::children;
+use support::text;
 use support::{
     fixture, free_port, make_executable, needs_machine, once, output_within, repo, run_dir, venv,
     wait_for, MemoryCgroup, READ_AT_BOOT,
@@ -49,10 +50,6 @@ const BUILDPACK_FILES: [&str; 10] = [
     "Cargo.lock",
     "launcher",
 ];
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn log(output: &Output) -> String {
     format!(

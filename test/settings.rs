@@ -13,6 +13,7 @@ use tempfile::TempDir;
 mod support;
 use support::harness::{secs, Run, BOOT, LAUNCHER, SYSTEM_PATH};
 use support::slug::Slug;
+use support::text;
 
 /// `launcher ARGS` in `dir` with only PATH and `env`, run to its end (killed after 10 s).
 fn finish(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
@@ -23,18 +24,7 @@ fn finish(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         .env_clear()
         .env("PATH", SYSTEM_PATH)
         .envs(env.iter().copied());
-    let mut run = Run::spawn(command);
-    let status = run.wait_exit(secs(10));
-    let (stdout, stderr) = run.end();
-    Output {
-        status,
-        stdout: stdout.join("\n").into_bytes(),
-        stderr: stderr.join("\n").into_bytes(),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    Run::output(command, secs(10))
 }
 
 #[test]

@@ -241,14 +241,7 @@ fn finish(env: &[(&str, &str)], args: &[&str], timeout: Duration) -> Output {
         .env_clear()
         .env("PATH", SYSTEM_PATH)
         .envs(env.iter().copied());
-    let mut run = Run::spawn(command);
-    let status = run.wait_exit(timeout);
-    let (stdout, stderr) = run.end();
-    Output {
-        status,
-        stdout: stdout.join("\n").into_bytes(),
-        stderr: stderr.join("\n").into_bytes(),
-    }
+    Run::output(command, timeout)
 }
 
 /// One line on stderr, `launcher: error: ...`, and exit code `code`.

@@ -326,16 +326,14 @@ fn small_pipe() -> (OwnedFd, OwnedFd) {
     (read, write)
 }
 
-#[test]
-fn a_stdout_nobody_reads_never_stalls_the_loop_and_dropped_lines_are_counted() {
-    let _serial = serial();
-    let (read, write) = small_pipe();
-    let tmp = tempfile::TempDir::new().expect("temp dir");
-    let mut child = Command::new(LAUNCHER)
+/// `launcher run` of two `sleep 1000` workers (graceful timeout 1 s) with its stdout on `write`
+/// and its state files in `tmp`.
+fn two_sleepers_writing_to(write: OwnedFd, tmp: &Path) -> std::process::Child {
+    Command::new(LAUNCHER)
         .args(["run", "--", "sleep", "1000"])
         .env_clear()
         .env("PATH", SYSTEM_PATH)
-        .env("TMPDIR", tmp.path())
+        .env("TMPDIR", tmp)
         .env("WEB_CONCURRENCY", "2")
         .env("LAUNCHER_GRACEFUL_TIMEOUT", "1")
         .env("LAUNCHER_SAMPLE_INTERVAL", "0")
@@ -343,7 +341,15 @@ fn a_stdout_nobody_reads_never_stalls_the_loop_and_dropped_lines_are_counted() {
         .stdout(Stdio::from(write))
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn");
+        .expect("spawn")
+}
+
+#[test]
+fn a_stdout_nobody_reads_never_stalls_the_loop_and_dropped_lines_are_counted() {
+    let _serial = serial();
+    let (read, write) = small_pipe();
+    let tmp = tempfile::TempDir::new().expect("temp dir");
+    let mut child = two_sleepers_writing_to(write, tmp.path());
     let pid = child.id();
     let mut pipe = fs::File::from(read);
     let guard = scopeguard(pid);
@@ -409,19 +415,7 @@ fn the_launcher_exits_within_the_deadline_when_stdout_is_stalled_at_shutdown() {
     let _serial = serial();
     let (_read, write) = small_pipe();
     let tmp = tempfile::TempDir::new().expect("temp dir");
-    let mut child = Command::new(LAUNCHER)
-        .args(["run", "--", "sleep", "1000"])
-        .env_clear()
-        .env("PATH", SYSTEM_PATH)
-        .env("TMPDIR", tmp.path())
-        .env("WEB_CONCURRENCY", "2")
-        .env("LAUNCHER_GRACEFUL_TIMEOUT", "1")
-        .env("LAUNCHER_SAMPLE_INTERVAL", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = two_sleepers_writing_to(write, tmp.path());
     let pid = child.id();
     let guard = scopeguard(pid);
     support::wait_for("2 workers", BOOT, || {

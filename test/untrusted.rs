@@ -5,13 +5,14 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
 mod support;
 use support::harness::{command, secs, Run, BOOT, LAUNCHER, SYSTEM_PATH};
+use support::text;
 use support::{needs_machine, MemoryCgroup};
 
 /// The address space a command gets: a read of /dev/zero or a quadratic walk runs out of it at
@@ -36,22 +37,7 @@ fn bounded(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_clear()
         .env("PATH", SYSTEM_PATH)
         .envs(env.iter().copied());
-    finish(command)
-}
-
-fn finish(command: Command) -> Output {
-    let mut run = Run::spawn(command);
-    let status = run.wait_exit(secs(5));
-    let (stdout, stderr) = run.end();
-    Output {
-        status,
-        stdout: stdout.join("\n").into_bytes(),
-        stderr: stderr.join("\n").into_bytes(),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    Run::output(command, secs(5))
 }
 
 #[test]
@@ -172,7 +158,7 @@ fn an_unreadable_limit_file_is_named_in_the_notes_for_a_non_root_user() {
             .arg(root.path())
             .env_clear()
             .env("PATH", SYSTEM_PATH);
-        let output = finish(size);
+        let output = Run::output(size, secs(5));
         let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
         assert_eq!(
             report["memory_mb"], 16384,
@@ -212,15 +198,30 @@ fn supervisor(tmp: &Path, env: &[(&str, &str)]) -> Command {
     )
 }
 
-fn size(tmp: &Path) -> serde_json::Value {
-    let output = Command::new(LAUNCHER)
-        .args(["size", "--json"])
+/// `launcher size --json` with only PATH and `TMPDIR=tmp`.
+fn size_command(tmp: &Path) -> Command {
+    let mut size = Command::new(LAUNCHER);
+    size.args(["size", "--json"])
         .env_clear()
         .env("PATH", SYSTEM_PATH)
-        .env("TMPDIR", tmp)
-        .output()
-        .expect("launcher size");
+        .env("TMPDIR", tmp);
+    size
+}
+
+fn size(tmp: &Path) -> serde_json::Value {
+    report(size_command(tmp))
+}
+
+/// What a `launcher size --json` command prints.
+fn report(mut size: Command) -> serde_json::Value {
+    let output = size.output().expect("launcher size");
     serde_json::from_slice(&output.stdout).expect("json")
+}
+
+/// Where a supervisor of this user with `TMPDIR=tmp` keeps its state files.
+fn state_dir(tmp: &Path) -> PathBuf {
+    let uid = nix::unistd::geteuid().as_raw();
+    tmp.join(format!("launcher-{uid}"))
 }
 
 fn running_pids(report: &serde_json::Value) -> Vec<u64> {
@@ -233,8 +234,7 @@ fn the_state_file_is_kept_in_a_directory_of_the_users_own_and_read_back() {
     let tmp = shared_tmp();
     let run = Run::spawn(supervisor(tmp.path(), &[]));
     run.wait_event("worker_spawn", BOOT, |_| true);
-    let uid = nix::unistd::geteuid().as_raw();
-    let dir = tmp.path().join(format!("launcher-{uid}"));
+    let dir = state_dir(tmp.path());
     let state = dir.join(format!("{}.json", run.pid()));
     run.wait("the state file", secs(10), || state.exists().then_some(()));
     let mode = fs::metadata(&dir).expect("stat").mode() & 0o777;
@@ -250,13 +250,7 @@ fn the_state_file_is_kept_in_a_directory_of_the_users_own_and_read_back() {
 
     // A FIFO in its place would have hung launcher size.
     mkfifo(&dir.join("99.json"));
-    let mut command = Command::new(LAUNCHER);
-    command
-        .args(["size", "--json"])
-        .env_clear()
-        .env("PATH", SYSTEM_PATH)
-        .env("TMPDIR", tmp.path());
-    let output = finish(command);
+    let output = Run::output(size_command(tmp.path()), secs(5));
     assert_eq!(output.status.code(), Some(0));
 }
 
@@ -344,8 +338,7 @@ fn a_non_root_supervisor_keeps_its_state_beside_roots() {
             state.exists().then_some(())
         });
         assert!(run.events("state").is_empty(), "\n{}", run.log());
-        let output = as_nobody(&["size", "--json"]).output().expect("size");
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        let report = report(as_nobody(&["size", "--json"]));
         assert_eq!(
             running_pids(&report),
             vec![u64::from(run.pid())],
@@ -366,23 +359,13 @@ fn launcher_size_shows_only_supervisors_of_its_own_cgroup_and_pid_namespace() {
         let cgroup = MemoryCgroup::create(&["launcher-test-scope"], 1 << 30)?;
         let run = Run::spawn(cgroup.wrap(&supervisor(tmp.path(), &[])));
         run.wait_event("worker_spawn", BOOT, |_| true);
-        let uid = nix::unistd::geteuid().as_raw();
-        let state = tmp
-            .path()
-            .join(format!("launcher-{uid}/{}.json", run.pid()));
+        let state = state_dir(tmp.path()).join(format!("{}.json", run.pid()));
         run.wait("the state file", secs(10), || state.exists().then_some(()));
         assert!(
             running_pids(&size(tmp.path())).is_empty(),
             "another cgroup's"
         );
-        let mut inside = Command::new(LAUNCHER);
-        inside
-            .args(["size", "--json"])
-            .env_clear()
-            .env("PATH", SYSTEM_PATH)
-            .env("TMPDIR", tmp.path());
-        let output = cgroup.wrap(&inside).output().expect("size");
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        let report = report(cgroup.wrap(&size_command(tmp.path())));
         assert_eq!(
             running_pids(&report),
             vec![u64::from(run.pid())],
@@ -402,7 +385,7 @@ fn launcher_size_shows_only_supervisors_of_its_own_cgroup_and_pid_namespace() {
             .env("WEB_CONCURRENCY", "1");
         let contained = Run::spawn(unshared);
         contained.wait_event("worker_spawn", BOOT, |_| true);
-        let as_pid_1 = tmp.path().join(format!("launcher-{uid}/1.json"));
+        let as_pid_1 = state_dir(tmp.path()).join("1.json");
         contained.wait("its state file", secs(10), || {
             as_pid_1.exists().then_some(())
         });
@@ -439,8 +422,7 @@ fn a_relative_tmpdir_falls_back_to_tmp_with_one_line() {
     support::procs::signal("TERM", &[run.pid()]);
     let mut run = run;
     run.wait_exit(secs(30));
-    let uid = nix::unistd::geteuid().as_raw();
-    let dir = Path::new("/tmp").join(format!("launcher-{uid}"));
+    let dir = state_dir(Path::new("/tmp"));
     let left = dir.join(format!("{}.json", run.pid()));
     assert!(!left.exists(), "{} left behind", left.display());
     // The directory too, if this test made it (removing a directory fails while it has files).

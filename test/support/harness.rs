@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -295,6 +295,19 @@ impl Drop for Run {
 }
 
 impl Run {
+    /// Runs `command` to its end (failing after `timeout`), then ends what it left and returns
+    /// what it wrote, as `Command::output` would.
+    pub fn output(command: Command, timeout: Duration) -> Output {
+        let mut run = Run::spawn(command);
+        let status = run.wait_exit(timeout);
+        let (stdout, stderr) = run.end();
+        Output {
+            status,
+            stdout: stdout.join("\n").into_bytes(),
+            stderr: stderr.join("\n").into_bytes(),
+        }
+    }
+
     /// Kills the launcher, its process group and every descendant, then collects every line they
     /// wrote (stdout, stderr).
     pub fn end(mut self) -> (Vec<String>, Vec<String>) {

@@ -17,6 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A process's output as text, invalid UTF-8 replaced.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// A cgroup v1 memory cgroup made for one test, nested under this process's own memory cgroup.
 /// On drop, the processes left in it are killed and its directories removed.
 pub struct MemoryCgroup {
