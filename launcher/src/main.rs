@@ -16,6 +16,7 @@ mod sizing;
 mod state;
 mod supervisor;
 mod text;
+mod units;
 mod usage;
 mod web;
 
@@ -82,9 +83,7 @@ enum Command {
     /// Run the app under the pre-fork supervisor: one socket on $PORT, WEB_CONCURRENCY workers,
     /// restarts, graceful shutdown. Example: launcher run -- gunicorn app:app
     Run {
-        /// fanout: N copies of the command share the socket; delegate: one server that forks its
-        /// own N workers; auto: delegate for gunicorn, puma and unicorn, fanout otherwise.
-        #[arg(long, value_parser = ["auto", "fanout", "delegate"])]
+        #[arg(long, value_parser = servers::ModeChoice::WORDS, help = servers::ModeChoice::help())]
         mode: Option<String>,
         /// The app's root, where launcher.toml is looked for (default: the current directory).
         #[arg(long)]
@@ -184,7 +183,7 @@ fn read_running(report: &mut Report) {
     let uid = nix::unistd::geteuid().as_raw();
     let place = state::place(std::env::var_os("TMPDIR").as_deref(), uid);
     report.running_notes.extend(place.note);
-    match state::read_live(&place.dir, uid, &state::Scope::own()) {
+    match state::read_live(&place.dir, uid, &state::Scope::own(&host::Snapshot::live())) {
         Ok(states) => report.running = states,
         Err(why) => report
             .running_notes

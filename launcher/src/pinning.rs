@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use crate::env::Env;
-
-/// Servers whose worker-count flag we recognise in a Procfile command.
-const SERVERS: [&str; 4] = ["gunicorn", "uvicorn", "hypercorn", "puma"];
+use crate::servers::{self, CountSetting};
 
 /// One place that pins the worker count.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,33 +15,50 @@ pub struct Finding {
     pub setting: String,
 }
 
-/// Scans the app at `app_dir` and the config vars in `env`.
+/// Scans the app at `app_dir` and the config vars in `env`, for every server the behaviour table
+/// says how it is told its count (`servers::Count`): its flags in the Procfile's web command, its
+/// config file (the one the command names, and its default), its config var of arguments.
 pub fn scan(app_dir: &Path, env: &Env) -> Vec<Finding> {
     let mut findings = Vec::new();
     let read =
         |name: &str| crate::files::read_text(&app_dir.join(name), crate::files::MAX_BYTES).ok();
     let web = crate::web::procfile_command(app_dir);
-    let mut gunicorn_configs = vec!["gunicorn.conf.py".to_owned()];
-    if let Some(command) = &web {
-        let tokens: Vec<&str> = command.split_whitespace().collect();
-        if tokens.iter().any(|t| SERVERS.iter().any(|s| t.contains(s))) {
-            findings.extend(workers_flag(&tokens).map(|setting| finding("Procfile", setting)));
+    let tokens: Vec<&str> = web
+        .as_deref()
+        .map_or(Vec::new(), |c| c.split_whitespace().collect());
+    let counted = servers::TABLE.iter().filter(|b| !b.count.flags.is_empty());
+    let named = counted
+        .clone()
+        .find(|b| tokens.iter().any(|t| t.contains(b.name)));
+    if let Some(server) = named {
+        let flags = server.count.flags;
+        findings.extend(count_flag(&tokens, flags).map(|setting| finding("Procfile", setting)));
+    }
+    for server in counted {
+        let (Some(config), Some(setting)) = (server.config, server.count.setting) else {
+            continue;
+        };
+        let mut files: Vec<String> = config.default.map(str::to_owned).into_iter().collect();
+        if matches!(setting, CountSetting::Assignment(_)) {
+            files.extend(
+                config_flag(&tokens, config.flags)
+                    .filter(|p| is_inside(p))
+                    .map(str::to_owned),
+            );
         }
-        gunicorn_configs.extend(
-            config_flag(&tokens)
-                .filter(|p| is_inside(p))
-                .map(str::to_owned),
-        );
-    }
-    for name in &gunicorn_configs {
-        let setting = read(name).and_then(|text| assignment(&text, is_python_assignment));
-        findings.extend(setting.map(|setting| finding(name, setting)));
-    }
-    let puma = read("config/puma.rb").and_then(|text| assignment(&text, is_puma_workers));
-    findings.extend(puma.map(|setting| finding("config/puma.rb", setting)));
-    if let Some(args) = env.get("GUNICORN_CMD_ARGS") {
-        let tokens: Vec<&str> = args.split_whitespace().collect();
-        findings.extend(workers_flag(&tokens).map(|setting| finding("GUNICORN_CMD_ARGS", setting)));
+        for name in &files {
+            let found = read(name).and_then(|text| assignment(&text, setting));
+            findings.extend(found.map(|found| finding(name, found)));
+        }
+        let args = server
+            .count
+            .args_var
+            .and_then(|var| Some((var, env.get(var)?)));
+        if let Some((var, args)) = args {
+            let tokens: Vec<&str> = args.split_whitespace().collect();
+            let flags = server.count.flags;
+            findings.extend(count_flag(&tokens, flags).map(|setting| finding(var, setting)));
+        }
     }
     findings
 }
@@ -60,31 +75,41 @@ fn finding(place: &str, setting: String) -> Finding {
     }
 }
 
-/// `-w 4`, `-w4`, `--workers 4`, `--workers=4`: the flag and its value, unless the value reads
-/// `WEB_CONCURRENCY` (then the config var still decides).
-fn workers_flag(tokens: &[&str]) -> Option<String> {
+/// One of `flags` with its value: `-w 4`, `-w4`, `--workers 4`, `--workers=4`, as written,
+/// unless the value reads `WEB_CONCURRENCY` (then the config var still decides).
+fn count_flag(tokens: &[&str], flags: &[&str]) -> Option<String> {
     tokens.iter().enumerate().find_map(|(i, token)| {
-        let next = || tokens.get(i + 1).copied().unwrap_or("");
-        let (written, value) = match *token {
-            "-w" | "--workers" => (format!("{token} {}", next()), next().to_owned()),
-            t if t.starts_with("--workers=") => (t.to_owned(), t["--workers=".len()..].to_owned()),
-            t if t.starts_with("-w") && t.len() > 2 && !t.starts_with("--") => {
-                (t.to_owned(), t[2..].to_owned())
+        let next = tokens.get(i + 1).copied().unwrap_or("");
+        let (written, value) = flags.iter().find_map(|flag| {
+            let short = flag.len() == 2 && !token.starts_with("--");
+            if token == flag {
+                Some((format!("{token} {next}"), next))
+            } else if let Some(value) = token.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) {
+                Some((token.to_string(), value))
+            } else if short && token.len() > 2 {
+                Some((token.to_string(), token.strip_prefix(flag)?))
+            } else {
+                None
             }
-            _ => return None,
-        };
+        })?;
         (!value.contains("WEB_CONCURRENCY")).then_some(written)
     })
 }
 
-/// gunicorn's `-c FILE` / `--config FILE` / `--config=FILE`, when it names a plain file path.
-fn config_flag<'a>(tokens: &[&'a str]) -> Option<&'a str> {
+/// The config file the command names with one of `flags` (`-c FILE`, `--config FILE`,
+/// `--config=FILE`), when it is a plain Python file path (not `python:module`).
+fn config_flag<'a>(tokens: &[&'a str], flags: &[&str]) -> Option<&'a str> {
     tokens
         .iter()
         .enumerate()
-        .find_map(|(i, token)| match *token {
-            "-c" | "--config" => tokens.get(i + 1).copied(),
-            t => t.strip_prefix("--config="),
+        .find_map(|(i, token)| {
+            flags.iter().find_map(|flag| {
+                if token == flag {
+                    tokens.get(i + 1).copied()
+                } else {
+                    token.strip_prefix(flag)?.strip_prefix('=')
+                }
+            })
         })
         .filter(|path| !path.starts_with("python:") && path.ends_with(".py"))
 }
@@ -95,28 +120,26 @@ fn is_inside(path: &str) -> bool {
 }
 
 /// The first line that sets the worker count without reading `WEB_CONCURRENCY`.
-fn assignment(text: &str, sets_workers: fn(&str) -> bool) -> Option<String> {
+fn assignment(text: &str, setting: CountSetting) -> Option<String> {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.starts_with('#'))
-        .find(|line| sets_workers(line) && !line.contains("WEB_CONCURRENCY"))
+        .find(|line| sets(line, setting) && !line.contains("WEB_CONCURRENCY"))
         .map(str::to_owned)
 }
 
-/// `workers = 4` in a gunicorn config file (not `workers == ...`, not `worker_class = ...`).
-fn is_python_assignment(line: &str) -> bool {
-    let Some(rest) = line.strip_prefix("workers") else {
-        return false;
-    };
-    let rest = rest.trim_start();
-    rest.starts_with('=') && !rest.starts_with("==")
-}
-
-/// `workers 4` or `workers(4)` in a puma config file.
-fn is_puma_workers(line: &str) -> bool {
-    line.strip_prefix("workers").is_some_and(|rest| {
-        rest.starts_with(' ') || rest.starts_with('(') || rest.starts_with('\t')
-    })
+/// `workers = 4` in Python (not `workers == ...`, not `worker_class = ...`); `workers 4` or
+/// `workers(4)` in Ruby.
+fn sets(line: &str, setting: CountSetting) -> bool {
+    match setting {
+        CountSetting::Assignment(name) => line.strip_prefix(name).is_some_and(|rest| {
+            let rest = rest.trim_start();
+            rest.starts_with('=') && !rest.starts_with("==")
+        }),
+        CountSetting::Call(name) => line
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with([' ', '(', '\t'])),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,55 @@ pub const MAX_WEB_CONCURRENCY: u32 = 1024;
 /// Our `WEB_CONCURRENCY_SET_BY` value, and the buildpack's id.
 pub const SET_BY: &str = "launcher";
 
+/// How `launcher run` sizes the worker count (`LAUNCHER_SIZING`): the one place its words are
+/// written; the settings table, the CLI help, the log lines and the state file take them here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    /// The worker count is the computed `WEB_CONCURRENCY`, fixed.
+    Static,
+    /// Measured after warm-up, then moved one worker at a time to what fits.
+    Measured,
+    /// Follows the accept queue, within the CPUs and the memory fit.
+    Adaptive,
+}
+
+impl Sizing {
+    /// Each sizing and its word.
+    pub const TABLE: [(Sizing, &'static str); 3] = [
+        (Sizing::Static, "static"),
+        (Sizing::Measured, "measured"),
+        (Sizing::Adaptive, "adaptive"),
+    ];
+    pub const WORDS: [&'static str; 3] = words(&Sizing::TABLE);
+
+    pub fn word(self) -> &'static str {
+        let row = Sizing::TABLE.iter().find(|(s, _)| *s == self);
+        row.map_or("static", |(_, word)| word)
+    }
+
+    pub fn parse(text: &str) -> Option<Sizing> {
+        let row = Sizing::TABLE.iter().find(|(_, word)| *word == text);
+        row.map(|(sizing, _)| *sizing)
+    }
+}
+
+impl std::fmt::Display for Sizing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// The words of a table of (value, word), as a constant.
+pub const fn words<T: Copy, const N: usize>(table: &[(T, &'static str); N]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = table[i].1;
+        i += 1;
+    }
+    out
+}
+
 /// The formula's CPU term, `2*cpus + 1`: the most workers the CPUs are taken to keep busy. Measured
 /// sizing is capped by it too.
 pub fn cpu_cap(cpus: u32) -> u32 {

@@ -67,24 +67,15 @@ pub fn read(app_dir: &Path, env: &Env, settings: &Settings) -> Option<WebProcess
         threads_source: None,
         warnings: Vec::new(),
     };
+    let config = servers::config::read(found.server, &argv, found.args_from, app_dir);
     match found.server {
         Server::Puma => {
-            let flags = ["-C", "--config"];
-            let config = servers::config_text(
-                &argv,
-                found.args_from,
-                &flags,
-                Some("config/puma.rb"),
-                app_dir,
-            );
             let (threads, source) =
                 servers::puma_threads(config.as_deref(), env.get("RAILS_MAX_THREADS"));
             web.threads = Some(threads);
             web.threads_source = Some(source);
         }
         Server::Unicorn => {
-            let flags = ["-c", "--config-file"];
-            let config = servers::config_text(&argv, found.args_from, &flags, None, app_dir);
             web.warnings = unicorn_warnings(config.as_deref());
         }
         _ => {}

@@ -17,6 +17,15 @@ impl Version {
             Version::V2 => "cgroup v2",
         }
     }
+
+    /// The file that counts a cgroup's CPU time: v1 `cpuacct.usage` (nanoseconds, in the cpuacct
+    /// hierarchy), v2 `cpu.stat` (its `usage_usec` line). The one place each is named.
+    pub fn cpu_time_file(self) -> &'static str {
+        match self {
+            Version::V1 => "cpuacct.usage",
+            Version::V2 => "cpu.stat",
+        }
+    }
 }
 
 /// A cgroup directory as the host sees it, with its hierarchy's version: where the memory limit

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
-use super::{procfs, smallest, Reading, Snapshot};
+use super::{procfs, smallest, Reading, Snapshot, PROC};
 
 /// The usable CPUs as a whole count (a fractional quota rounds up), and as the exact share the
 /// dyno may use (a quota of 0.9 CPU is 0.9), against which its CPU use is measured.
@@ -49,12 +49,8 @@ pub(super) fn read(
 /// mount no cgroup).
 pub(super) fn accounting(snapshot: &Snapshot, hierarchies: &[Hierarchy]) -> Option<CgroupDir> {
     hierarchies.iter().find_map(|h| {
-        let file = match h.version {
-            Version::V1 => "cpuacct.usage",
-            Version::V2 => "cpu.stat",
-        };
         snapshot
-            .path(&h.own_dir.join(file))
+            .path(&h.own_dir.join(h.version.cpu_time_file()))
             .is_file()
             .then(|| CgroupDir {
                 version: h.version,
@@ -64,12 +60,12 @@ pub(super) fn accounting(snapshot: &Snapshot, hierarchies: &[Hierarchy]) -> Opti
 }
 
 fn affinity(snapshot: &Snapshot) -> Option<Reading<u32>> {
-    let status = snapshot.read(Path::new("/proc/self/status")).ok()?;
+    let status = snapshot.read(&Snapshot::proc_file("self/status")).ok()?;
     let list = procfs::status_field(&status, "Cpus_allowed_list")?;
     let count = procfs::count_cpu_list(list).filter(|count| *count > 0)?;
     Some(Reading {
         value: count,
-        source: "/proc/self/status Cpus_allowed_list".to_owned(),
+        source: format!("{PROC}/self/status Cpus_allowed_list"),
     })
 }
 

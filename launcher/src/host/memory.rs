@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
-use super::{procfs, smallest, Reading, Snapshot, MIB};
+use super::{procfs, smallest, Reading, Snapshot, MIB, PROC};
 
 /// The fallback when nothing at all is readable.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
@@ -33,7 +33,7 @@ pub(super) fn read(
     notes: &mut Vec<String>,
 ) -> (Reading<u64>, Option<CgroupDir>) {
     let host_total = snapshot
-        .read(Path::new("/proc/meminfo"))
+        .read(&Snapshot::proc_file("meminfo"))
         .ok()
         .and_then(|text| procfs::meminfo_total_bytes(&text));
     let mut limits = Vec::new();
@@ -68,10 +68,10 @@ pub(super) fn read(
     let reading = match host_total {
         Some(bytes) => Reading {
             value: bytes,
-            source: "/proc/meminfo MemTotal (no cgroup memory limit)".to_owned(),
+            source: format!("{PROC}/meminfo MemTotal (no cgroup memory limit)"),
         },
         None => {
-            notes.push("cannot read MemTotal from /proc/meminfo".to_owned());
+            notes.push(format!("cannot read MemTotal from {PROC}/meminfo"));
             Reading {
                 value: DEFAULT_MEMORY_BYTES,
                 source: "default 512 MB (no memory information readable)".to_owned(),

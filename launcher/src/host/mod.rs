@@ -14,7 +14,11 @@ pub use procfs::kib_field_bytes;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub const MIB: u64 = 1024 * 1024;
+pub use crate::units::MIB;
+
+/// Where the kernel shows processes on a live machine: the one place the path is written. Every
+/// reader takes it from a `Snapshot` (`proc_dir`, `proc_file`), so that a fake tree stands in for it.
+pub const PROC: &str = "/proc";
 
 /// The longest cgroup path taken from /proc/self/cgroup: PATH_MAX.
 const MAX_CGROUP_PATH: usize = 4096;
@@ -39,7 +43,7 @@ pub struct Host {
 impl Host {
     /// Memory in MiB, rounded down.
     pub fn memory_mb(&self) -> u64 {
-        self.memory_bytes / MIB
+        crate::units::whole_mb(self.memory_bytes)
     }
 }
 
@@ -53,6 +57,22 @@ impl Snapshot {
         Snapshot {
             root: root.to_path_buf(),
         }
+    }
+
+    /// The live machine.
+    pub fn live() -> Self {
+        Snapshot::new(Path::new("/"))
+    }
+
+    /// The process filesystem in this snapshot.
+    pub fn proc_dir(&self) -> PathBuf {
+        self.path(Path::new(PROC))
+    }
+
+    /// A host path under the process filesystem, `self/cgroup` -> `/proc/self/cgroup`, as the
+    /// host names it (for `read` and for messages).
+    pub fn proc_file(relative: &str) -> PathBuf {
+        Path::new(PROC).join(relative)
     }
 
     /// Reads the file that the host knows as `host_path` (an absolute path): a regular file of
@@ -86,10 +106,10 @@ impl Snapshot {
 pub fn read(root: &Path) -> Host {
     let snapshot = Snapshot::new(root);
     let mut notes = Vec::new();
-    let mut membership = match snapshot.read(Path::new("/proc/self/cgroup")) {
+    let mut membership = match snapshot.read(&Snapshot::proc_file("self/cgroup")) {
         Ok(text) => procfs::parse_cgroup_membership(&text),
         Err(err) => {
-            notes.push(format!("cannot read /proc/self/cgroup: {err}"));
+            notes.push(format!("cannot read {PROC}/self/cgroup: {err}"));
             Vec::new()
         }
     };
@@ -99,13 +119,13 @@ pub fn read(root: &Path) -> Host {
     membership.retain(|m| m.path.len() <= MAX_CGROUP_PATH);
     if membership.len() < before {
         notes.push(format!(
-            "ignored /proc/self/cgroup paths longer than {MAX_CGROUP_PATH} bytes"
+            "ignored {PROC}/self/cgroup paths longer than {MAX_CGROUP_PATH} bytes"
         ));
     }
-    let mounts = match snapshot.read(Path::new("/proc/self/mountinfo")) {
+    let mounts = match snapshot.read(&Snapshot::proc_file("self/mountinfo")) {
         Ok(text) => procfs::parse_mountinfo(&text),
         Err(err) => {
-            notes.push(format!("cannot read /proc/self/mountinfo: {err}"));
+            notes.push(format!("cannot read {PROC}/self/mountinfo: {err}"));
             Vec::new()
         }
     };

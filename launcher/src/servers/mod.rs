@@ -4,9 +4,11 @@
 //! `READY=1`, and how its workers are found. The plan, the pool and both sizers read it; adding a
 //! server is one entry here plus its tests (docs/architecture.md, "Servers").
 
+pub mod config;
 mod gunicorn;
 mod ruby;
 mod socket;
+mod table;
 #[cfg(test)]
 mod tests;
 mod wrappers;
@@ -22,8 +24,10 @@ use crate::settings::Settings;
 pub use gunicorn::concurrent_workers;
 #[cfg(test)]
 pub use ruby::UnicornConfig;
-pub use ruby::{config_text, puma_restart, puma_threads, unicorn_config};
+pub use ruby::{puma_restart, puma_threads, unicorn_config};
 pub use socket::{use_socket, Rewrite};
+use table::FAN_OUT;
+pub use table::TABLE;
 pub use wrappers::{identify, wrapper_hint, Identified};
 
 /// The fd the shared socket is given as in every child (systemd's `SD_LISTEN_FDS_START`).
@@ -45,10 +49,7 @@ pub enum Mode {
 
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::FanOut => "fanout",
-            Mode::Delegate => "delegate",
-        })
+        f.write_str(ModeChoice::Fixed(*self).word())
     }
 }
 
@@ -61,18 +62,54 @@ pub enum ModeChoice {
 }
 
 impl ModeChoice {
+    /// Each choice and its word: the one place the words are written.
+    pub const TABLE: [(ModeChoice, &'static str); 3] = [
+        (ModeChoice::Auto, "auto"),
+        (ModeChoice::Fixed(Mode::FanOut), "fanout"),
+        (ModeChoice::Fixed(Mode::Delegate), "delegate"),
+    ];
+    pub const WORDS: [&'static str; 3] = crate::sizing::words(&ModeChoice::TABLE);
+
+    pub fn word(self) -> &'static str {
+        let row = ModeChoice::TABLE.iter().find(|(c, _)| *c == self);
+        row.map_or("auto", |(_, word)| word)
+    }
+
     pub fn parse(text: &str) -> Option<ModeChoice> {
-        match text {
-            "auto" => Some(ModeChoice::Auto),
-            "fanout" => Some(ModeChoice::Fixed(Mode::FanOut)),
-            "delegate" => Some(ModeChoice::Fixed(Mode::Delegate)),
-            _ => None,
-        }
+        let row = ModeChoice::TABLE.iter().find(|(_, word)| *word == text);
+        row.map(|(choice, _)| *choice)
     }
 
     /// The `LAUNCHER_MODE` / `launcher.toml` setting as the reader took it.
     pub fn setting(settings: &Settings) -> ModeChoice {
         ModeChoice::parse(settings.choice(&crate::settings::MODE)).unwrap_or(ModeChoice::Auto)
+    }
+
+    /// `--mode`'s help: each word and what it does, `auto` with the servers it delegates to.
+    pub fn help() -> String {
+        let delegated: Vec<&str> = TABLE
+            .iter()
+            .filter(|b| b.mode == Mode::Delegate)
+            .map(|b| b.name)
+            .collect();
+        let servers = match delegated.split_last() {
+            Some((last, [])) => (*last).to_owned(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => "none".to_owned(),
+        };
+        let each = ModeChoice::TABLE.iter().map(|(choice, word)| {
+            let about = match choice {
+                ModeChoice::Auto => format!("delegate for {servers}, fanout otherwise"),
+                ModeChoice::Fixed(Mode::FanOut) => {
+                    "N copies of the command share the socket".into()
+                }
+                ModeChoice::Fixed(Mode::Delegate) => {
+                    "one server that forks its own N workers".into()
+                }
+            };
+            format!("{word}: {about}")
+        });
+        each.collect::<Vec<_>>().join("; ")
     }
 }
 
@@ -172,166 +209,41 @@ pub struct Behaviour {
     pub notifies: bool,
     pub workers: Workers,
     pub accepts: Accepts,
+    /// Its config file, where it reads one: how its command names it, and the file it reads when
+    /// none is named.
+    pub config: Option<ConfigFile>,
+    /// How it is told its worker count.
+    pub count: Count,
 }
 
-const NO_SOCKET_CHANGE: Socket = Socket {
-    remove: &[],
-    add: &[],
-};
+/// A server's config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// The options that name it (`-c FILE`, `--config FILE`, `--config=FILE`).
+    pub flags: &'static [&'static str],
+    /// What it reads when none is named, relative to the app.
+    pub default: Option<&'static str>,
+}
 
-/// A copy per worker: the launcher stops, restarts and scales the copies itself.
-const FAN_OUT: Signals = Signals {
-    graceful: Signal::SIGTERM,
-    fast: Signal::SIGQUIT,
-    restart: None,
-    scale: None,
-    stop_worker: Signal::SIGTERM,
-    blocked: &[],
-};
+/// How a server takes its worker count, besides `WEB_CONCURRENCY`: what pins it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    /// The options that set it on the command line (`-w 4`, `--workers=4`).
+    pub flags: &'static [&'static str],
+    /// A config var that holds more command-line options (`GUNICORN_CMD_ARGS`).
+    pub args_var: Option<&'static str>,
+    /// How its config file sets it.
+    pub setting: Option<CountSetting>,
+}
 
-const MASTER_REEXECS: &str = "it would start a second master as its own child, which outlives it \
-                              and the launcher would not know of";
-
-/// The behaviour table.
-pub const TABLE: [Behaviour; 7] = [
-    Behaviour {
-        server: Server::Gunicorn,
-        name: "gunicorn",
-        programs: &["gunicorn"],
-        mode: Mode::Delegate,
-        why: "gunicorn pre-forks its own workers from the shared socket",
-        // It takes the socket from LISTEN_FDS and LISTEN_PID, and then ignores --bind.
-        socket: NO_SOCKET_CHANGE,
-        signals: Signals {
-            graceful: Signal::SIGTERM,
-            fast: Signal::SIGINT,
-            restart: Some(Signal::SIGHUP),
-            scale: Some((Signal::SIGTTIN, Signal::SIGTTOU)),
-            stop_worker: Signal::SIGTERM,
-            blocked: &[(Signal::SIGUSR2, MASTER_REEXECS)],
-        },
-        notifies: true,
-        workers: Workers::Children,
-        // Its sync workers; the plan refuses adaptive sizing for the others
-        // (`concurrent_workers`).
-        accepts: Accepts::WhenFree,
-    },
-    Behaviour {
-        server: Server::Puma,
-        name: "puma",
-        programs: &["puma"],
-        mode: Mode::Delegate,
-        why: "puma pre-forks its own workers from the shared socket",
-        // Only the activated socket: the `port` of a Rails config/puma.rb would bind $PORT again.
-        // Its address on the command line besides, which wins over the config's: after a hot
-        // restart (USR2) puma has no LISTEN_FDS any more and matches its inherited socket to its
-        // binds by address.
-        socket: Socket {
-            remove: &["-b", "--bind", "-p", "--port"],
-            add: &[
-                "--bind-to-activated-sockets",
-                "only",
-                "--bind",
-                "tcp://{listen}",
-            ],
-        },
-        signals: Signals {
-            graceful: Signal::SIGTERM,
-            fast: Signal::SIGINT,
-            // USR1 (phased) or USR2 (hot), never HUP: HUP stops puma (`puma_restart`).
-            restart: Some(Signal::SIGUSR2),
-            scale: Some((Signal::SIGTTIN, Signal::SIGTTOU)),
-            stop_worker: Signal::SIGTERM,
-            blocked: &[],
-        },
-        notifies: false,
-        workers: Workers::Children,
-        // A worker accepts only while one of its threads is free.
-        accepts: Accepts::WhenFree,
-    },
-    Behaviour {
-        server: Server::Unicorn,
-        name: "unicorn",
-        programs: &["unicorn", "unicorn_rails"],
-        mode: Mode::Delegate,
-        why: "unicorn pre-forks its own workers from the shared socket",
-        // It takes LISTEN_FDS with no flag, and binds what these name besides. Told the socket's
-        // address, it keeps the socket on SIGHUP: its reload closes every listener its command
-        // line and config do not name.
-        socket: Socket {
-            remove: &["-p", "--port", "-l", "--listen", "-o", "--host"],
-            add: &["--listen", "{listen}"],
-        },
-        signals: Signals {
-            // TERM and INT stop unicorn's workers at once; QUIT lets them finish.
-            graceful: Signal::SIGQUIT,
-            fast: Signal::SIGINT,
-            restart: Some(Signal::SIGHUP),
-            scale: Some((Signal::SIGTTIN, Signal::SIGTTOU)),
-            stop_worker: Signal::SIGQUIT,
-            blocked: &[(Signal::SIGUSR2, MASTER_REEXECS)],
-        },
-        notifies: false,
-        workers: Workers::Children,
-        accepts: Accepts::WhenFree,
-    },
-    Behaviour {
-        server: Server::Uvicorn,
-        name: "uvicorn",
-        programs: &["uvicorn"],
-        mode: Mode::FanOut,
-        why: "uvicorn runs one copy per worker",
-        socket: Socket {
-            remove: &["--host", "--port", "--uds", "--fd"],
-            add: &["--fd", "3"],
-        },
-        signals: FAN_OUT,
-        notifies: false,
-        workers: Workers::Copies,
-        accepts: Accepts::AtOnce(EVENT_LOOP),
-    },
-    Behaviour {
-        server: Server::Hypercorn,
-        name: "hypercorn",
-        programs: &["hypercorn"],
-        mode: Mode::FanOut,
-        why: "hypercorn runs one copy per worker",
-        socket: Socket {
-            remove: &["--bind", "-b"],
-            add: &["--bind", "fd://3"],
-        },
-        signals: FAN_OUT,
-        notifies: false,
-        workers: Workers::Copies,
-        accepts: Accepts::AtOnce(EVENT_LOOP),
-    },
-    Behaviour {
-        server: Server::Node,
-        name: "node",
-        programs: &["node", "nodejs"],
-        mode: Mode::FanOut,
-        why: "node runs one copy per worker; the app listens on fd 3 (server.listen({ fd: 3 }))",
-        socket: NO_SOCKET_CHANGE,
-        signals: FAN_OUT,
-        notifies: false,
-        workers: Workers::Copies,
-        accepts: Accepts::AtOnce(EVENT_LOOP),
-    },
-    Behaviour {
-        server: Server::Unknown,
-        name: "unknown",
-        programs: &[],
-        mode: Mode::FanOut,
-        why: "not a server known to pre-fork; one copy per worker",
-        socket: NO_SOCKET_CHANGE,
-        signals: FAN_OUT,
-        notifies: false,
-        workers: Workers::Copies,
-        // Not known: adaptive sizing follows the queue as asked; it shows waiting requests only
-        // if the app accepts when free.
-        accepts: Accepts::WhenFree,
-    },
-];
+/// A worker count set in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountSetting {
+    /// `name = 4`, in Python (gunicorn.conf.py).
+    Assignment(&'static str),
+    /// `name 4` or `name(4)`, in Ruby (config/puma.rb).
+    Call(&'static str),
+}
 
 pub fn behaviour(server: Server) -> &'static Behaviour {
     let found = TABLE.iter().find(|b| b.server == server);

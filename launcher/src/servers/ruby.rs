@@ -99,27 +99,3 @@ pub fn unicorn_config(text: &str) -> UnicornConfig {
             .map(|l| (*l).to_owned()),
     }
 }
-
-/// The config file a Ruby server's command names (`-C FILE`, `--config FILE`, `--config=FILE`
-/// for puma; `-c FILE`, `--config-file FILE` for unicorn) from `from` on, else `default` when
-/// it exists: relative to `app_dir`, read the `files` way. None when there is none.
-pub fn config_text(
-    argv: &[OsString],
-    from: usize,
-    flags: &[&str],
-    default: Option<&str>,
-    app_dir: &std::path::Path,
-) -> Option<String> {
-    let args: Vec<&str> = argv.iter().skip(from).filter_map(|a| a.to_str()).collect();
-    let named = args.iter().enumerate().find_map(|(i, arg)| {
-        flags.iter().find_map(|flag| {
-            if arg == flag {
-                args.get(i + 1).copied()
-            } else {
-                arg.strip_prefix(flag)?.strip_prefix('=')
-            }
-        })
-    });
-    let path = app_dir.join(named.or(default)?);
-    crate::files::read_text(&path, crate::files::MAX_BYTES).ok()
-}

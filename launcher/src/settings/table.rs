@@ -125,7 +125,7 @@ pub const DISABLE: Spec = Spec {
 pub const MODE: Spec = Spec {
     var: "LAUNCHER_MODE",
     key: Some("mode"),
-    kind: Kind::Choice(&["auto", "fanout", "delegate"]),
+    kind: Kind::Choice(&crate::servers::ModeChoice::WORDS),
     default: "auto",
     when: RUN,
     doc: "how the app is run: N copies sharing the socket, or one server that forks its own \
@@ -244,7 +244,7 @@ pub const MEMORY_COOLDOWN: Spec = Spec {
 pub const SIZING: Spec = Spec {
     var: "LAUNCHER_SIZING",
     key: Some("sizing"),
-    kind: Kind::Choice(&["static", "measured", "adaptive"]),
+    kind: Kind::Choice(&crate::sizing::Sizing::WORDS),
     default: "static",
     when: RUN,
     doc: "`measured`: after warm-up, move the worker count one at a time to what fits under the \

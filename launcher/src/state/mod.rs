@@ -7,6 +7,8 @@
 
 mod place;
 
+use crate::host::Snapshot;
+
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -67,10 +69,10 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// This process's.
-    pub fn own() -> Scope {
-        let namespace = std::fs::read_link("/proc/self/ns/pid").ok();
-        let cgroup = crate::files::read_text(Path::new("/proc/self/cgroup"), 64 * 1024);
+    /// This process's, as `snapshot` shows it.
+    pub fn own(snapshot: &Snapshot) -> Scope {
+        let namespace = std::fs::read_link(snapshot.path(&Snapshot::proc_file("self/ns/pid"))).ok();
+        let cgroup = snapshot.read(&Snapshot::proc_file("self/cgroup"));
         Scope {
             pid_namespace: namespace.map_or_else(String::new, |p| p.display().to_string()),
             cgroup: cgroup.map(|t| t.trim().to_owned()).unwrap_or_default(),
@@ -214,13 +216,13 @@ mod tests {
             cpu_busy: Some(0.31),
             cpu_capacity: Some(2.0),
             updated_at: unix_now(),
-            scope: Scope::own(),
+            scope: Scope::own(&Snapshot::live()),
         }
     }
 
     fn read(dir: &Path) -> Vec<State> {
         let me = nix::unistd::geteuid().as_raw();
-        read_live(dir, me, &Scope::own()).expect("read")
+        read_live(dir, me, &Scope::own(&Snapshot::live())).expect("read")
     }
 
     #[test]
@@ -231,7 +233,7 @@ mod tests {
         let elsewhere = State {
             scope: Scope {
                 pid_namespace: "pid:[1]".to_owned(),
-                ..Scope::own()
+                ..Scope::own(&Snapshot::live())
             },
             ..state(me)
         };

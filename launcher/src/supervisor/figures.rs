@@ -1,33 +1,52 @@
 //! What the supervisor reports of itself: the periodic `sample#` line, in the form of Heroku's
-//! log-runtime-metrics, and the state file that `launcher size` reads.
+//! log-runtime-metrics, and the state file that `launcher size` reads. Both from the last check's
+//! reading and what the policies keep.
 
-use std::path::Path;
-
-use super::load::Figures;
-use super::log::Event;
-use super::memory::{mb, Watch};
+use super::memory::fit::Fit;
+use super::memory::Limits;
 use super::pool::Pool;
+use super::reading::load::Figures as LoadFigures;
+use super::reading::{Reader, Reading};
 use crate::procs;
 use crate::servers::Mode;
+use crate::sizing::Sizing;
 use crate::state;
+use crate::units::{mb, tenths_mb};
+
+/// The figures a report takes from the loop.
+pub struct Figures<'a> {
+    pub mode: Mode,
+    /// The last check's reading (its workers, their memory, the dyno's usage).
+    pub reading: Option<&'a Reading>,
+    /// Busy workers at the last count.
+    pub busy: Option<u32>,
+    pub fit: Option<Fit>,
+    pub sizing: Sizing,
+    pub limits: Limits,
+    pub guard: bool,
+    pub recycles: u64,
+    pub oom_kills: u64,
+}
 
 /// The `sample#` line: workers, restarts, the accept queue, the dyno's CPU and memory, and the
 /// launcher's own.
-pub fn sample(pool: &Pool, watch: &Watch, load: &Figures, mode: Mode) -> Event {
-    let proc_dir = Path::new("/proc");
-    let me = std::process::id() as i32;
+pub fn sample(
+    pool: &Pool,
+    figures: &Figures,
+    load: &LoadFigures,
+    reader: &Reader,
+) -> crate::supervisor::log::Event {
     let (mut workers, mut ready, restarts) = pool.counts();
-    if mode == Mode::Delegate {
+    if figures.mode == Mode::Delegate {
         // The server's own workers, not the one server process.
-        let servers = pool.worker_pids().into_iter();
-        let forked = servers.map(|s| procs::children(proc_dir, s).len()).sum();
+        let forked = figures.reading.map_or(0, |r| r.workers.len());
         (workers, ready) = (forked, if ready > 0 { forked } else { 0 });
     }
-    let mut event = Event::info("sample")
+    let mut event = crate::supervisor::log::Event::info("sample")
         .with("sample#workers", workers)
         .with("sample#workers_ready", ready)
         .with("sample#restarts", restarts);
-    if let Some(busy) = watch.busy {
+    if let Some(busy) = figures.busy {
         event = event.with("sample#workers_busy", busy);
     }
     if let Some(queue) = load.queue {
@@ -42,64 +61,67 @@ pub fn sample(pool: &Pool, watch: &Watch, load: &Figures, mode: Mode) -> Event {
     if let Some(busy) = load.cpu_busy {
         event = event.with("sample#cpu_busy", format!("{busy:.2}"));
     }
-    if let Some(usage) = watch.usage {
+    if let Some(reading) = figures.reading {
         event = event
-            .with("sample#memory_total", mb(usage.total_bytes()))
-            .with("sample#memory_rss", mb(usage.rss_bytes))
-            .with("sample#memory_swap", mb(usage.swap_bytes));
+            .with("sample#memory_total", mb(reading.usage_bytes))
+            .with("sample#memory_rss", mb(reading.usage.rss_bytes))
+            .with("sample#memory_swap", mb(reading.usage.swap_bytes));
     }
-    event = event.with("sample#memory_quota", mb(watch.config().quota_bytes));
-    if let Some(reading) = &watch.reading {
+    event = event.with("sample#memory_quota", mb(figures.limits.quota_bytes));
+    if let Some(reading) = figures.reading.filter(|r| r.measured) {
         let uss = reading.workers.iter().map(|w| w.uss_bytes).max();
         let pss: u64 = reading.workers.iter().map(|w| w.pss_bytes).sum();
         event = event
             .with("sample#worker_uss_max", mb(uss.unwrap_or(0)))
             .with("sample#worker_pss_total", mb(pss));
     }
-    if let Some(fit) = watch.fit() {
+    if let Some(fit) = figures.fit {
         event = event.with("sample#workers_fit", format!("{:.2}", fit.workers));
     }
+    let me = std::process::id() as i32;
     event
-        .with("sample#memory_recycles", watch.recycles)
-        .with("sample#oom_kills", watch.oom_total())
-        .with("sample#launcher_rss", mb(procs::rss_bytes(proc_dir, me)))
+        .with("sample#memory_recycles", figures.recycles)
+        .with("sample#oom_kills", figures.oom_kills)
+        .with(
+            "sample#launcher_rss",
+            mb(procs::rss_bytes(&reader.proc_dir(), me)),
+        )
 }
 
 /// What `launcher size` shows of this supervisor.
 pub fn state(
-    watch: &Watch,
-    load: &Figures,
+    figures: &Figures,
+    load: &LoadFigures,
     cpu_capacity: f64,
-    mode: Mode,
+    reader: &Reader,
     scope: &state::Scope,
 ) -> state::State {
-    let megabytes = |bytes: u64| (bytes as f64 / 104_857.6).round() / 10.0;
-    let config = watch.config();
-    let workers = watch.reading.as_ref().map(|r| &r.workers[..]);
+    let workers = figures.reading.map(|r| &r.workers[..]);
     let mut uss: Vec<u64> = workers
         .unwrap_or_default()
         .iter()
         .map(|w| w.uss_bytes)
         .collect();
     uss.sort_unstable_by(|a, b| b.cmp(a));
-    let fit = watch.fit();
+    let fit = figures.fit;
+    let limits = figures.limits;
     state::State {
         pid: std::process::id(),
-        mode: mode.to_string(),
-        sizing: watch.sizing().to_owned(),
-        memory_guard: config.guard.is_some(),
+        mode: figures.mode.to_string(),
+        sizing: figures.sizing.to_string(),
+        memory_guard: figures.guard,
         workers: workers.map_or(0, <[_]>::len),
-        meter: watch.meter().describe(),
-        memory_quota_mb: megabytes(config.quota_bytes),
-        soft_limit_mb: megabytes(config.soft_limit_bytes),
-        memory_total_mb: watch.usage.map(|u| megabytes(u.total_bytes())),
-        worker_uss_mb: uss.into_iter().map(megabytes).collect(),
+        meter: reader.meter.describe(),
+        memory_quota_mb: tenths_mb(limits.quota_bytes),
+        soft_limit_mb: tenths_mb(limits.soft_limit_bytes),
+        memory_total_mb: figures.reading.map(|r| tenths_mb(r.usage_bytes)),
+        worker_uss_mb: uss.into_iter().map(tenths_mb).collect(),
         fit: fit.map(|f| (f.workers * 100.0).round() / 100.0),
-        worker_cost_mb: fit.map(|f| megabytes(f.worker_bytes)),
-        base_mb: fit.map(|f| megabytes(f.base_bytes)),
-        oom_kills: watch.oom_total(),
-        memory_recycles: watch.recycles,
-        workers_busy: watch.busy,
+        worker_cost_mb: fit.map(|f| tenths_mb(f.worker_bytes)),
+        base_mb: fit.map(|f| tenths_mb(f.base_bytes)),
+        oom_kills: figures.oom_kills,
+        memory_recycles: figures.recycles,
+        workers_busy: figures.busy,
         listen_queue: load.queue.map(|q| q.queued),
         listen_queue_max: load.queue_max,
         listen_backlog: load.queue.map(|q| q.backlog),

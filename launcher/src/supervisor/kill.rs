@@ -4,12 +4,14 @@
 //! worker's group with `setsid()`, is below it until it has ended.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+use super::log::Event;
+use crate::host::Snapshot;
 use crate::procs::{self, Stat};
 
 /// How many times everything under the launcher is listed and killed in one sweep: a process
@@ -20,29 +22,56 @@ fn me() -> i32 {
     std::process::id() as i32
 }
 
+fn proc_dir() -> PathBuf {
+    Snapshot::live().proc_dir()
+}
+
+/// What sending a signal returned: a process that has just exited (ESRCH) is normal; anything
+/// else (EPERM: a process that runs as another user now) is said. `key` is `pid` or `group`.
+pub fn sent(result: nix::Result<()>, key: &'static str, target: i32, signal: Signal) {
+    match result {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(err) => Event::warn("signal_failed")
+            .with(key, target)
+            .with("signal", signal.as_str().trim_start_matches("SIG"))
+            .with("error", err.desc())
+            .with(
+                "message",
+                "the process did not get the signal from the launcher",
+            )
+            .emit(),
+    }
+}
+
 /// SIGKILL to every process under the launcher: each worker group in `groups` first (a group
 /// kill reaches a process that is forking at that moment, and its new child), then every
 /// process found below the launcher, listed again until a listing finds nothing new. Returns
 /// how many processes were still there.
 pub fn everything(groups: &[i32]) -> usize {
-    let proc_dir = Path::new("/proc");
+    let proc_dir = proc_dir();
     let mut killed: HashSet<i32> = HashSet::new();
     for round in 0..LISTINGS {
-        let found: Vec<i32> = procs::living_under(proc_dir, me())
+        let found: Vec<i32> = procs::living_under(&proc_dir, me())
             .into_iter()
             .map(|s| s.pid)
             .filter(|pid| !killed.contains(pid))
             .collect();
         if round == 0 {
             for pgid in groups {
-                let _ = signal::killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+                let killed = signal::killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+                sent(killed, "group", *pgid, Signal::SIGKILL);
             }
         }
         if found.is_empty() {
             break;
         }
         for pid in found {
-            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            sent(
+                signal::kill(Pid::from_raw(pid), Signal::SIGKILL),
+                "pid",
+                pid,
+                Signal::SIGKILL,
+            );
             killed.insert(pid);
         }
     }
@@ -51,11 +80,12 @@ pub fn everything(groups: &[i32]) -> usize {
 
 /// SIGKILL to a worker's process group; returns how many of its processes were still there.
 pub fn group(pgid: i32) -> usize {
-    let members = procs::living_under(Path::new("/proc"), me())
+    let members = procs::living_under(&proc_dir(), me())
         .into_iter()
         .filter(|s| s.group == pgid)
         .count();
-    let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    let killed = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    sent(killed, "group", pgid, Signal::SIGKILL);
     members
 }
 
@@ -67,5 +97,5 @@ pub fn group_alive(pgid: i32) -> bool {
 /// The processes still under the launcher: what would not die (state `D`: in a system call that
 /// cannot be interrupted, even by SIGKILL).
 pub fn left() -> Vec<Stat> {
-    procs::living_under(Path::new("/proc"), me())
+    procs::living_under(&proc_dir(), me())
 }

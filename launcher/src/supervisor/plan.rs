@@ -10,6 +10,7 @@ use super::log::Event;
 use super::net;
 use super::settings::RunSettings;
 use super::Request;
+use crate::env::Env;
 use crate::profile;
 use crate::report::Report;
 use crate::servers::{self, Mode};
@@ -56,6 +57,7 @@ impl Plan {
         request: &Request,
         settings: &RunSettings,
         report: &Report,
+        env: &Env,
         listen: Option<&str>,
         app_dir: &Path,
     ) -> Plan {
@@ -73,24 +75,17 @@ impl Plan {
         let mut signals = servers::signals(found.server, mode);
         let (mut restart_reason, mut binds_itself) = (None, None);
         let argv = &request.command;
+        let config = servers::config::read(found.server, argv, found.args_from, app_dir);
         match (found.server, mode) {
             (servers::Server::Puma, Mode::Delegate) => {
-                let flags = ["-C", "--config"];
-                let config = servers::config_text(
-                    argv,
-                    found.args_from,
-                    &flags,
-                    Some("config/puma.rb"),
-                    app_dir,
-                );
                 let (restart, why) = servers::puma_restart(config.as_deref(), argv, workers);
                 signals.restart = Some(restart);
                 restart_reason = Some(why);
             }
             (servers::Server::Unicorn, Mode::Delegate) => {
-                let flags = ["-c", "--config-file"];
-                let config = servers::config_text(argv, found.args_from, &flags, None, app_dir);
-                binds_itself = config.and_then(|c| servers::unicorn_config(&c).listen);
+                binds_itself = config
+                    .as_deref()
+                    .and_then(|c| servers::unicorn_config(c).listen);
             }
             _ => {}
         }
@@ -102,19 +97,15 @@ impl Plan {
                     .skip(found.args_from)
                     .filter_map(|a| a.to_str())
                     .collect();
-                let flags = ["-c", "--config"];
-                let default = Some("gunicorn.conf.py");
-                let config = servers::config_text(argv, found.args_from, &flags, default, app_dir);
-                let cmd_args = std::env::var("GUNICORN_CMD_ARGS").ok();
-                servers::concurrent_workers(&args, cmd_args.as_deref(), config.as_deref()).map(
-                    |how| {
-                        format!(
-                            "its workers ({how}) accept every connection at once and hold the \
+                let count = servers::behaviour(found.server).count;
+                let cmd_args = count.args_var.and_then(|var| env.get(var));
+                servers::concurrent_workers(&args, cmd_args, config.as_deref()).map(|how| {
+                    format!(
+                        "its workers ({how}) accept every connection at once and hold the \
                              wait inside the worker, not in the accept queue; only gunicorn's \
                              sync workers accept when free"
-                        )
-                    },
-                )
+                    )
+                })
             }
             servers::Accepts::WhenFree => None,
         };

@@ -5,30 +5,11 @@ use std::time::Duration;
 
 use crate::servers::ModeChoice;
 use crate::settings::{self as table, Settings};
+use crate::sizing::Sizing;
 
 /// Heroku sends SIGKILL 30 s after SIGTERM; the launcher must be done before that: the graceful
 /// timeout, then at most `pool::STUCK_WAIT` (2 s) for what the final SIGKILL cannot end at once.
 pub const HEROKU_MAX_GRACEFUL: Duration = Duration::from_secs(27);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sizing {
-    /// The worker count is the computed `WEB_CONCURRENCY`, fixed.
-    Static,
-    /// Measured after warm-up, then moved one worker at a time to what fits.
-    Measured,
-    /// Follows the accept queue, within the CPUs and the memory fit.
-    Adaptive,
-}
-
-impl Sizing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sizing::Static => "static",
-            Sizing::Measured => "measured",
-            Sizing::Adaptive => "adaptive",
-        }
-    }
-}
 
 /// Adaptive sizing's thresholds (docs/architecture.md, "Adaptive sizing").
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,11 +72,7 @@ impl RunSettings {
             soft_limit_percent: settings.number(&table::MEMORY_SOFT_LIMIT),
             worker_memory_max_mb: settings.whole(&table::WORKER_MEMORY_MAX),
             memory_cooldown: settings.seconds(&table::MEMORY_COOLDOWN),
-            sizing: match settings.choice(&table::SIZING) {
-                "measured" => Sizing::Measured,
-                "adaptive" => Sizing::Adaptive,
-                _ => Sizing::Static,
-            },
+            sizing: Sizing::parse(settings.choice(&table::SIZING)).unwrap_or(Sizing::Static),
             sizing_warmup: settings.seconds(&table::SIZING_WARMUP),
             queue_read_interval: Duration::from_millis(
                 settings.number(&table::QUEUE_READ_INTERVAL),

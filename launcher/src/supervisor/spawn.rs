@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::host::Snapshot;
 use crate::servers::LISTEN_FD;
 
 /// Why a command cannot be run, with the shell's exit status for it.
@@ -75,8 +76,9 @@ pub struct Prepared {
     listener: Option<RawFd>,
     /// What the child gets when the launcher dies (`PR_SET_PDEATHSIG`).
     death_signal: Signal,
-    /// The child's `oom_score_adj`, as the digits to write; None if the launcher's is unreadable.
-    oom_score_adj: Option<Vec<u8>>,
+    /// The child's `oom_score_adj`, as the digits to write, and the file it writes them to;
+    /// None if the launcher's is unreadable.
+    oom_score_adj: Option<(CString, Vec<u8>)>,
 }
 
 /// How much higher a worker's `oom_score_adj` is than the launcher's (any process may raise its
@@ -122,9 +124,14 @@ impl Prepared {
             buffer.resize(LISTEN_PID_PREFIX.len() + 24, 0);
             buffer
         });
-        let own = crate::files::read_text(Path::new("/proc/self/oom_score_adj"), 64).ok();
+        let file = Snapshot::proc_file("self/oom_score_adj");
+        let own = crate::files::read_text(&file, 64).ok();
         let own: Option<i32> = own.and_then(|text| text.trim().parse().ok());
-        let oom_score_adj = own.map(|own| worker_oom_score_adj(own).to_string().into_bytes());
+        let digits = own.map(|own| worker_oom_score_adj(own).to_string().into_bytes());
+        let oom_score_adj = match digits {
+            Some(digits) => Some((c(file.as_os_str().as_bytes())?, digits)),
+            None => None,
+        };
         Ok(Prepared {
             path: c(path.as_os_str().as_bytes())?,
             argv,
@@ -159,7 +166,10 @@ impl Prepared {
                         death_signal: self.death_signal as libc::c_int,
                         listener: self.listener,
                         listen_pid,
-                        oom_score_adj: self.oom_score_adj.as_deref(),
+                        oom_score_adj: self
+                            .oom_score_adj
+                            .as_ref()
+                            .map(|(file, digits)| (file.as_c_str(), digits.as_slice())),
                     },
                     self.path.as_ptr(),
                     &argv,
@@ -183,7 +193,7 @@ struct Inherited<'a> {
     death_signal: libc::c_int,
     listener: Option<RawFd>,
     listen_pid: Option<*mut u8>,
-    oom_score_adj: Option<&'a [u8]>,
+    oom_score_adj: Option<(&'a std::ffi::CStr, &'a [u8])>,
 }
 
 /// In the forked child. Never returns.
@@ -202,11 +212,8 @@ unsafe fn child(
     } = inherited;
     // Its own process group: the launcher stops the worker and whatever it started as one.
     libc::setpgid(0, 0);
-    if let Some(digits) = oom_score_adj {
-        let fd = libc::open(
-            c"/proc/self/oom_score_adj".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        );
+    if let Some((file, digits)) = oom_score_adj {
+        let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if fd >= 0 {
             libc::write(fd, digits.as_ptr().cast(), digits.len());
             libc::close(fd);

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::host::{CgroupDir, Host, Snapshot, Version};
+use crate::host::{CgroupDir, Host, Snapshot, Version, PROC};
 use crate::procs;
 use crate::usage::Meter;
 
@@ -38,36 +38,32 @@ impl CpuMeter {
     pub fn describe(&self) -> String {
         match self {
             CpuMeter::Cgroup(dir) => {
-                let file = match dir.version {
-                    Version::V1 => "cpuacct.usage",
-                    Version::V2 => "cpu.stat",
-                };
-                format!("{} {}", dir.version.label(), dir.path.join(file).display())
+                let file = dir.path.join(dir.version.cpu_time_file());
+                format!("{} {}", dir.version.label(), file.display())
             }
-            CpuMeter::Processes => "the sum over /proc/*/stat (no cgroup mounted)".to_owned(),
-            CpuMeter::OwnTree { .. } => "/proc/*/stat of the launcher and its processes".to_owned(),
+            CpuMeter::Processes => format!("the sum over {PROC}/*/stat (no cgroup mounted)"),
+            CpuMeter::OwnTree { .. } => format!("{PROC}/*/stat of the launcher and its processes"),
         }
     }
 
     /// The CPU time used so far; None when it cannot be read.
     pub fn used(&self, snapshot: &Snapshot) -> Option<Duration> {
         match self {
-            CpuMeter::Cgroup(dir) => match dir.version {
-                Version::V1 => {
-                    let text = snapshot.read(&dir.path.join("cpuacct.usage")).ok()?;
-                    Some(Duration::from_nanos(text.trim().parse().ok()?))
+            CpuMeter::Cgroup(dir) => {
+                let text = snapshot
+                    .read(&dir.path.join(dir.version.cpu_time_file()))
+                    .ok()?;
+                match dir.version {
+                    Version::V1 => Some(Duration::from_nanos(text.trim().parse().ok()?)),
+                    Version::V2 => Some(Duration::from_micros(usage_usec(&text)?)),
                 }
-                Version::V2 => {
-                    let text = snapshot.read(&dir.path.join("cpu.stat")).ok()?;
-                    Some(Duration::from_micros(usage_usec(&text)?))
-                }
-            },
+            }
             CpuMeter::Processes => {
-                let proc_dir = snapshot.path(Path::new("/proc"));
+                let proc_dir = snapshot.proc_dir();
                 Some(ticks_of(&proc_dir, &procs::pids(&proc_dir)))
             }
             CpuMeter::OwnTree { pid } => {
-                let proc_dir = snapshot.path(Path::new("/proc"));
+                let proc_dir = snapshot.proc_dir();
                 Some(ticks_of(&proc_dir, &procs::tree(&proc_dir, *pid)))
             }
         }
@@ -210,7 +206,7 @@ mod tests {
     fn demand_is_run_and_wait_time_from_the_first_reading() {
         let host = FakeHost::new();
         let stat = |pid: i32, tid: i32, run_ms: u64, wait_ms: u64| {
-            let path = format!("/proc/{pid}/task/{tid}/schedstat");
+            let path = format!("{PROC}/{pid}/task/{tid}/schedstat");
             host.write(
                 &path,
                 &format!("{} {} 7\n", run_ms * 1_000_000, wait_ms * 1_000_000),
@@ -247,9 +243,7 @@ mod tests {
         let meter = CpuMeter::OwnTree {
             pid: std::process::id() as i32,
         };
-        let used = meter
-            .used(&Snapshot::new(Path::new("/")))
-            .expect("readable");
+        let used = meter.used(&Snapshot::live()).expect("readable");
         assert!(used > Duration::ZERO, "{used:?}");
     }
 }

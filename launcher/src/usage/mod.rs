@@ -9,7 +9,7 @@ pub mod smaps;
 
 use std::path::{Path, PathBuf};
 
-use crate::host::{CgroupDir, Host, Snapshot, Version};
+use crate::host::{CgroupDir, Host, Snapshot, Version, PROC};
 use crate::procs;
 
 /// Where the dyno's usage is read.
@@ -60,7 +60,7 @@ impl Meter {
                 dir.version.label(),
                 dir.path.join("memory.stat").display()
             ),
-            Meter::Processes => "the sum over /proc/*/smaps_rollup (no cgroup mounted)".to_owned(),
+            Meter::Processes => format!("the sum over {PROC}/*/smaps_rollup (no cgroup mounted)"),
             Meter::OwnTree { .. } => {
                 "smaps_rollup of the launcher and its processes (no memory limit)".to_owned()
             }
@@ -72,11 +72,11 @@ impl Meter {
         match self {
             Meter::Cgroup(dir) => cgroup_usage(snapshot, dir),
             Meter::Processes => {
-                let proc_dir = snapshot.path(Path::new("/proc"));
+                let proc_dir = snapshot.proc_dir();
                 Some(proportional(&proc_dir, &procs::pids(&proc_dir)))
             }
             Meter::OwnTree { pid } => {
-                let proc_dir = snapshot.path(Path::new("/proc"));
+                let proc_dir = snapshot.proc_dir();
                 Some(proportional(&proc_dir, &procs::tree(&proc_dir, *pid)))
             }
         }

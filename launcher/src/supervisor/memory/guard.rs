@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Reading, WorkerMemory};
+use crate::supervisor::reading::{Reading, WorkerMemory};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardConfig {

@@ -1,13 +1,118 @@
-//! OOM kill accounting, free of I/O: the cgroup's counter says how many processes the kernel's
+//! OOM kill attribution, free of I/O: the cgroup's counter says how many processes the kernel's
 //! OOM killer ended, not which. Each rise is credit that the workers seen to end of SIGKILL
 //! claim, one kill each, as they are reaped (a victim may be reaped a turn after the counter
-//! rose for it); credit no worker claims within `CLAIM_WINDOW` is reported as not attributed.
-//! Every kill is reported exactly once, attributed or not.
+//! rose for it), and in delegate mode the server's workers that vanished between two checks;
+//! credit no worker claims within `CLAIM_WINDOW` is reported as not attributed. Every kill is
+//! reported exactly once, attributed or not, in an `oom_kill` line.
 
 use std::time::{Duration, Instant};
 
+use crate::supervisor::log::Event;
+use crate::units::mb;
+
 /// How long a rise waits for the workers it killed to be reaped: one memory check.
 pub const CLAIM_WINDOW: Duration = super::CHECK_INTERVAL;
+
+/// The ledger with what the `oom_kill` lines show.
+#[derive(Debug, Clone)]
+pub struct Attribution {
+    ledger: Ledger,
+    /// The dyno's usage as last read, and when: after a kill it has fallen, so the line shows
+    /// the reading before it.
+    last_usage: Option<(u64, Instant)>,
+    soft_limit_bytes: u64,
+    quota_bytes: u64,
+}
+
+impl Attribution {
+    pub fn new(counted: Option<u64>, soft_limit_bytes: u64, quota_bytes: u64) -> Self {
+        Attribution {
+            ledger: Ledger::new(counted),
+            last_usage: None,
+            soft_limit_bytes,
+            quota_bytes,
+        }
+    }
+
+    /// Every kill counted since the launcher started.
+    pub fn total(&self) -> u64 {
+        self.ledger.total
+    }
+
+    /// The usage a check read, after its kills were accounted for.
+    pub fn usage_read(&mut self, usage_bytes: u64, now: Instant) {
+        self.last_usage = Some((usage_bytes, now));
+    }
+
+    /// Workers, children of the launcher, that died of SIGKILL in one turn of the loop: which of
+    /// them did the kernel's OOM killer end? Only a rise in the counter says so (a SIGKILL alone
+    /// is not taken as proof), and how many: each claims one kill of the rise.
+    pub fn claim_reaped(
+        &mut self,
+        counted: Option<u64>,
+        killed: &[i32],
+        now: Instant,
+    ) -> (Vec<i32>, Option<Event>) {
+        if killed.is_empty() {
+            return (Vec::new(), None);
+        }
+        self.ledger.counted(counted, now);
+        let claimed = self.ledger.claim(killed);
+        let event = (!claimed.is_empty()).then(|| self.event(&claimed, 0, now));
+        (claimed, event)
+    }
+
+    /// At a check: the counter as read, and the delegated server's workers that vanished since
+    /// the last check (the launcher's grandchildren, which it does not reap), which claim what is
+    /// left; what stayed unclaimed for `CLAIM_WINDOW` is reported as not attributed (another
+    /// process of the dyno, or lost to a race).
+    pub fn check(&mut self, counted: Option<u64>, vanished: &[i32], now: Instant) -> Vec<Event> {
+        self.ledger.counted(counted, now);
+        let claimed = self.ledger.claim(vanished);
+        let mut events = Vec::new();
+        if !claimed.is_empty() {
+            events.push(self.event(&claimed, 0, now));
+        }
+        events.extend(self.unclaimed(None, now, false));
+        events
+    }
+
+    /// OOM kills no process was found for in time; all of them (`all`, at exit, with the
+    /// counter read then).
+    pub fn unclaimed(&mut self, counted: Option<u64>, now: Instant, all: bool) -> Option<Event> {
+        if all {
+            self.ledger.counted(counted, now);
+        }
+        let unattributed = self.ledger.expire((!all).then_some(now));
+        (unattributed > 0).then(|| self.event(&[], unattributed, now))
+    }
+
+    /// The `oom_kill` line: the kills it reports (`kills`), those attributed to the pids named
+    /// and those that could not be, and the dyno's usage as last read before the counter rose,
+    /// with its age.
+    fn event(&self, pids: &[i32], unattributed: u64, now: Instant) -> Event {
+        let named: Vec<String> = pids.iter().take(10).map(i32::to_string).collect();
+        let more = if pids.len() > 10 { ",..." } else { "" };
+        let pid = match named.is_empty() {
+            true => "unknown".to_owned(),
+            false => named.join(",") + more,
+        };
+        let event = Event::error("oom_kill")
+            .with("pid", pid)
+            .with("kills", pids.len() as u64 + unattributed)
+            .with("attributed", pids.len())
+            .with("unattributed", unattributed);
+        let event = match self.last_usage {
+            Some((bytes, at)) => event
+                .with("memory_total", mb(bytes))
+                .secs("memory_total_age_s", now.saturating_duration_since(at)),
+            None => event.with("memory_total", "unknown"),
+        };
+        event
+            .with("soft_limit", mb(self.soft_limit_bytes))
+            .with("memory_quota", mb(self.quota_bytes))
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {

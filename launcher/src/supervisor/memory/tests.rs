@@ -2,8 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use super::fit::Fit;
 use super::guard::Why;
 use super::*;
+use crate::supervisor::reading::Reading;
 
 const MB: u64 = 1024 * 1024;
 
@@ -23,7 +25,7 @@ fn reading(usage_mb: u64, workers: &[WorkerMemory]) -> Reading {
     Reading {
         usage_bytes: usage_mb * MB,
         workers: workers.to_vec(),
-        stopping: Vec::new(),
+        ..Reading::default()
     }
 }
 

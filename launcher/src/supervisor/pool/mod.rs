@@ -71,8 +71,9 @@ pub struct Config {
     /// Whether there is a listening socket: without one (a worker dyno) there is nothing to
     /// serve, and readiness by the grace period lets a rolling restart go on.
     pub socket: bool,
-    /// On Heroku every process of the dyno gets SIGTERM itself: it is not forwarded.
-    pub on_heroku: bool,
+    /// On Heroku's Cedar dynos every process of the dyno gets SIGTERM from the platform itself: it
+    /// is not forwarded. (On Fir, as in Kubernetes, only the main process gets it.)
+    pub on_cedar: bool,
     /// Logged once, the first time a worker dies before it was ready.
     pub boot_failure_hint: Option<String>,
 }
@@ -136,7 +137,11 @@ enum Phase {
 
 pub struct Pool {
     config: Config,
+    /// Fan-out: how many copies run. Delegate mode: 1, the server.
     target: u32,
+    /// Delegate mode: how many workers the server runs, as the launcher has asked for them (its
+    /// scaling signals, TTIN/TTOU forwarded, a reload that goes back to its config's count).
+    server_workers: u32,
     workers: Vec<Worker>,
     pending: Vec<Pending>,
     lingering: Vec<Lingering>,
@@ -159,6 +164,7 @@ impl Pool {
             Mode::Delegate => 1,
         };
         Pool {
+            server_workers: config.workers,
             config,
             target,
             workers: Vec::new(),
@@ -198,13 +204,47 @@ impl Pool {
     }
 
     /// How many workers the pool keeps (fan-out), or 1 (the delegated server).
+    #[cfg(test)]
     pub fn target(&self) -> u32 {
         self.target
     }
 
-    /// Measured sizing's count (fan-out): converging adds or stops workers to reach it.
-    pub fn set_target(&mut self, workers: u32) {
-        self.target = workers.clamp(1, MAX_WEB_CONCURRENCY);
+    /// What the signals the launcher sends mean to this server in this mode.
+    pub fn signals(&self) -> Signals {
+        self.config.signals
+    }
+
+    /// The worker count: the copies (fan-out), or the server's own workers (delegate mode). The
+    /// one owner of the number; the sizers read it from each check's reading.
+    pub fn wanted(&self) -> u32 {
+        match self.config.mode {
+            Mode::FanOut => self.target,
+            Mode::Delegate => self.server_workers,
+        }
+    }
+
+    /// A sizer's new count: in fan-out converging adds or stops copies to reach it; a delegated
+    /// server is sent its scaling signal once per worker of the change (none without one).
+    pub fn resize(&mut self, to: u32) -> Vec<Action> {
+        let to = to.clamp(1, MAX_WEB_CONCURRENCY);
+        match self.config.mode {
+            Mode::FanOut => {
+                self.target = to;
+                Vec::new()
+            }
+            Mode::Delegate => {
+                let Some((more, fewer)) = self.config.signals.scale else {
+                    return Vec::new();
+                };
+                let from = std::mem::replace(&mut self.server_workers, to);
+                let signal = if to > from { more } else { fewer };
+                let steps = to.abs_diff(from) as usize;
+                let pids: Vec<i32> = self.workers.iter().map(|w| w.pid).collect();
+                let each = pids.iter().map(|&pid| Action::Signal { pid, signal });
+                let once: Vec<Action> = each.collect();
+                std::iter::repeat_n(once, steps).flatten().collect()
+            }
+        }
     }
 
     /// The memory guard's recycle (fan-out): the worker is stopped gracefully and its replacement
@@ -269,6 +309,8 @@ impl Pool {
 
     pub fn spawned(&mut self, slot: u32, pid: i32, now: Instant) {
         let failures = self.take_pending_failures(slot);
+        // A new server starts with the count its command and config give it.
+        self.server_workers = self.config.workers;
         self.workers.push(Worker {
             slot,
             pid,

@@ -35,6 +35,7 @@ impl Pool {
             _ if stopping => ("ignored", Vec::new()),
             _ if blocked.is_some() => ("blocked", Vec::new()),
             Signal::SIGHUP | Signal::SIGTTIN | Signal::SIGTTOU if delegate => {
+                self.server_scaled(signal);
                 ("forwarded", self.to_all(mapped))
             }
             Signal::SIGHUP if self.rolling.is_some() => ("ignored", Vec::new()),
@@ -80,6 +81,20 @@ impl Pool {
         actions
     }
 
+    /// The server's count after a signal forwarded to it: one more or one fewer worker (never
+    /// fewer than one), or, after a reload that reads its config again, the count it started with
+    /// (`servers::restart_keeps_count`).
+    fn server_scaled(&mut self, signal: Signal) {
+        let restart = self.config.signals.restart;
+        let resets = restart.is_some_and(|r| !servers::restart_keeps_count(r));
+        self.server_workers = match signal {
+            Signal::SIGTTIN => (self.server_workers + 1).min(MAX_WEB_CONCURRENCY),
+            Signal::SIGTTOU => self.server_workers.saturating_sub(1).max(1),
+            Signal::SIGHUP if resets => self.config.workers,
+            _ => self.server_workers,
+        };
+    }
+
     /// A signal forwarded as it is goes to each worker's first process alone: a shell wrapper
     /// would die of a USR1 its server handles.
     fn to_all(&self, signal: Signal) -> Vec<Action> {
@@ -95,7 +110,7 @@ impl Pool {
     fn shut_down(&mut self, fast: bool, forwarded: Signal, now: Instant) -> Vec<Action> {
         // Where the platform sends every process TERM (Cedar), a server whose graceful stop is
         // another signal (unicorn: QUIT) still gets that one.
-        let forward = fast || !self.config.on_heroku || forwarded != Signal::SIGTERM;
+        let forward = fast || !self.config.on_cedar || forwarded != Signal::SIGTERM;
         let mut deadline = now + self.config.graceful_timeout;
         if let Phase::Stopping {
             deadline: earlier, ..

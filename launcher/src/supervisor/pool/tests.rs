@@ -20,7 +20,7 @@ fn config(mode: Mode, workers: u32) -> Config {
         graceful_timeout: Duration::from_secs(25),
         ready_timeout: Duration::from_secs(60),
         socket: true,
-        on_heroku: false,
+        on_cedar: false,
         boot_failure_hint: Some("check the app".to_owned()),
     }
 }
@@ -335,16 +335,16 @@ fn delegate_forwards_hup_ttin_ttou() {
 }
 
 #[test]
-fn term_is_forwarded_once_elsewhere_and_not_at_all_on_heroku() {
-    for (on_heroku, forwarded) in [(false, 2), (true, 0)] {
+fn term_is_forwarded_once_elsewhere_and_not_at_all_on_cedar() {
+    for (on_cedar, forwarded) in [(false, 2), (true, 0)] {
         let mut h = Harness::new(Config {
-            on_heroku,
+            on_cedar,
             ..config(Mode::FanOut, 2)
         });
         h.at(0.0);
         let first = h.signal(Signal::SIGTERM);
         assert_eq!(first[0], Action::CloseListener);
-        assert_eq!(signals(&first).len(), forwarded, "heroku={on_heroku}");
+        assert_eq!(signals(&first).len(), forwarded, "cedar={on_cedar}");
         assert!(
             h.signal(Signal::SIGTERM).is_empty(),
             "a second TERM changes nothing"
@@ -469,9 +469,12 @@ fn a_recycle_stops_the_worker_and_starts_its_replacement_at_once() {
 fn measured_sizing_moves_the_target_and_an_oom_kill_is_named() {
     let mut h = Harness::new(config(Mode::FanOut, 2));
     h.at(0.0);
-    h.pool.set_target(3);
+    assert!(
+        h.pool.resize(3).is_empty(),
+        "fan-out: the pool converges to it"
+    );
     assert_eq!(h.at(1.0).len(), 1, "one more worker");
-    h.pool.set_target(0);
+    h.pool.resize(0);
     assert_eq!(h.pool.target(), 1, "never below one");
     h.pool
         .exited(101, "signal:9", Some("oom_kill"), false, h.now);

@@ -1,25 +1,27 @@
 //! The supervisor's one loop, as in gunicorn's arbiter: wait for a signal, a readiness message or
-//! a timer -> handle signals -> reap -> read readiness -> check memory -> converge. Nothing in a
-//! turn waits on a worker: log lines are queued (`log`), workers are started a batch at a time,
-//! readiness messages are read a bounded number at a time.
+//! a timer -> handle signals -> reap -> read readiness -> read the dyno -> decide -> converge.
+//! Nothing in a turn waits on a worker: log lines are queued (`log`), workers are started a batch
+//! at a time, readiness messages are read a bounded number at a time (docs/architecture.md, "One
+//! turn of the loop").
 
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{self, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
-use super::load::Load;
+mod apply;
+
+use super::decide::Control;
 use super::log::Event;
-use super::memory::Watch;
-use super::pool::{Action, KillTarget, Pool};
-use super::{figures, kill, net, serving, spawn};
-use crate::host::Snapshot;
+use super::pool::Pool;
+use super::reading::{serving, Reader, Reading};
+use super::setup::Setup;
+use super::{figures, kill, net, spawn};
 use crate::procs;
 use crate::servers::{self, Mode};
 use crate::state;
@@ -33,62 +35,63 @@ const NOTIFY_PAUSE: Duration = Duration::from_millis(50);
 /// How many adopted processes an `adopted_exit` line names.
 const ADOPTED_NAMED: usize = 10;
 
-pub struct Loop<'a> {
-    pub pool: Pool,
-    pub watch: Watch,
-    pub signals: SignalFd,
-    pub notify: Option<net::Notify>,
-    pub listener: Option<net::Listener>,
-    pub command: &'a mut spawn::Prepared,
-    pub sample_interval: Option<Duration>,
-    pub next_sample: Option<Instant>,
-    pub mode: Mode,
+pub struct Loop {
+    pool: Pool,
+    control: Control,
+    reader: Reader,
+    command: spawn::Prepared,
+    listener: Option<net::Listener>,
+    signals: SignalFd,
+    notify: Option<net::Notify>,
+    mode: Mode,
+    sample_interval: Option<Duration>,
+    next_sample: Option<Instant>,
     /// Where the state file is kept; None when it cannot be (said once at start).
-    pub state_dir: Option<PathBuf>,
-    pub scope: state::Scope,
+    state_dir: Option<PathBuf>,
+    scope: state::Scope,
     /// Whether a failed write of the state file has been logged.
-    pub state_failed: bool,
-    pub next_state: Instant,
+    state_failed: bool,
+    next_state: Instant,
     /// The notify socket is not read before then (after a flood).
-    pub notify_paused_until: Option<Instant>,
+    notify_paused_until: Option<Instant>,
     /// Whether the first ready worker has been looked at for a wrapper that does not `exec`.
-    pub wrapper_checked: bool,
-    /// The accept queue and the dyno's CPU use.
-    pub load: Load,
-    pub snapshot: Snapshot,
-    /// Adaptive sizing's CPU figure is over this long (its step interval, at least a second).
-    pub cpu_window: Duration,
+    wrapper_checked: bool,
+    /// The last check's reading, for the `sample#` line and the state file.
+    last: Option<Reading>,
 }
 
-impl Loop<'_> {
+impl Loop {
+    pub fn new(setup: Setup, signals: SignalFd) -> Loop {
+        let now = Instant::now();
+        let oom_counted = setup.reader.oom_kills();
+        Loop {
+            pool: Pool::new(setup.pool, now, seed()),
+            control: Control::new(setup.control, oom_counted, now),
+            reader: setup.reader,
+            command: setup.command,
+            listener: setup.listener,
+            signals,
+            notify: setup.notify,
+            mode: setup.mode,
+            sample_interval: setup.sample_interval,
+            next_sample: setup.sample_interval.map(|i| now + i),
+            state_dir: setup.state_dir,
+            scope: state::Scope::own(&crate::host::Snapshot::live()),
+            state_failed: false,
+            next_state: now,
+            notify_paused_until: None,
+            wrapper_checked: false,
+            last: None,
+        }
+    }
+
     pub fn run(&mut self) -> u8 {
         loop {
             let now = Instant::now();
             let actions = self.pool.converge(now);
             self.carry_out(actions);
-            if let Some(code) = self.pool.exit_code() {
-                let abandoned = self.pool.abandon_at().is_some_and(|at| now >= at);
-                if !has_children() || abandoned {
-                    if has_children() {
-                        report_stuck();
-                    }
-                    // Every OOM kill counted is reported, attributed or not, before the end.
-                    self.watch.report_unclaimed_oom_kills(now, true);
-                    self.emit_events();
-                    let reason = if code == 0 {
-                        "shutdown complete"
-                    } else {
-                        "gave up"
-                    };
-                    Event::info("exit")
-                        .with("status", code)
-                        .with("reason", reason)
-                        .emit();
-                    if let Some(dir) = &self.state_dir {
-                        state::remove(dir, std::process::id());
-                    }
-                    return code;
-                }
+            if let Some(code) = self.exit_code(now) {
+                return code;
             }
             self.wait();
             let now = Instant::now();
@@ -99,70 +102,52 @@ impl Loop<'_> {
             self.check_serving(now);
             self.check_wrapper();
             self.read_queue(now);
-            self.check_memory(now);
+            self.check(now);
             self.sample(now);
         }
     }
 
-    fn carry_out(&mut self, actions: Vec<Action>) {
-        // What was decided is logged before it is done, so the app's reaction comes after.
-        self.emit_events();
-        for action in actions {
-            match action {
-                Action::Spawn { slot } => match self.command.spawn() {
-                    Ok(pid) => self.pool.spawned(slot, pid.as_raw(), Instant::now()),
-                    Err(err) => self.pool.spawn_failed(slot, err.desc(), Instant::now()),
-                },
-                Action::Signal { pid, signal } => {
-                    let _ = signal::kill(Pid::from_raw(pid), signal);
-                }
-                Action::SignalGroup { pgid, signal } => {
-                    let _ = signal::killpg(Pid::from_raw(pgid), signal);
-                }
-                Action::Kill { target, report } => {
-                    let killed = match target {
-                        KillTarget::Group(pgid) => kill::group(pgid),
-                        KillTarget::All => {
-                            let mut groups = self.pool.worker_pids();
-                            groups.extend(self.pool.lingering_groups());
-                            kill::everything(&groups)
-                        }
-                    };
-                    // A sweep that found nothing left says nothing.
-                    let quiet = report.as_ref().is_some_and(|r| r.name == "sweep") && killed == 0;
-                    if let Some(report) = report.filter(|_| !quiet) {
-                        report.with("killed", killed).emit();
-                    }
-                }
-                Action::CloseListener => self.listener = None,
-            }
+    /// Once shutting down and no child is left (or the stuck wait is over): the last lines, the
+    /// state file removed, and the exit code.
+    fn exit_code(&mut self, now: Instant) -> Option<u8> {
+        let code = self.pool.exit_code()?;
+        let abandoned = self.pool.abandon_at().is_some_and(|at| now >= at);
+        if has_children() && !abandoned {
+            return None;
         }
-        self.emit_events();
-    }
-
-    fn emit_events(&mut self) {
-        for event in self
-            .load
-            .take_events()
-            .into_iter()
-            .chain(self.watch.take_events())
-            .chain(self.pool.take_events())
-        {
-            event.emit();
+        if has_children() {
+            report_stuck();
         }
+        // Every OOM kill counted is reported, attributed or not, before the end.
+        let counted = self.reader.oom_kills();
+        self.control.report_unclaimed_oom_kills(counted, now);
+        self.emit_events();
+        let reason = if code == 0 {
+            "shutdown complete"
+        } else {
+            "gave up"
+        };
+        Event::info("exit")
+            .with("status", code)
+            .with("reason", reason)
+            .emit();
+        if let Some(dir) = &self.state_dir {
+            state::remove(dir, std::process::id());
+        }
+        Some(code)
     }
 
     /// Sleeps until a signal, a readiness message or the next timer.
     fn wait(&self) {
         let now = Instant::now();
-        let memory = Some(self.watch.next_wakeup()).filter(|_| self.pool.exit_code().is_none());
-        let abandon = self.pool.abandon_at();
-        let queue = Some(self.load.next_wakeup()).filter(|_| self.listener.is_some());
+        let running = self.pool.exit_code().is_none();
+        let check = Some(self.control.next_wakeup()).filter(|_| running);
+        let queue = Some(self.reader.load.next_wakeup()).filter(|_| self.listener.is_some());
         let wakeups = [
             self.pool.next_wakeup(now),
             self.next_sample,
-            memory,
-            abandon,
+            check,
+            self.pool.abandon_at(),
             self.notify_paused_until,
             queue,
         ];
@@ -196,10 +181,6 @@ impl Loop<'_> {
             if signal == Signal::SIGCHLD {
                 continue;
             }
-            if self.mode == Mode::Delegate && self.pool.exit_code().is_none() {
-                // Forwarded to the server, which scales itself: measuring goes on from there.
-                self.watch.scaled_by_signal(signal, now);
-            }
             let actions = self.pool.signal(signal, now);
             self.carry_out(actions);
         }
@@ -232,7 +213,11 @@ impl Loop<'_> {
             }
         }
         let killed: Vec<i32> = ended.iter().filter(|e| e.2).map(|e| e.0).collect();
-        let oom_killed = self.watch.claim_oom_kills(&killed, now);
+        let counted = match killed.is_empty() {
+            true => None,
+            false => self.reader.oom_kills(),
+        };
+        let oom_killed = self.control.claim_oom_kills(counted, &killed, now);
         for (pid, status, _) in ended {
             let cause = oom_killed.contains(&pid).then_some("oom_kill");
             let group_alive = kill::group_alive(pid);
@@ -276,7 +261,7 @@ impl Loop<'_> {
         if below.is_empty() {
             return;
         }
-        let parents = procs::parents(Path::new("/proc"));
+        let parents = procs::parents(&self.reader.proc_dir());
         for sender in below {
             if let Some(worker) = procs::ancestor_in(&parents, sender, &workers) {
                 self.pool.notified_ready(worker, now);
@@ -289,8 +274,8 @@ impl Loop<'_> {
         let Some(listener) = &self.listener else {
             return;
         };
-        if let Some(read) = self.load.read_queue(listener, now) {
-            self.watch.queue_read(now, read.queued > 0);
+        if let Some(read) = self.reader.load.read_queue(listener, now) {
+            self.control.queue_read(now, read.queued > 0);
         }
     }
 
@@ -303,7 +288,8 @@ impl Loop<'_> {
             .listener
             .as_ref()
             .and_then(|l| serving::socket_inode(&l.fd));
-        if inode.is_some_and(|inode| serving::waits_on(Path::new("/proc"), pid, inode)) {
+        let proc_dir = self.reader.proc_dir();
+        if inode.is_some_and(|inode| serving::waits_on(&proc_dir, pid, inode)) {
             self.pool.seen_serving(pid, now);
         }
     }
@@ -318,9 +304,9 @@ impl Loop<'_> {
             return;
         };
         self.wrapper_checked = true;
-        let proc_dir = Path::new("/proc");
-        let argv = procs::cmdline(proc_dir, pid);
-        let children = procs::children(proc_dir, pid);
+        let proc_dir = self.reader.proc_dir();
+        let argv = procs::cmdline(&proc_dir, pid);
+        let children = procs::children(&proc_dir, pid);
         if let Some(message) = servers::wrapper_hint(&argv, children.len()) {
             Event::warn("hint")
                 .with("worker", slot)
@@ -330,28 +316,26 @@ impl Loop<'_> {
         }
     }
 
-    /// The memory guard and measured sizing, every `CHECK_INTERVAL`; the state file with them.
-    fn check_memory(&mut self, now: Instant) {
+    /// Every `CHECK_INTERVAL` (sooner for a sample or the state file): read the dyno, decide,
+    /// apply. The pool alone changes the workers; the decisions are requests to it.
+    fn check(&mut self, now: Instant) {
         let sample_due = self.next_sample.is_some_and(|due| now >= due);
         let state_due = now >= self.next_state;
-        let check_due = now >= self.watch.next_wakeup();
+        let check_due = now >= self.control.next_wakeup();
         if self.pool.exit_code().is_some() || !(check_due || sample_due || state_due) {
             return;
         }
-        // Adaptive sizing decides at every check, on the CPU use of the last step or so (also
-        // at a check the sample or the state file brought forward: a decision without a CPU
-        // figure could not grow).
-        let cpu_busy = self.watch.is_adaptive().then(|| {
-            self.load.read_cpu(&self.snapshot, now);
-            self.load.cpu_busy(self.cpu_window)
-        });
-        let actions = self.watch.check(
-            &mut self.pool,
-            now,
-            sample_due || state_due,
-            cpu_busy.flatten(),
-        );
-        self.carry_out(actions);
+        let all_figures = sample_due || state_due;
+        if let Some(mut reading) = self.reader.read(&self.pool, now) {
+            let wants = self.control.wants(&reading, now, all_figures);
+            self.reader.complete(&mut reading, wants);
+            if self.control.wants_memory(&reading, now, all_figures) {
+                self.reader.measure(&mut reading);
+            }
+            let decisions = self.control.decide(&reading, now);
+            self.apply(decisions, now);
+            self.last = Some(reading);
+        }
         if state_due {
             self.next_state = now + STATE_INTERVAL;
             self.write_state();
@@ -366,29 +350,44 @@ impl Loop<'_> {
             return;
         }
         self.next_sample = Some(now + interval);
-        let load = self.load.sample(&self.snapshot, now, interval);
-        figures::sample(&self.pool, &self.watch, &load, self.mode).emit();
+        let load = self
+            .reader
+            .load
+            .sample(&self.reader.snapshot, now, interval);
+        let figures = self.figures();
+        figures::sample(&self.pool, &figures, &load, &self.reader).emit();
+    }
+
+    fn figures(&self) -> figures::Figures<'_> {
+        figures::Figures {
+            mode: self.mode,
+            reading: self.last.as_ref(),
+            busy: self.reader.busy,
+            fit: self.control.fit(),
+            sizing: self.control.sizing(),
+            limits: self.control.config.limits,
+            guard: self.control.config.guard.is_some(),
+            recycles: self.control.recycles,
+            oom_kills: self.control.oom_total(),
+        }
     }
 
     fn write_state(&mut self) {
-        if self.state_dir.is_none() {
-            return;
-        }
-        let load = self
-            .load
-            .state(&self.snapshot, Instant::now(), STATE_INTERVAL);
-        let written = figures::state(
-            &self.watch,
-            &load,
-            self.load.capacity,
-            self.mode,
-            &self.scope,
-        );
-        let Some(dir) = &self.state_dir else {
+        let Some(dir) = self.state_dir.clone() else {
             return;
         };
+        let (snapshot, load) = (&self.reader.snapshot, &mut self.reader.load);
+        let figures = load.state(snapshot, Instant::now(), STATE_INTERVAL);
+        let capacity = self.reader.load.capacity;
+        let written = figures::state(
+            &self.figures(),
+            &figures,
+            capacity,
+            &self.reader,
+            &self.scope,
+        );
         // Best effort: a read-only /tmp costs `launcher size` its figures, not the dyno its app.
-        if let Err(err) = state::write(dir, &written) {
+        if let Err(err) = state::write(&dir, &written) {
             if !std::mem::replace(&mut self.state_failed, true) {
                 let message = format!(
                     "cannot write the state file in {}: {err}; launcher size will not show this supervisor's figures",
@@ -452,4 +451,12 @@ fn has_children() -> bool {
         ),
         Err(Errno::ECHILD)
     )
+}
+
+/// A seed for the restart jitter, different per launcher.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
 }

@@ -1,17 +1,14 @@
 //! What the dyno is asked to do, measured in every sizing mode (docs/architecture.md, "Adaptive
 //! sizing"): the accept queue of the socket the launcher owns, read every
 //! `LAUNCHER_QUEUE_READ_INTERVAL` (one `getsockopt`, no lock); the dyno's CPU use against the CPUs
-//! it may use; and how many workers hold a connection accepted from the socket (`diag`). The `sample#`
-//! line, the state file and adaptive sizing read them from here.
+//! it may use. The `sample#` line, the state file and adaptive sizing read them from here.
 
-use std::collections::{HashSet, VecDeque};
-use std::path::Path;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::log::Event;
-use super::net;
 use crate::host::Snapshot;
-use crate::procs;
+use crate::supervisor::log::Event;
+use crate::supervisor::net;
 use crate::usage::cpu::{self, CpuMeter};
 
 /// A full queue is reported at most this often.
@@ -89,6 +86,11 @@ impl Load {
 
     pub fn next_wakeup(&self) -> Instant {
         self.next_read
+    }
+
+    /// Where the dyno's CPU time is read.
+    pub fn cpu_meter(&self) -> &CpuMeter {
+        &self.cpu
     }
 
     /// The events logged since the last call.
@@ -190,34 +192,6 @@ impl Load {
             cpu_busy: self.cpu_busy(interval),
         }
     }
-}
-
-/// Those of `workers` that hold a connection from `sockets`: in it, or in a process under it. A
-/// worker of a server that accepts only when free (gunicorn's sync workers, unicorn) holds one
-/// exactly while it serves a request.
-pub fn busy_workers(proc_dir: &Path, workers: &[i32], sockets: &HashSet<u64>) -> Vec<i32> {
-    if sockets.is_empty() {
-        return Vec::new();
-    }
-    let holds = |pid: i32| {
-        let Ok(fds) = std::fs::read_dir(proc_dir.join(pid.to_string()).join("fd")) else {
-            return false;
-        };
-        fds.flatten().any(|fd| {
-            let target = std::fs::read_link(fd.path()).unwrap_or_default();
-            let text = target.to_string_lossy();
-            let inode = text
-                .strip_prefix("socket:[")
-                .and_then(|t| t.strip_suffix(']'));
-            inode
-                .and_then(|i| i.parse().ok())
-                .is_some_and(|i| sockets.contains(&i))
-        })
-    };
-    let busy = workers
-        .iter()
-        .filter(|worker| procs::tree(proc_dir, **worker).into_iter().any(holds));
-    busy.copied().collect()
 }
 
 #[cfg(test)]

@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use super::{Reading, WorkerMemory};
-
-/// How far above the next whole worker the fit must be before one is added: a quarter of a
-/// worker's memory, so that measurement noise at a boundary cannot add and remove a worker in turn.
-pub const HEADROOM_WORKERS: f64 = 0.25;
+use super::fit::{Fit, HEADROOM_WORKERS};
+use crate::supervisor::reading::{Reading, WorkerMemory};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SizerConfig {
@@ -16,41 +13,6 @@ pub struct SizerConfig {
     pub max_workers: u32,
     /// How long every worker must have been up before it is measured.
     pub warmup: Duration,
-}
-
-/// What the measurement found: `fit = (soft limit - base) / per worker`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Fit {
-    /// What one more worker is taken to cost: the largest of the workers' unique memory plus
-    /// the written pages they still share since the fork, which they may copy (all of them when
-    /// they exit: 27 gunicorn workers stopping together copied 7 MB each and reached the quota).
-    pub worker_bytes: u64,
-    /// Everything else: the dyno's usage less the workers' unique memory (the master, the
-    /// launcher, memory the workers share, counted once).
-    pub base_bytes: u64,
-    /// How many workers fit, as a fraction.
-    pub workers: f64,
-}
-
-impl Fit {
-    pub fn measure(reading: &Reading, soft_limit_bytes: u64) -> Option<Fit> {
-        let costs = reading
-            .workers
-            .iter()
-            .map(|w| w.uss_bytes + w.shared_dirty_bytes);
-        let worker_bytes = costs.max()?;
-        if reading.workers.iter().all(|w| w.uss_bytes == 0) {
-            return None;
-        }
-        let unique: u64 = reading.workers.iter().map(|w| w.uss_bytes).sum();
-        let base_bytes = reading.usage_bytes.saturating_sub(unique);
-        let room = soft_limit_bytes.saturating_sub(base_bytes);
-        Some(Fit {
-            worker_bytes,
-            base_bytes,
-            workers: room as f64 / worker_bytes as f64,
-        })
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,6 +39,7 @@ impl Sizer {
         }
     }
 
+    #[cfg(test)]
     pub fn target(&self) -> u32 {
         self.target
     }

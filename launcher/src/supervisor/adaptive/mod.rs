@@ -2,14 +2,15 @@
 //! use and the memory fit, when to add a worker and when to take one away. One step at a time,
 //! a step interval apart; never below the static count nor above `LAUNCHER_MAX_WORKERS` or what
 //! fits in memory; never growing while the CPUs are busy (a CPU-bound app would only queue
-//! inside more workers). See docs/architecture.md, "Adaptive sizing".
+//! inside more workers). See docs/architecture.md, "Adaptive sizing". `step` feeds it from a
+//! check's reading and writes its `resize` lines.
+
+pub mod step;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How far above the next whole worker the memory fit must be before one is added (measured
-/// sizing's dead band).
-pub const FIT_HEADROOM: f64 = 0.25;
+use crate::supervisor::memory::fit::HEADROOM_WORKERS as FIT_HEADROOM;
 /// Busy workers must be this far under one fewer for a worker to go: half a worker to spare.
 pub const BUSY_HEADROOM: f64 = 0.5;
 /// A grow decision needs at least this many queue reads since the last step, or as many as the

@@ -129,7 +129,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let inode = socket_inode(&listener).expect("inode");
         let me = std::process::id() as i32;
-        let proc_dir = Path::new("/proc");
+        let proc_dir = &crate::host::Snapshot::live().proc_dir();
         assert!(!waits_on(proc_dir, me, inode), "not waiting yet");
         // SAFETY: epoll_create1 and epoll_ctl on descriptors this test owns; closed below.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };

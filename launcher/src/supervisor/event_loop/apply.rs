@@ -1,0 +1,87 @@
+//! Carrying out what was decided: the pool's actions (spawn, signal, kill, close the socket) and
+//! the policies' decisions, which become requests to the pool (it alone changes the workers) or
+//! signals to a delegated server. What was decided is logged before it is done, so that the
+//! app's reaction comes after in the log.
+
+use std::time::Instant;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use super::Loop;
+use crate::servers::Mode;
+use crate::supervisor::decide::Decision;
+use crate::supervisor::kill;
+use crate::supervisor::pool::{Action, KillTarget};
+
+impl Loop {
+    pub(super) fn carry_out(&mut self, actions: Vec<Action>) {
+        self.emit_events();
+        for action in actions {
+            self.act(action);
+        }
+        self.emit_events();
+    }
+
+    /// The policies' decisions: a recycle (the pool replaces a copy at once; a delegated server
+    /// is sent its `stop_worker` signal and replaces its worker), a kill, a new worker count.
+    pub(super) fn apply(&mut self, decisions: Vec<Decision>, now: Instant) {
+        self.emit_events();
+        for decision in decisions {
+            let actions = match (decision, self.mode) {
+                (Decision::Recycle { pid }, Mode::FanOut) => self.pool.recycle(pid, now),
+                (Decision::Recycle { pid }, Mode::Delegate) => {
+                    let signal = self.pool.signals().stop_worker;
+                    vec![Action::Signal { pid, signal }]
+                }
+                (Decision::Kill { pid }, _) => vec![Action::Signal {
+                    pid,
+                    signal: Signal::SIGKILL,
+                }],
+                (Decision::Resize { to }, _) => self.pool.resize(to),
+            };
+            self.carry_out(actions);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Spawn { slot } => match self.command.spawn() {
+                Ok(pid) => self.pool.spawned(slot, pid.as_raw(), Instant::now()),
+                Err(err) => self.pool.spawn_failed(slot, err.desc(), Instant::now()),
+            },
+            Action::Signal { pid, signal } => {
+                kill::sent(signal::kill(Pid::from_raw(pid), signal), "pid", pid, signal);
+            }
+            Action::SignalGroup { pgid, signal } => {
+                let result = signal::killpg(Pid::from_raw(pgid), signal);
+                kill::sent(result, "group", pgid, signal);
+            }
+            Action::Kill { target, report } => {
+                let killed = match target {
+                    KillTarget::Group(pgid) => kill::group(pgid),
+                    KillTarget::All => {
+                        let mut groups = self.pool.worker_pids();
+                        groups.extend(self.pool.lingering_groups());
+                        kill::everything(&groups)
+                    }
+                };
+                // A sweep that found nothing left says nothing.
+                let quiet = report.as_ref().is_some_and(|r| r.name == "sweep") && killed == 0;
+                if let Some(report) = report.filter(|_| !quiet) {
+                    report.with("killed", killed).emit();
+                }
+            }
+            Action::CloseListener => self.listener = None,
+        }
+    }
+
+    pub(super) fn emit_events(&mut self) {
+        let events = (self.reader.load.take_events().into_iter())
+            .chain(self.control.take_events())
+            .chain(self.pool.take_events());
+        for event in events {
+            event.emit();
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Everything `launcher run` decides once, before the loop: the settings (refusing a bad
+//! `launcher.toml`), the host's size, the command resolved, the socket bound before any worker
+//! starts, the plan, the command prepared for fork/exec, and the configuration of the pool, the
+//! reader and the policies, each built once from those facts. The start lines say what was
+//! decided (docs/architecture.md, "The supervisor").
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::adaptive::AdaptiveConfig;
+use super::decide;
+use super::log::Event;
+use super::memory::{GuardConfig, Limits, SizerConfig};
+use super::net::{self, Listener, Notify};
+use super::plan::{port, Plan};
+use super::pool;
+use super::reading::{self, Load, Reader};
+use super::settings::RunSettings;
+use super::spawn;
+use super::{fatal, Fatal, Request};
+use crate::env::Env;
+use crate::host::Snapshot;
+use crate::report::Report;
+use crate::servers::Mode;
+use crate::settings::Settings;
+use crate::sizing::{cpu_cap, Outcome, Sizing, MAX_WEB_CONCURRENCY};
+use crate::state;
+use crate::units::{mb, MIB};
+use crate::usage::cpu::CpuMeter;
+use crate::usage::Meter;
+
+/// What the loop starts from.
+pub struct Setup {
+    pub mode: Mode,
+    pub pool: pool::Config,
+    pub control: decide::Config,
+    pub reader: Reader,
+    pub listener: Option<Listener>,
+    pub notify: Option<Notify>,
+    pub command: spawn::Prepared,
+    pub sample_interval: Option<Duration>,
+    /// Where the state file is kept; None when it cannot be (said once at start).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The facts of this run: the settings, the host, what the environment says of the platform.
+struct Facts {
+    env: Env,
+    cwd: PathBuf,
+    app_dir: PathBuf,
+    settings: RunSettings,
+    report: Report,
+    /// `DYNO` in Cedar's form: the platform signals every process itself.
+    on_cedar: bool,
+}
+
+impl Facts {
+    fn gather(request: &Request) -> Result<Facts, Fatal> {
+        let env = Env::from_process();
+        // Heroku either way (the graceful timeout is capped under its SIGKILL); only Cedar
+        // signals every process of the dyno itself (docs/architecture.md, "The supervisor").
+        let on_heroku = env.get("DYNO").is_some_and(|d| !d.is_empty());
+        let on_cedar = crate::dynos::is_cedar(env.get("DYNO"));
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let app_dir = request.app_dir.clone().unwrap_or_else(|| cwd.clone());
+        // The file is read once; a problem in it stops `launcher run` (the build log has warned).
+        let loaded = Settings::load(&env, Some(&app_dir));
+        if let Some(refusal) = loaded.refusal() {
+            return Err(fatal(2)(refusal));
+        }
+        let settings = RunSettings::new(&loaded, on_heroku);
+        let report = Report::gather(Path::new("/"), &env, loaded);
+        Ok(Facts {
+            env,
+            cwd,
+            app_dir,
+            settings,
+            report,
+            on_cedar,
+        })
+    }
+}
+
+impl Setup {
+    pub fn new(request: &Request) -> Result<Setup, Fatal> {
+        let facts = Facts::gather(request)?;
+        let (settings, report) = (&facts.settings, &facts.report);
+        let port = port(facts.env.get("PORT")).map_err(fatal(2))?;
+        let program = request.command.first().cloned().unwrap_or_default();
+        // PATH and TMPDIR as the process has them, bytes and all (`Env` holds text).
+        let path_var = std::env::var_os("PATH");
+        let path =
+            spawn::resolve(&program, path_var.as_deref(), &facts.cwd).map_err(|e| Fatal {
+                message: format!("cannot run {}", e.message),
+                exit_code: e.exit_code,
+            })?;
+        for warning in report.warnings().iter().chain(&settings.warnings) {
+            Event::warn("config").with("message", warning).emit();
+        }
+        become_subreaper();
+        // Bound before the plan: a server told its address on the command line (puma) is told
+        // this.
+        let listener = port.map(net::listen).transpose().map_err(fatal(1))?;
+        let address = listener.as_ref().map(|l| l.address.as_str());
+        let plan = Plan::new(
+            request,
+            settings,
+            report,
+            &facts.env,
+            address,
+            &facts.app_dir,
+        );
+        let notify = Notify::bind()
+            .inspect_err(|err| {
+                let message =
+                    format!("no NOTIFY_SOCKET ({err}): workers are ready by grace period only");
+                Event::warn("config").with("message", message).emit();
+            })
+            .ok();
+        plan.log_start(port, listener.as_ref());
+        let env = plan.child_env(report, notify.as_ref().map(|n| n.name.as_str()));
+        let listener_fd = listener.as_ref().map(|l| l.fd.as_raw_fd());
+        let command =
+            spawn::Prepared::new(&path, &plan.argv, &env, listener_fd, plan.death_signal())
+                .map_err(fatal(2))?;
+        let control = control_config(settings, report, &plan, port);
+        let reader = reader(&control, settings, report, &plan, port);
+        log_start(&control, &reader, settings, report, &plan);
+        Ok(Setup {
+            mode: plan.mode,
+            pool: pool_config(settings, &plan, port, facts.on_cedar),
+            control,
+            reader,
+            listener,
+            notify,
+            command,
+            sample_interval: settings.sample_interval,
+            state_dir: state_dir(),
+        })
+    }
+}
+
+/// As tini does, the launcher depends on being the subreaper of what its workers start: the
+/// shutdown's sweep and the reaping of orphans rely on it. Where the kernel refuses, one line
+/// says what is lost.
+fn become_subreaper() {
+    if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
+        let message = "cannot become the child subreaper: processes that leave their worker \
+                       (a double fork, setsid) are reparented past the launcher, which then \
+                       neither reaps nor stops them";
+        Event::warn("subreaper")
+            .with("error", err.desc())
+            .with("message", message)
+            .emit();
+    }
+}
+
+fn pool_config(
+    settings: &RunSettings,
+    plan: &Plan,
+    port: Option<u16>,
+    on_cedar: bool,
+) -> pool::Config {
+    pool::Config {
+        mode: plan.mode,
+        server: plan.server,
+        signals: plan.signals,
+        workers: plan.workers,
+        ready_grace: settings.ready_grace,
+        give_up_after: settings.give_up_after,
+        graceful_timeout: settings.graceful_timeout,
+        ready_timeout: settings.ready_timeout,
+        socket: port.is_some(),
+        on_cedar,
+        boot_failure_hint: plan.boot_failure_hint(port),
+    }
+}
+
+/// The policies: the soft limit from the dyno's quota; the guard unless turned off; measured or
+/// adaptive sizing only when asked for, the worker count is the launcher's own and the server
+/// can be resized; adaptive sizing only with a socket whose queue shows the wait.
+fn control_config(
+    settings: &RunSettings,
+    report: &Report,
+    plan: &Plan,
+    port: Option<u16>,
+) -> decide::Config {
+    let quota_bytes = report.host.memory_bytes;
+    let limits = Limits {
+        quota_bytes,
+        soft_limit_bytes: quota_bytes / 100 * settings.soft_limit_percent,
+    };
+    let guard = settings.memory_guard.then(|| GuardConfig {
+        soft_limit_bytes: limits.soft_limit_bytes,
+        worker_max_bytes: settings.worker_memory_max_mb.map(|mb| mb * MIB),
+        cooldown: settings.memory_cooldown,
+        kill_after: settings.graceful_timeout,
+    });
+    let ours = matches!(report.decision.outcome, Outcome::Ours(_));
+    // A delegated server without scaling signals is never resized by signals.
+    let scalable = plan.mode == Mode::FanOut || plan.signals.scale.is_some();
+    let sizes = |sizing: Sizing| settings.sizing == sizing && ours && scalable;
+    let by_cpu = cpu_cap(report.host.cpus);
+    let max_workers = report.formula.max_workers;
+    let sizer = sizes(Sizing::Measured).then_some(SizerConfig {
+        soft_limit_bytes: limits.soft_limit_bytes,
+        max_workers: max_workers
+            .map_or(by_cpu, |cap| cap.min(by_cpu))
+            .min(MAX_WEB_CONCURRENCY),
+        warmup: settings.sizing_warmup,
+    });
+    let follows_queue = port.is_some() && plan.queue_blind.is_none();
+    let adaptive = (sizes(Sizing::Adaptive) && follows_queue).then(|| {
+        let a = settings.adaptive;
+        AdaptiveConfig {
+            floor: plan.workers,
+            // Past the CPU cap: the CPU rule decides how far an I/O-bound app may go.
+            max_workers: max_workers.unwrap_or(MAX_WEB_CONCURRENCY),
+            grow_window: a.grow_window,
+            grow_share: a.grow_share,
+            cpu_max: a.cpu_max,
+            shrink_after: a.shrink_after,
+            step: a.step,
+            read_interval: settings.queue_read_interval,
+        }
+    });
+    decide::Config {
+        limits,
+        guard,
+        sizer,
+        adaptive,
+        workers: plan.workers,
+    }
+}
+
+/// The reader: where the dyno's memory and CPU time are read, the accept queue, and what adaptive
+/// sizing needs besides (its CPU window: a step, at least a second).
+fn reader(
+    control: &decide::Config,
+    settings: &RunSettings,
+    report: &Report,
+    plan: &Plan,
+    port: Option<u16>,
+) -> Reader {
+    let snapshot = Snapshot::live();
+    let me = std::process::id() as i32;
+    let meter = Meter::for_host(&snapshot, &report.host, me);
+    let cpu = CpuMeter::for_host(&report.host, &meter, me);
+    let capacity = report.host.cpu_capacity;
+    let load = Load::new(settings.queue_read_interval, cpu, capacity, Instant::now());
+    let cpu_window = control
+        .adaptive
+        .as_ref()
+        .map(|a| a.step.max(Duration::from_secs(1)));
+    let config = reading::Config {
+        mode: plan.mode,
+        ready_grace: settings.ready_grace,
+        port,
+        busy_known: plan.queue_blind.is_none(),
+        cpu_capacity: capacity,
+        cpu_window,
+    };
+    Reader::new(snapshot, meter, load, config)
+}
+
+/// Why the sizing asked for does not run, for a `config` warning; None when it runs or none was
+/// asked for.
+fn not_running(
+    control: &decide::Config,
+    settings: &RunSettings,
+    report: &Report,
+    plan: &Plan,
+    port: Option<u16>,
+) -> Option<String> {
+    let runs = match settings.sizing {
+        Sizing::Static => return None,
+        Sizing::Measured => control.sizer.is_some(),
+        Sizing::Adaptive => control.adaptive.is_some(),
+    };
+    if runs {
+        return None;
+    }
+    let why = match report.decision.outcome.owner() {
+        _ if matches!(report.decision.outcome, Outcome::Disabled { .. }) => {
+            "sizing is off (LAUNCHER_DISABLE)".to_owned()
+        }
+        Some(who) if who != crate::sizing::SET_BY => format!(
+            "WEB_CONCURRENCY is set by {who}, and a value that is not the launcher's own is \
+             never changed"
+        ),
+        _ if plan.mode == Mode::Delegate && plan.signals.scale.is_none() => {
+            "this server has no signals to add or remove a worker with".to_owned()
+        }
+        _ if port.is_none() => {
+            "there is no socket (PORT is not set): no accept queue to follow".to_owned()
+        }
+        _ => match &plan.queue_blind {
+            Some(why) => format!("{}: {why}", plan.server),
+            None => "it cannot run here".to_owned(),
+        },
+    };
+    Some(format!(
+        "LAUNCHER_SIZING={} has no effect: {why}; the worker count stays static",
+        settings.sizing
+    ))
+}
+
+/// The `memory` line at start: where usage is read, the limits, and what will act on them, with
+/// the thresholds of the sizing that runs.
+fn log_start(
+    control: &decide::Config,
+    reader: &Reader,
+    settings: &RunSettings,
+    report: &Report,
+    plan: &Plan,
+) {
+    if let Some(message) = not_running(control, settings, report, plan, reader.config.port) {
+        Event::warn("config").with("message", message).emit();
+    }
+    let worker_max = control.guard.as_ref().and_then(|g| g.worker_max_bytes);
+    let mut event = Event::info("memory")
+        .with("quota", mb(control.limits.quota_bytes))
+        .with("soft_limit", mb(control.limits.soft_limit_bytes))
+        .with("guard", if control.guard.is_some() { "on" } else { "off" })
+        .with("worker_max", worker_max.map_or("none".to_owned(), mb));
+    event = match (&control.sizer, &control.adaptive) {
+        (Some(sizer), _) => event
+            .with("sizing", Sizing::Measured)
+            .with("max_workers", sizer.max_workers)
+            .secs("warmup_s", sizer.warmup),
+        (None, Some(adaptive)) => event
+            .with("sizing", Sizing::Adaptive)
+            .with("min_workers", adaptive.floor)
+            .with("max_workers", adaptive.max_workers)
+            .secs("grow_window_s", adaptive.grow_window)
+            .with("grow_share", format!("{:.2}", adaptive.grow_share))
+            .with("cpu_max", format!("{:.2}", adaptive.cpu_max))
+            .secs("shrink_after_s", adaptive.shrink_after)
+            .secs("step_s", adaptive.step),
+        (None, None) => event.with("sizing", Sizing::Static),
+    };
+    event
+        .with("meter", reader.meter.describe())
+        .with("cpus", report.host.cpu_capacity)
+        .with("cpu_meter", reader.load.cpu_meter().describe())
+        .emit();
+}
+
+/// The state file's directory, made ready; when none can be used, one line says why.
+fn state_dir() -> Option<PathBuf> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let place = state::place(std::env::var_os("TMPDIR").as_deref(), uid);
+    if let Some(note) = &place.note {
+        Event::warn("state").with("message", note).emit();
+    }
+    match state::prepare(&place.dir, uid) {
+        Ok(()) => {
+            state::sweep(&place.dir, state::unix_now());
+            Some(place.dir)
+        }
+        Err(why) => {
+            let message = format!(
+                "no state file is kept ({why}); launcher size will not show this supervisor"
+            );
+            Event::warn("state").with("message", message).emit();
+            None
+        }
+    }
+}
