@@ -55,7 +55,7 @@ pub fn read(app_dir: &Path, env: &Env, settings: &Settings) -> Option<WebProcess
     let (launcher_run, asked, rest) = launcher_run(&words[start..]);
     let argv: Vec<OsString> = rest.iter().map(OsString::from).collect();
     let found = servers::identify(&argv);
-    let setting = ModeChoice::setting(settings);
+    let setting = settings.mode();
     let (mode, mode_reason) = servers::choose_mode(asked, setting, found.server);
     let mut web = WebProcess {
         command: command.clone(),

@@ -19,7 +19,6 @@ use std::fmt;
 
 use nix::sys::signal::Signal;
 
-use crate::settings::Settings;
 
 pub use gunicorn::concurrent_workers;
 #[cfg(test)]
@@ -78,11 +77,6 @@ impl ModeChoice {
     pub fn parse(text: &str) -> Option<ModeChoice> {
         let row = ModeChoice::TABLE.iter().find(|(_, word)| *word == text);
         row.map(|(choice, _)| *choice)
-    }
-
-    /// The `LAUNCHER_MODE` / `launcher.toml` setting as the reader took it.
-    pub fn setting(settings: &Settings) -> ModeChoice {
-        ModeChoice::parse(settings.choice(&crate::settings::MODE)).unwrap_or(ModeChoice::Auto)
     }
 
     /// `--mode`'s help: each word and what it does, `auto` with the servers it delegates to.

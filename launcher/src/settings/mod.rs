@@ -13,3 +13,11 @@ pub use table::*;
 
 /// The file looked up at the app root.
 pub const FILE_NAME: &str = "launcher.toml";
+
+impl Settings {
+    /// `LAUNCHER_MODE` / `launcher.toml`'s `mode` as the reader took it.
+    pub fn mode(&self) -> crate::servers::ModeChoice {
+        let word = self.choice(&MODE);
+        crate::servers::ModeChoice::parse(word).unwrap_or(crate::servers::ModeChoice::Auto)
+    }
+}

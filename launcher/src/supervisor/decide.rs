@@ -248,3 +248,6 @@ impl Control {
         Some(Decision::Resize { to })
     }
 }
+
+#[cfg(test)]
+mod tests;

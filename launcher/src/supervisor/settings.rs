@@ -62,7 +62,7 @@ impl RunSettings {
         }
         let sample_interval = settings.seconds(&table::SAMPLE_INTERVAL);
         RunSettings {
-            mode: ModeChoice::setting(settings),
+            mode: settings.mode(),
             graceful_timeout,
             ready_grace: settings.seconds(&table::READY_GRACE),
             ready_timeout: settings.seconds(&table::READY_TIMEOUT),

@@ -1,0 +1,240 @@
+//! A check's decisions as tables: readings in, decisions and lines out, on a fake clock.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::supervisor::reading::{Busy, Cpu, WorkerMemory};
+
+const MB: u64 = 1024 * 1024;
+const SECOND: Duration = Duration::from_secs(1);
+
+fn worker(pid: i32, uss_mb: u64) -> WorkerMemory {
+    WorkerMemory {
+        pid,
+        slot: Some(pid as u32),
+        uss_bytes: uss_mb * MB,
+        pss_bytes: uss_mb * MB,
+        shared_dirty_bytes: 0,
+        ready: true,
+        age: 60 * SECOND,
+    }
+}
+
+/// `n` ready workers of `uss_mb` each, over a base of 35 MB, with the pool's count `target`.
+fn reading(n: i32, uss_mb: u64, target: u32) -> Reading {
+    let workers: Vec<WorkerMemory> = (1..=n).map(|pid| worker(pid, uss_mb)).collect();
+    let usage_bytes = 35 * MB + u64::from(n as u32) * uss_mb * MB;
+    Reading {
+        usage_bytes,
+        workers,
+        target,
+        cpu: Cpu {
+            busy: Some(0.2),
+            demand: Some(0.2),
+        },
+        ..Reading::default()
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        quota_bytes: 512 * MB,
+        soft_limit_bytes: 435 * MB,
+    }
+}
+
+fn guard() -> Option<GuardConfig> {
+    Some(GuardConfig {
+        soft_limit_bytes: 435 * MB,
+        worker_max_bytes: None,
+        cooldown: 3 * SECOND,
+        kill_after: 25 * SECOND,
+    })
+}
+
+fn measured() -> Option<SizerConfig> {
+    Some(SizerConfig {
+        soft_limit_bytes: 435 * MB,
+        max_workers: 5,
+        warmup: 30 * SECOND,
+    })
+}
+
+fn adaptive() -> Option<AdaptiveConfig> {
+    Some(AdaptiveConfig {
+        floor: 2,
+        max_workers: 1024,
+        grow_window: 10 * SECOND,
+        grow_share: 0.5,
+        cpu_max: 0.8,
+        shrink_after: 60 * SECOND,
+        step: 2 * SECOND,
+        read_interval: SECOND / 10,
+    })
+}
+
+fn control(
+    guard: Option<GuardConfig>,
+    sizer: Option<SizerConfig>,
+    adaptive: Option<AdaptiveConfig>,
+    now: Instant,
+) -> Control {
+    let config = Config {
+        limits: limits(),
+        guard,
+        sizer,
+        adaptive,
+        workers: 2,
+    };
+    Control::new(config, Some(0), now)
+}
+
+/// One whole check, as the loop runs it: wants, the completed reading, decide.
+fn check(control: &mut Control, reading: &mut Reading, now: Instant) -> Vec<Decision> {
+    let wants = control.wants(reading, now, false);
+    if wants.busy && reading.busy.is_none() {
+        reading.busy = Some(Busy::Count(reading.workers.len() as u32));
+    }
+    control.wants_memory(reading, now, false);
+    control.decide(reading, now)
+}
+
+#[test]
+fn a_check_decides_in_order_guard_then_sizing() {
+    let t0 = Instant::now();
+    type Row = (&'static str, Control, Reading, Vec<Decision>);
+    let over = {
+        let mut r = reading(2, 220, 2);
+        r.workers[1].uss_bytes = 230 * MB;
+        r
+    };
+    let stopping = {
+        let mut r = reading(2, 100, 2);
+        r.stopping = vec![9];
+        r
+    };
+    let rows: Vec<Row> = vec![
+        (
+            "over the soft limit: the largest worker is recycled",
+            control(guard(), measured(), None, t0),
+            over.clone(),
+            vec![Decision::Recycle { pid: 2 }],
+        ),
+        (
+            "the guard goes first: no step of measured sizing with it",
+            control(guard(), measured(), None, t0),
+            over,
+            vec![Decision::Recycle { pid: 2 }],
+        ),
+        (
+            "measured: 2 x 100 MB + 35 fits 4.0: one more",
+            control(guard(), measured(), None, t0),
+            reading(2, 100, 2),
+            vec![Decision::Resize { to: 3 }],
+        ),
+        (
+            "measured: the pool's count (TTIN to 6) is over the cap of 5: back down",
+            control(guard(), measured(), None, t0),
+            reading(6, 20, 6),
+            vec![Decision::Resize { to: 5 }],
+        ),
+        (
+            "no step while a stopped worker still holds memory",
+            control(guard(), measured(), None, t0),
+            stopping,
+            vec![],
+        ),
+        (
+            "static: nothing to decide under the soft limit",
+            control(guard(), None, None, t0),
+            reading(2, 100, 2),
+            vec![],
+        ),
+    ];
+    for (name, mut control, mut reading, want) in rows {
+        assert_eq!(check(&mut control, &mut reading, t0), want, "{name}");
+    }
+}
+
+#[test]
+fn adaptive_sizing_grows_only_once_the_last_worker_has_served() {
+    let t0 = Instant::now();
+    let mut control = control(guard(), None, adaptive(), t0);
+    // Ten seconds of reads with connections waiting.
+    for i in 1..=100 {
+        control.queue_read(t0 + SECOND / 10 * i, true);
+    }
+    let now = t0 + 10 * SECOND;
+    let mut waiting = reading(2, 20, 2);
+    let wants = control.wants(&waiting, now, false);
+    assert!(wants.serving, "a worker would be added: are they all serving?");
+    waiting.not_serving = Some(vec![2]);
+    assert!(control.wants_memory(&waiting, now, false), "the fit, first");
+    assert_eq!(control.decide(&waiting, now), vec![], "worker 2 has not served");
+    let later = now + SECOND;
+    let mut served = reading(2, 20, 2);
+    control.wants(&served, later, false);
+    served.not_serving = Some(vec![]);
+    control.wants_memory(&served, later, false);
+    assert_eq!(
+        control.decide(&served, later),
+        vec![Decision::Resize { to: 3 }]
+    );
+    let line = control.take_events().pop().expect("a resize line");
+    assert_eq!(line.name, "resize");
+    assert_eq!(line.get("sizing"), Some("adaptive"));
+    assert_eq!(line.get("reason"), Some("queue"));
+    assert_eq!(line.get("memory_quota"), Some("512.0MB"));
+}
+
+#[test]
+fn the_pools_count_is_taken_at_each_check() {
+    let t0 = Instant::now();
+    let mut control = control(guard(), None, adaptive(), t0);
+    for i in 1..=100 {
+        control.queue_read(t0 + SECOND / 10 * i, true);
+    }
+    // TTIN took the pool to 4 a moment ago: adaptive sizing starts from 4 and waits a step.
+    let now = t0 + 10 * SECOND;
+    let mut four = reading(4, 20, 4);
+    assert_eq!(check(&mut control, &mut four, now), vec![]);
+    for i in 1..=30 {
+        control.queue_read(now + SECOND / 10 * i, true);
+    }
+    let mut later = reading(4, 20, 4);
+    later.not_serving = Some(vec![]);
+    assert_eq!(
+        check(&mut control, &mut later, now + 3 * SECOND),
+        vec![Decision::Resize { to: 5 }]
+    );
+}
+
+#[test]
+fn oom_kills_of_a_delegated_servers_workers_are_claimed_when_they_vanish() {
+    let t0 = Instant::now();
+    let mut control = control(guard(), None, None, t0);
+    let mut first = reading(2, 100, 2);
+    check(&mut control, &mut first, t0);
+    control.take_events();
+    // The counter rose by two; one worker is gone, the other kill is nobody's.
+    let mut after = reading(1, 100, 2);
+    after.oom_kills = Some(2);
+    after.vanished = vec![2];
+    check(&mut control, &mut after, t0 + SECOND / 2);
+    let lines = control.take_events();
+    let claimed = lines.iter().find(|e| e.name == "oom_kill").expect("a line");
+    assert_eq!(claimed.get("pid"), Some("2"));
+    assert_eq!(claimed.get("attributed"), Some("1"));
+    assert_eq!(
+        claimed.get("memory_total"),
+        Some("235.0MB"),
+        "as read before the kill"
+    );
+    let mut next = reading(1, 100, 2);
+    next.oom_kills = Some(2);
+    check(&mut control, &mut next, t0 + 2 * SECOND);
+    let unclaimed = control.take_events();
+    let line = unclaimed.iter().find(|e| e.name == "oom_kill").expect("a line");
+    assert_eq!(line.get("unattributed"), Some("1"));
+    assert_eq!(control.oom_total(), 2);
+}

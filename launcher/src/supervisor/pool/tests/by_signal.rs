@@ -1,0 +1,173 @@
+//! What each signal does to the pool: scaling, forwarding, shutdowns.
+
+use super::*;
+
+#[test]
+fn ttin_and_ttou_scale_by_one_and_never_below_one() {
+    let mut h = Harness::new(config(Mode::FanOut, 2));
+    h.at(0.0);
+    h.signal(Signal::SIGTTIN);
+    assert_eq!(h.at(0.5), vec![Action::Spawn { slot: 3 }]);
+    h.signal(Signal::SIGTTOU);
+    assert_eq!(
+        signals(&h.at(0.6)),
+        vec![(102, Signal::SIGTERM)],
+        "the newest goes"
+    );
+    h.signal(Signal::SIGTTOU);
+    h.signal(Signal::SIGTTOU);
+    assert_eq!(signals(&h.at(0.7)), vec![(101, Signal::SIGTERM)]);
+    assert_eq!(h.pool.counts().0, 1);
+}
+
+#[test]
+fn delegate_forwards_hup_ttin_ttou() {
+    let mut h = Harness::new(config(Mode::Delegate, 4));
+    h.at(0.0);
+    for signal in [
+        Signal::SIGHUP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGUSR1,
+    ] {
+        assert_eq!(signals(&h.signal(signal)), vec![(100, signal)], "{signal}");
+        assert_eq!(
+            h.events.last().and_then(|e| e.get("action")),
+            Some("forwarded")
+        );
+    }
+    assert!(h.at(1.0).is_empty());
+}
+
+#[test]
+fn term_is_forwarded_once_elsewhere_and_not_at_all_on_cedar() {
+    for (on_cedar, forwarded) in [(false, 2), (true, 0)] {
+        let mut h = Harness::new(Config {
+            on_cedar,
+            ..config(Mode::FanOut, 2)
+        });
+        h.at(0.0);
+        let first = h.signal(Signal::SIGTERM);
+        assert_eq!(first[0], Action::CloseListener);
+        assert_eq!(signals(&first).len(), forwarded, "cedar={on_cedar}");
+        assert!(
+            h.signal(Signal::SIGTERM).is_empty(),
+            "a second TERM changes nothing"
+        );
+        assert!(h.at(5.0).is_empty(), "no respawn while stopping");
+        h.exit(100, "exit:0");
+        assert!(h.at(6.0).is_empty(), "not even for a worker that exits");
+        let deadline = h.at(25.0);
+        assert_eq!(
+            kills_all(&deadline),
+            Some(Some("shutdown_timeout")),
+            "the deadline"
+        );
+        assert_eq!(kills_all(&h.at(25.05)), None, "not again at once");
+        assert_eq!(
+            kills_all(&h.at(25.1)),
+            Some(Some("sweep")),
+            "again after the sweep interval"
+        );
+        assert_eq!(
+            h.pool.abandon_at(),
+            Some(h.start + Duration::from_secs(27)),
+            "given up waiting 2 s after the deadline"
+        );
+        assert_eq!(h.pool.exit_code(), Some(0));
+        assert_eq!(
+            h.names()[2..4],
+            ["signal:shutdown".to_owned(), "shutdown".to_owned()]
+        );
+    }
+}
+
+#[test]
+fn int_is_fast_and_a_second_one_kills() {
+    for (mode, forwarded) in [
+        (Mode::FanOut, Signal::SIGQUIT),
+        (Mode::Delegate, Signal::SIGINT),
+    ] {
+        let mut h = Harness::new(config(mode, 2));
+        h.at(0.0);
+        let first = h.signal(Signal::SIGINT);
+        assert!(
+            signals(&first).iter().all(|(_, s)| *s == forwarded),
+            "{mode}"
+        );
+        assert!(!signals(&first).is_empty());
+        assert_eq!(kills_all(&h.signal(Signal::SIGINT)), Some(None));
+        assert!(h.pool.abandon_at().is_some(), "the stuck wait starts");
+    }
+}
+
+#[test]
+fn term_during_a_rolling_restart_stops_the_new_workers_too() {
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    h.at(1.0);
+    h.signal(Signal::SIGHUP);
+    h.at(1.5);
+    let stop = h.signal(Signal::SIGTERM);
+    assert_eq!(
+        signals(&stop),
+        vec![(100, Signal::SIGTERM), (101, Signal::SIGTERM)]
+    );
+    assert!(h.at(3.0).is_empty(), "no further step");
+}
+
+#[test]
+fn int_during_a_graceful_shutdown_keeps_its_deadline() {
+    let mut h = Harness::new(config(Mode::FanOut, 1));
+    h.at(0.0);
+    h.signal(Signal::SIGTERM);
+    h.at(20.0);
+    assert_eq!(
+        signals(&h.signal(Signal::SIGINT)),
+        vec![(100, Signal::SIGQUIT)]
+    );
+    assert_eq!(
+        kills_all(&h.at(25.0)),
+        Some(Some("shutdown_timeout")),
+        "the TERM's deadline, not 20 + 25 s"
+    );
+}
+
+#[test]
+fn a_delegated_servers_count_follows_scaling_reloads_and_restarts() {
+    // (what happens, the count the pool holds after it)
+    let mut h = Harness::new(config(Mode::Delegate, 3));
+    h.at(0.0);
+    let mut steps: Vec<(&str, u32)> = vec![("started", h.pool.wanted())];
+    h.signal(Signal::SIGTTIN);
+    steps.push(("TTIN", h.pool.wanted()));
+    h.signal(Signal::SIGTTIN);
+    steps.push(("TTIN again", h.pool.wanted()));
+    for _ in 0..9 {
+        h.signal(Signal::SIGTTOU);
+    }
+    steps.push(("TTOU nine times", h.pool.wanted()));
+    h.signal(Signal::SIGTTIN);
+    h.signal(Signal::SIGHUP);
+    steps.push(("HUP: gunicorn reads its config again", h.pool.wanted()));
+    let resized = h.pool.resize(5);
+    steps.push(("resized to 5", h.pool.wanted()));
+    assert_eq!(
+        signals(&resized),
+        vec![(100, Signal::SIGTTIN), (100, Signal::SIGTTIN)],
+        "one signal per worker of the change"
+    );
+    h.exit(100, "signal:9");
+    h.at(5.0);
+    steps.push(("a new server", h.pool.wanted()));
+    let want = [
+        ("started", 3),
+        ("TTIN", 4),
+        ("TTIN again", 5),
+        ("TTOU nine times", 1),
+        ("HUP: gunicorn reads its config again", 3),
+        ("resized to 5", 5),
+        ("a new server", 3),
+    ];
+    assert_eq!(steps, want);
+}
