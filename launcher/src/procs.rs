@@ -60,6 +60,14 @@ fn parse_stat(stat: &str) -> Option<Stat> {
     })
 }
 
+/// When the process started, in clock ticks since boot (field 22 of /proc/PID/stat): with the pid,
+/// it names one process, also after the pid is reused.
+pub fn start_time(proc_dir: &Path, pid: i32) -> Option<u64> {
+    let text = read_text(&proc_dir.join(pid.to_string()).join("stat"), MAX_BYTES).ok()?;
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 pub fn stat(proc_dir: &Path, pid: i32) -> Option<Stat> {
     let text = read_text(&proc_dir.join(pid.to_string()).join("stat"), MAX_BYTES).ok()?;
     parse_stat(&text)
@@ -218,6 +226,8 @@ mod tests {
         assert_eq!(stat_cpu_ticks("7 (short) S 1 7"), None);
         let me = std::process::id() as i32;
         assert!(cpu_ticks(Path::new("/proc"), me).is_some());
+        let started = start_time(Path::new("/proc"), me).expect("start time");
+        assert!(started > 0 && start_time(Path::new("/proc"), 1) <= Some(started));
     }
 
     #[test]

@@ -19,7 +19,6 @@ use std::fmt;
 
 use nix::sys::signal::Signal;
 
-
 pub use gunicorn::concurrent_workers;
 #[cfg(test)]
 pub use ruby::UnicornConfig;

@@ -220,6 +220,13 @@ impl Control {
                 self.events.push(memory::kill_event(pid, waited));
                 Some(Decision::Kill { pid })
             }
+            GuardAction::Full(full) => {
+                let event = memory::full_event(full, &reading.usage);
+                let limits = self.config.limits;
+                self.events
+                    .push(limits.with_usage(event, reading.usage_bytes));
+                None
+            }
             GuardAction::Recycle { worker, why } => {
                 self.recycles += 1;
                 let event = memory::recycle_event(&worker, why, guard.config.worker_max_bytes);

@@ -65,7 +65,9 @@ pub fn sample(
         event = event
             .with("sample#memory_total", mb(reading.usage_bytes))
             .with("sample#memory_rss", mb(reading.usage.rss_bytes))
-            .with("sample#memory_swap", mb(reading.usage.swap_bytes));
+            .with("sample#memory_swap", mb(reading.usage.swap_bytes))
+            .with("sample#memory_shmem", mb(reading.usage.shmem_bytes))
+            .with("sample#memory_kernel", mb(reading.usage.kernel_bytes));
     }
     event = event.with("sample#memory_quota", mb(figures.limits.quota_bytes));
     if let Some(reading) = figures.reading.filter(|r| r.measured) {

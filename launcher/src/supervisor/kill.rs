@@ -99,3 +99,62 @@ pub fn group_alive(pgid: i32) -> bool {
 pub fn left() -> Vec<Stat> {
     procs::living_under(&proc_dir(), me())
 }
+
+/// Processes that left a worker the launcher stopped (a `setsid()` helper, a double fork): they
+/// got the worker's stop signal, and get SIGKILL at its deadline if they are still there. Each is
+/// named by its pid and start time, so that a reused pid is never killed.
+#[derive(Debug, Default)]
+pub struct Detached {
+    left: Vec<(i32, u64, std::time::Instant)>,
+}
+
+impl Detached {
+    /// The processes under `worker` (in any group or session) outside `group`: signalled with
+    /// `signal` now, killed at `kill_at`. Returns how many.
+    pub fn stop(
+        &mut self,
+        worker: i32,
+        group: i32,
+        signal: Signal,
+        kill_at: std::time::Instant,
+    ) -> usize {
+        let proc_dir = proc_dir();
+        let tree = procs::tree(&proc_dir, worker).into_iter().skip(1);
+        let outside: Vec<Stat> = tree
+            .filter_map(|pid| procs::stat(&proc_dir, pid))
+            .filter(|s| s.group != group && s.state != 'Z')
+            .collect();
+        for process in &outside {
+            sent(
+                signal::kill(Pid::from_raw(process.pid), signal),
+                "pid",
+                process.pid,
+                signal,
+            );
+            if let Some(started) = procs::start_time(&proc_dir, process.pid) {
+                self.left.push((process.pid, started, kill_at));
+            }
+        }
+        outside.len()
+    }
+
+    /// SIGKILL to those still there at their deadline; forgets those gone. The next deadline.
+    pub fn sweep(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
+        let proc_dir = proc_dir();
+        self.left.retain(|(pid, started, kill_at)| {
+            let same = procs::start_time(&proc_dir, *pid) == Some(*started)
+                && procs::stat(&proc_dir, *pid).is_some_and(|s| s.state != 'Z');
+            if same && now >= *kill_at {
+                sent(
+                    signal::kill(Pid::from_raw(*pid), Signal::SIGKILL),
+                    "pid",
+                    *pid,
+                    Signal::SIGKILL,
+                );
+                return false;
+            }
+            same
+        });
+        self.left.iter().map(|(.., at)| *at).min()
+    }
+}

@@ -47,6 +47,37 @@ pub fn listen(port: u16) -> Result<Listener, String> {
 /// and `tcpi_sacked`: one system call, no lock. A server that calls `listen()` again on the
 /// inherited socket (unicorn, Node) changes the backlog, which this reads back.
 pub fn accept_queue(socket: impl AsFd) -> Option<(u32, u32)> {
+    listening(socket).ok().flatten()
+}
+
+/// The TCP state of a socket that is not listening, by its kernel name (`CLOSE` after a
+/// `shutdown()` by any process that shares it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotListening(pub u8);
+
+impl NotListening {
+    pub fn name(self) -> &'static str {
+        const NAMES: [&str; 12] = [
+            "",
+            "ESTABLISHED",
+            "SYN_SENT",
+            "SYN_RECV",
+            "FIN_WAIT1",
+            "FIN_WAIT2",
+            "TIME_WAIT",
+            "CLOSE",
+            "CLOSE_WAIT",
+            "LAST_ACK",
+            "LISTEN",
+            "CLOSING",
+        ];
+        NAMES.get(usize::from(self.0)).copied().unwrap_or("unknown")
+    }
+}
+
+/// A listening socket's accept queue and backlog; `Err` with its state when it is not listening
+/// any more; `Ok(None)` when `TCP_INFO` cannot be read at all.
+pub fn listening(socket: impl AsFd) -> Result<Option<(u32, u32)>, NotListening> {
     const TCP_LISTEN: u8 = 10;
     // SAFETY: a zeroed tcp_info is a valid value of the plain C struct.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -61,7 +92,18 @@ pub fn accept_queue(socket: impl AsFd) -> Option<(u32, u32)> {
             &mut length,
         )
     };
-    (done == 0 && info.tcpi_state == TCP_LISTEN).then_some((info.tcpi_unacked, info.tcpi_sacked))
+    match (done, info.tcpi_state) {
+        (0, TCP_LISTEN) => Ok(Some((info.tcpi_unacked, info.tcpi_sacked))),
+        (0, state) => Err(NotListening(state)),
+        _ => Ok(None),
+    }
+}
+
+/// Listens again on the bound socket after it left LISTEN: the port stays bound to it (bound by
+/// number, the kernel keeps the binding), and every process that shares it accepts again.
+pub fn listen_again(listener: &Listener) -> nix::Result<()> {
+    let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
+    socket::listen(&listener.fd, backlog)
 }
 
 fn tcp_socket(family: AddressFamily) -> nix::Result<OwnedFd> {

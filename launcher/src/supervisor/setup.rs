@@ -36,6 +36,8 @@ pub struct Setup {
     pub pool: pool::Config,
     pub control: decide::Config,
     pub reader: Reader,
+    /// `LAUNCHER_MAX_WORKERS`, else the largest count taken: what TTIN never goes past.
+    pub max_workers: u32,
     pub listener: Option<Listener>,
     pub notify: Option<Notify>,
     pub command: spawn::Prepared,
@@ -132,6 +134,11 @@ impl Setup {
             pool: pool_config(settings, &plan, port, facts.on_cedar),
             control,
             reader,
+            max_workers: report
+                .formula
+                .max_workers
+                .unwrap_or(MAX_WEB_CONCURRENCY)
+                .min(MAX_WEB_CONCURRENCY),
             listener,
             notify,
             command,

@@ -1,5 +1,6 @@
-//! Memory accounting: the dyno's usage the way Heroku counts it (resident plus swap, not page
-//! cache), the kernel's OOM kills, and each worker's own memory (`smaps`).
+//! Memory accounting: the dyno's usage as the kernel charges it against the limit and cannot give
+//! back (resident, swap, shared memory such as tmpfs and /dev/shm files, kernel memory; not page
+//! cache, which it reclaims first), the kernel's OOM kills, and each worker's own memory (`smaps`).
 //!
 //! Everything is read through a `Snapshot` root, `/` on a live machine, so the tests run over
 //! fake host trees.
@@ -27,16 +28,23 @@ pub enum Meter {
     OwnTree { pid: i32 },
 }
 
-/// The dyno's memory as Heroku counts it against the quota.
+/// The dyno's memory that counts against its limit and that the kernel cannot reclaim: what the
+/// OOM killer acts on when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
+    /// Anonymous memory, resident (Heroku's `memory_rss`).
     pub rss_bytes: u64,
     pub swap_bytes: u64,
+    /// Shared memory: tmpfs and /dev/shm files, shared anonymous mappings. It is page cache to the
+    /// kernel, but without swap it cannot be reclaimed, and it outlives the worker that wrote it.
+    pub shmem_bytes: u64,
+    /// Kernel memory charged to the dyno: slab, page tables, stacks, socket buffers.
+    pub kernel_bytes: u64,
 }
 
 impl Usage {
     pub fn total_bytes(&self) -> u64 {
-        self.rss_bytes + self.swap_bytes
+        self.rss_bytes + self.swap_bytes + self.shmem_bytes + self.kernel_bytes
     }
 }
 
@@ -109,19 +117,38 @@ impl Meter {
 
 fn cgroup_usage(snapshot: &Snapshot, dir: &CgroupDir) -> Option<Usage> {
     let stat = snapshot.read(&dir.path.join("memory.stat")).ok()?;
+    let number = |file: &str| {
+        let text = snapshot.read(&dir.path.join(file)).ok()?;
+        text.trim().parse::<u64>().ok()
+    };
     match dir.version {
-        // `total_*` include the cgroups below; `rss` is anonymous memory (page cache is `cache`).
-        Version::V1 => Some(Usage {
-            rss_bytes: stat_field(&stat, "total_rss").or_else(|| stat_field(&stat, "rss"))?,
-            swap_bytes: stat_field(&stat, "total_swap")
-                .or_else(|| stat_field(&stat, "swap"))
-                .unwrap_or(0),
-        }),
+        // `total_*` include the cgroups below; `rss` is anonymous memory, `shmem` is counted in
+        // `cache` (so not in `rss`); kernel memory has a counter of its own, hierarchical too.
+        Version::V1 => {
+            let total = |name: &str| {
+                stat_field(&stat, &format!("total_{name}")).or_else(|| stat_field(&stat, name))
+            };
+            Some(Usage {
+                rss_bytes: total("rss")?,
+                swap_bytes: total("swap").unwrap_or(0),
+                shmem_bytes: total("shmem").unwrap_or(0),
+                kernel_bytes: number("memory.kmem.usage_in_bytes").unwrap_or(0),
+            })
+        }
+        // `anon` excludes shared memory (`shmem`, file-backed); `kernel` (5.18 and later) sums
+        // slab, stacks, page tables and the rest, else those are summed here; socket buffers
+        // are `sock`, apart.
         Version::V2 => {
-            let swap = snapshot.read(&dir.path.join("memory.swap.current"));
+            let field = |name: &str| stat_field(&stat, name).unwrap_or(0);
+            let kernel = stat_field(&stat, "kernel").unwrap_or_else(|| {
+                let parts = ["kernel_stack", "pagetables", "percpu", "slab_unreclaimable"];
+                parts.iter().map(|p| field(p)).sum()
+            });
             Some(Usage {
                 rss_bytes: stat_field(&stat, "anon")?,
-                swap_bytes: swap.ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0),
+                swap_bytes: number("memory.swap.current").unwrap_or(0),
+                shmem_bytes: field("shmem"),
+                kernel_bytes: kernel + field("sock"),
             })
         }
     }
@@ -133,6 +160,7 @@ fn proportional(proc_dir: &Path, pids: &[i32]) -> Usage {
     Usage {
         rss_bytes: total.pss_bytes - total.swap_bytes,
         swap_bytes: total.swap_bytes,
+        ..Usage::default()
     }
 }
 

@@ -77,6 +77,52 @@ fn cgroup_v1_counts_rss_and_swap_of_the_limited_cgroup_not_page_cache() {
 }
 
 #[test]
+fn memory_the_kernel_cannot_reclaim_counts_shared_and_kernel_memory_too() {
+    // v1: 300 MB of anonymous memory, 150 MB in a tmpfs file (shmem, in `cache`), 20 MB of
+    // kernel memory; page cache apart.
+    let v1 = Fake::new();
+    v1.write("/proc/self/cgroup", "4:memory:/dyno\n")
+        .write("/proc/self/mountinfo", V1_MOUNTS)
+        .write("/sys/fs/cgroup/memory/dyno/memory.limit_in_bytes", "536870912\n")
+        .write(
+            "/sys/fs/cgroup/memory/dyno/memory.stat",
+            "cache 900\nrss 1\nshmem 1\ntotal_cache 472907776\ntotal_rss 314572800\ntotal_shmem 157286400\n",
+        )
+        .write("/sys/fs/cgroup/memory/dyno/memory.kmem.usage_in_bytes", "20971520\n");
+    let usage = v1.usage().expect("usage");
+    assert_eq!(
+        (usage.rss_bytes, usage.shmem_bytes, usage.kernel_bytes),
+        (300 * MIB, 150 * MIB, 20 * MIB)
+    );
+    assert_eq!(
+        usage.total_bytes(),
+        470 * MIB,
+        "the cache beyond shmem is not counted"
+    );
+    // v2: `kernel` where the kernel has it, else its parts; `sock` besides.
+    for (stat, kernel) in [
+        ("anon 104857600\nfile 99999\nshmem 52428800\nkernel 10485760\nsock 1048576\n", 11),
+        (
+            "anon 104857600\nshmem 52428800\nkernel_stack 1048576\npagetables 2097152\npercpu 0\nslab_unreclaimable 3145728\nslab_reclaimable 999999\n",
+            6,
+        ),
+    ] {
+        let v2 = Fake::new();
+        v2.write("/proc/self/cgroup", "0::/dyno\n")
+            .write(
+                "/proc/self/mountinfo",
+                "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            )
+            .write("/sys/fs/cgroup/dyno/memory.max", "536870912\n")
+            .write("/sys/fs/cgroup/dyno/memory.stat", stat);
+        let usage = v2.usage().expect("usage");
+        assert_eq!(usage.shmem_bytes, 50 * MIB, "{stat}");
+        assert_eq!(usage.kernel_bytes, kernel * MIB, "{stat}");
+        assert_eq!(usage.total_bytes(), (150 + kernel) * MIB, "{stat}");
+    }
+}
+
+#[test]
 fn cgroup_v1_without_hierarchy_totals_reads_the_local_figures() {
     let fake = Fake::new();
     fake.write("/proc/self/cgroup", "4:memory:/dyno\n")
@@ -93,7 +139,7 @@ fn cgroup_v1_without_hierarchy_totals_reads_the_local_figures() {
         fake.usage(),
         Some(Usage {
             rss_bytes: 4096,
-            swap_bytes: 0
+            ..Usage::default()
         })
     );
     assert_eq!(

@@ -10,7 +10,7 @@ pub mod step;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::supervisor::memory::fit::HEADROOM_WORKERS as FIT_HEADROOM;
+use crate::supervisor::memory::fit::{shed_to, HEADROOM_WORKERS as FIT_HEADROOM};
 /// Busy workers must be this far under one fewer for a worker to go: half a worker to spare.
 pub const BUSY_HEADROOM: f64 = 0.5;
 /// A grow decision needs at least this many queue reads since the last step, or as many as the
@@ -219,8 +219,8 @@ impl Adaptive {
             figures,
         };
         // Memory first: never more workers than fit, whatever the queue says.
-        if fit.is_some_and(|fit| fit < f64::from(from)) && from > 1 {
-            return Some(self.take(step(from - 1, "memory"), now));
+        if let Some(fit) = fit.filter(|fit| *fit < f64::from(from) && from > 1) {
+            return Some(self.take(step(shed_to(fit, from), "memory"), now));
         }
         let fits = fit.is_some_and(|fit| fit >= f64::from(from + 1) + FIT_HEADROOM);
         if self.wants_more(now, ready, cpu_busy) && fits {

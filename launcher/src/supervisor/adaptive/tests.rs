@@ -50,7 +50,7 @@ type Row = (
 
 #[test]
 fn readings_to_actions() {
-    let table: [Row; 15] = [
+    let table: [Row; 16] = [
         // Connections wait in every read, or in most: one more.
         (2, 10, 1.0, 2.0, true, Some(0.3), Some(10.0), Some(3)),
         (2, 10, 0.6, 2.0, true, Some(0.3), Some(10.0), Some(3)),
@@ -78,6 +78,8 @@ fn readings_to_actions() {
         (4, 70, 0.0, 1.0, false, Some(0.1), Some(10.0), Some(3)),
         // More workers than fit: one fewer, whatever the queue says.
         (4, 10, 1.0, 4.0, true, Some(0.3), Some(3.5), Some(3)),
+        // Far more than fit (TTIN, a limit lowered): down to what fits at once.
+        (10, 10, 1.0, 10.0, true, Some(0.3), Some(4.5), Some(4)),
     ];
     for (workers, seconds, queued, busy, ready, cpu, fit, expected) in table {
         let (mut adaptive, now) = after(workers, seconds, queued, busy);

@@ -167,10 +167,17 @@ fn adaptive_sizing_grows_only_once_the_last_worker_has_served() {
     let now = t0 + 10 * SECOND;
     let mut waiting = reading(2, 20, 2);
     let wants = control.wants(&waiting, now, false);
-    assert!(wants.serving, "a worker would be added: are they all serving?");
+    assert!(
+        wants.serving,
+        "a worker would be added: are they all serving?"
+    );
     waiting.not_serving = Some(vec![2]);
     assert!(control.wants_memory(&waiting, now, false), "the fit, first");
-    assert_eq!(control.decide(&waiting, now), vec![], "worker 2 has not served");
+    assert_eq!(
+        control.decide(&waiting, now),
+        vec![],
+        "worker 2 has not served"
+    );
     let later = now + SECOND;
     let mut served = reading(2, 20, 2);
     control.wants(&served, later, false);
@@ -234,7 +241,10 @@ fn oom_kills_of_a_delegated_servers_workers_are_claimed_when_they_vanish() {
     next.oom_kills = Some(2);
     check(&mut control, &mut next, t0 + 2 * SECOND);
     let unclaimed = control.take_events();
-    let line = unclaimed.iter().find(|e| e.name == "oom_kill").expect("a line");
+    let line = unclaimed
+        .iter()
+        .find(|e| e.name == "oom_kill")
+        .expect("a line");
     assert_eq!(line.get("unattributed"), Some("1"));
     assert_eq!(control.oom_total(), 2);
 }

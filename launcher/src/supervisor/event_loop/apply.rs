@@ -28,6 +28,9 @@ impl Loop {
     pub(super) fn apply(&mut self, decisions: Vec<Decision>, now: Instant) {
         self.emit_events();
         for decision in decisions {
+            if let Decision::Recycle { pid } = decision {
+                self.stop_detached(pid, now);
+            }
             let actions = match (decision, self.mode) {
                 (Decision::Recycle { pid }, Mode::FanOut) => self.pool.recycle(pid, now),
                 (Decision::Recycle { pid }, Mode::Delegate) => {
@@ -38,9 +41,31 @@ impl Loop {
                     pid,
                     signal: Signal::SIGKILL,
                 }],
-                (Decision::Resize { to }, _) => self.pool.resize(to),
+                (Decision::Resize { to }, _) => self.pool.resize(to, now),
             };
             self.carry_out(actions);
+        }
+    }
+
+    /// A recycled worker's processes that left its group (a `setsid()` helper) would outlive it
+    /// and hold the memory the recycle is for: they are stopped with it.
+    fn stop_detached(&mut self, pid: i32, now: Instant) {
+        let proc_dir = self.reader.proc_dir();
+        let Some(group) = crate::procs::stat(&proc_dir, pid).map(|s| s.group) else {
+            return;
+        };
+        let kill_at = now + self.pool.graceful_timeout();
+        let stopped = self.detached.stop(pid, group, Signal::SIGTERM, kill_at);
+        if stopped > 0 {
+            crate::supervisor::log::Event::info("detached_stop")
+                .with("pid", pid)
+                .with("processes", stopped)
+                .with("signal", "TERM")
+                .with(
+                    "reason",
+                    "processes the recycled worker started outside its group",
+                )
+                .emit();
         }
     }
 

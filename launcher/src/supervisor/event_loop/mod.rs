@@ -15,16 +15,21 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
 mod apply;
+mod report;
+mod socket;
 
 use super::decide::Control;
 use super::log::Event;
-use super::pool::Pool;
-use super::reading::{serving, Reader, Reading};
+use super::memory::fit::{ttin_cap, Fit};
+use super::pool::{Cap, Pool};
+use super::reading::{Reader, Reading};
 use super::setup::Setup;
-use super::{figures, kill, net, spawn};
+use super::{kill, net, spawn};
 use crate::procs;
 use crate::servers::{self, Mode};
+use crate::sizing::MAX_WEB_CONCURRENCY;
 use crate::state;
+use report::{adopted_exits, report_stuck};
 
 /// How often the state file for `launcher size` is rewritten, at most.
 const STATE_INTERVAL: Duration = Duration::from_secs(10);
@@ -34,11 +39,17 @@ const NOTIFY_BATCH: usize = 64;
 const NOTIFY_PAUSE: Duration = Duration::from_millis(50);
 /// How many adopted processes an `adopted_exit` line names.
 const ADOPTED_NAMED: usize = 10;
+/// A rolling restart's new worker is looked at for waiting on the socket this soon, then twice
+/// as long after each look, up to `SERVING_MOST`.
+const SERVING_FIRST: Duration = Duration::from_millis(100);
+const SERVING_MOST: Duration = Duration::from_secs(1);
 
 pub struct Loop {
     pool: Pool,
     control: Control,
     reader: Reader,
+    /// `LAUNCHER_MAX_WORKERS`, else the largest count taken.
+    max_workers: u32,
     command: spawn::Prepared,
     listener: Option<net::Listener>,
     signals: SignalFd,
@@ -58,6 +69,12 @@ pub struct Loop {
     wrapper_checked: bool,
     /// The last check's reading, for the `sample#` line and the state file.
     last: Option<Reading>,
+    /// The rolling restart's new worker last looked at for serving: its pid, when it is looked at
+    /// next, and the interval after that.
+    serving_check: Option<(i32, Instant, Duration)>,
+    /// What recycled workers left outside their group, until it is gone or killed.
+    detached: kill::Detached,
+    next_detached: Option<Instant>,
 }
 
 impl Loop {
@@ -68,6 +85,7 @@ impl Loop {
             pool: Pool::new(setup.pool, now, seed()),
             control: Control::new(setup.control, oom_counted, now),
             reader: setup.reader,
+            max_workers: setup.max_workers,
             command: setup.command,
             listener: setup.listener,
             signals,
@@ -82,6 +100,9 @@ impl Loop {
             notify_paused_until: None,
             wrapper_checked: false,
             last: None,
+            serving_check: None,
+            detached: kill::Detached::default(),
+            next_detached: None,
         }
     }
 
@@ -98,6 +119,7 @@ impl Loop {
             self.read_signals(now);
             self.reap(now);
             self.look_at_groups();
+            self.next_detached = self.detached.sweep(now);
             self.read_notify(now);
             self.check_serving(now);
             self.check_wrapper();
@@ -150,6 +172,7 @@ impl Loop {
             self.pool.abandon_at(),
             self.notify_paused_until,
             queue,
+            self.next_detached,
         ];
         let timeout = wakeups
             .into_iter()
@@ -174,16 +197,38 @@ impl Loop {
     }
 
     fn read_signals(&mut self, now: Instant) {
+        let mut signals = Vec::new();
         while let Ok(Some(info)) = self.signals.read_signal() {
-            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
-                continue;
-            };
-            if signal == Signal::SIGCHLD {
-                continue;
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) | Err(_) => {}
+                Ok(signal) => signals.push(signal),
             }
+        }
+        if signals.contains(&Signal::SIGTTIN) && self.pool.exit_code().is_none() {
+            self.measure_cap(now);
+        }
+        for signal in signals {
             let actions = self.pool.signal(signal, now);
             self.carry_out(actions);
         }
+    }
+
+    /// Before a TTIN: how many workers fit now, measured (`memory::fit::ttin_cap`), and
+    /// `LAUNCHER_MAX_WORKERS`, in every sizing: TTIN never takes the dyno past either.
+    fn measure_cap(&mut self, now: Instant) {
+        let soft_limit = self.control.config.limits.soft_limit_bytes;
+        let fit = self.reader.now(&self.pool, now).and_then(|mut reading| {
+            self.reader.measure(&mut reading);
+            Fit::measure(&reading, soft_limit)
+        });
+        let wanted = self.pool.wanted();
+        let workers = ttin_cap(fit.map(|f| f.workers), self.max_workers, wanted);
+        let why = match () {
+            _ if workers < self.max_workers => "one more worker does not fit in memory",
+            _ if self.max_workers < MAX_WEB_CONCURRENCY => "LAUNCHER_MAX_WORKERS",
+            _ => Cap::default().why,
+        };
+        self.pool.set_cap(Cap { workers, why });
     }
 
     /// Reaps every child that ended: workers, and orphans adopted as subreaper, whose exits are
@@ -269,31 +314,6 @@ impl Loop {
         }
     }
 
-    /// The accept queue, on its interval; adaptive sizing counts each read.
-    fn read_queue(&mut self, now: Instant) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
-        if let Some(read) = self.reader.load.read_queue(listener, now) {
-            self.control.queue_read(now, read.queued > 0);
-        }
-    }
-
-    /// A rolling restart's new worker that has not sent `READY=1`: is it waiting on the socket?
-    fn check_serving(&mut self, now: Instant) {
-        let Some(pid) = self.pool.awaiting_serving() else {
-            return;
-        };
-        let inode = self
-            .listener
-            .as_ref()
-            .and_then(|l| serving::socket_inode(&l.fd));
-        let proc_dir = self.reader.proc_dir();
-        if inode.is_some_and(|inode| serving::waits_on(&proc_dir, pid, inode)) {
-            self.pool.seen_serving(pid, now);
-        }
-    }
-
     /// Once, when the first worker is ready: a worker that is a shell (or npm) with the server
     /// as its child gets a hint, since the server would survive the launcher's SIGKILL.
     fn check_wrapper(&mut self) {
@@ -341,105 +361,6 @@ impl Loop {
             self.write_state();
         }
     }
-
-    fn sample(&mut self, now: Instant) {
-        let (Some(interval), Some(due)) = (self.sample_interval, self.next_sample) else {
-            return;
-        };
-        if now < due {
-            return;
-        }
-        self.next_sample = Some(now + interval);
-        let load = self
-            .reader
-            .load
-            .sample(&self.reader.snapshot, now, interval);
-        let figures = self.figures();
-        figures::sample(&self.pool, &figures, &load, &self.reader).emit();
-    }
-
-    fn figures(&self) -> figures::Figures<'_> {
-        figures::Figures {
-            mode: self.mode,
-            reading: self.last.as_ref(),
-            busy: self.reader.busy,
-            fit: self.control.fit(),
-            sizing: self.control.sizing(),
-            limits: self.control.config.limits,
-            guard: self.control.config.guard.is_some(),
-            recycles: self.control.recycles,
-            oom_kills: self.control.oom_total(),
-        }
-    }
-
-    fn write_state(&mut self) {
-        let Some(dir) = self.state_dir.clone() else {
-            return;
-        };
-        let (snapshot, load) = (&self.reader.snapshot, &mut self.reader.load);
-        let figures = load.state(snapshot, Instant::now(), STATE_INTERVAL);
-        let capacity = self.reader.load.capacity;
-        let written = figures::state(
-            &self.figures(),
-            &figures,
-            capacity,
-            &self.reader,
-            &self.scope,
-        );
-        // Best effort: a read-only /tmp costs `launcher size` its figures, not the dyno its app.
-        if let Err(err) = state::write(&dir, &written) {
-            if !std::mem::replace(&mut self.state_failed, true) {
-                let message = format!(
-                    "cannot write the state file in {}: {err}; launcher size will not show this supervisor's figures",
-                    dir.display()
-                );
-                Event::warn("state").with("message", message).emit();
-            }
-        }
-    }
-}
-
-/// One line for the adopted processes that ended in a turn: how many, the first few, and how
-/// they ended.
-fn adopted_exits(adopted: &[(i32, String)]) -> Event {
-    let mut named: Vec<String> = adopted
-        .iter()
-        .take(ADOPTED_NAMED)
-        .map(|(pid, _)| pid.to_string())
-        .collect();
-    if adopted.len() > ADOPTED_NAMED {
-        named.push("...".to_owned());
-    }
-    let mut statuses: Vec<(&str, usize)> = Vec::new();
-    for (_, status) in adopted {
-        match statuses.iter_mut().find(|(s, _)| s == status) {
-            Some((_, n)) => *n += 1,
-            None => statuses.push((status, 1)),
-        }
-    }
-    let statuses: Vec<String> = statuses.iter().map(|(s, n)| format!("{n}x{s}")).collect();
-    Event::info("adopted_exit")
-        .with("count", adopted.len())
-        .with("pids", named.join(","))
-        .with("status", statuses.join(","))
-}
-
-/// At the end of the wait after the final SIGKILL: what is still there, named.
-fn report_stuck() {
-    let left = kill::left();
-    let named: Vec<String> = left
-        .iter()
-        .take(ADOPTED_NAMED)
-        .map(|s| format!("{}:{}:{}", s.pid, s.name, s.state))
-        .collect();
-    Event::error("stuck")
-        .with("count", left.len())
-        .with("processes", named.join(","))
-        .with(
-            "reason",
-            "still there after SIGKILL (state D: in a system call that cannot be interrupted); not waited for",
-        )
-        .emit();
 }
 
 /// Whether any child (worker or adopted orphan) is left to wait for.

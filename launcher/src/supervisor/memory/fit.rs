@@ -42,3 +42,64 @@ impl Fit {
         })
     }
 }
+
+/// More workers than fit: the count that fits, all at once, at least one fewer and never none
+/// (a dyno far over its fit would otherwise shed one worker per step while the kernel's OOM
+/// killer acts).
+pub fn shed_to(fit: f64, from: u32) -> u32 {
+    let fits = if fit.is_finite() && fit > 0.0 {
+        fit.floor().min(f64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
+    fits.clamp(1, from.saturating_sub(1).max(1))
+}
+
+/// How many workers `TTIN` may take the count to: what fits with measured sizing's headroom,
+/// and `LAUNCHER_MAX_WORKERS`; never fewer than the count now (`TTIN` adds, it does not take
+/// away).
+pub fn ttin_cap(fit: Option<f64>, max_workers: u32, now: u32) -> u32 {
+    let fits = fit.map_or(max_workers, |fit| {
+        let room = (fit - HEADROOM_WORKERS).floor();
+        if room.is_finite() && room > 0.0 {
+            room.min(f64::from(u32::MAX)) as u32
+        } else {
+            0
+        }
+    });
+    fits.min(max_workers).max(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shedding_goes_to_what_fits_at_once() {
+        for (fit, from, to) in [
+            (3.64, 4, 3),
+            (3.99, 4, 3),
+            (2.0, 10, 2),
+            (0.4, 10, 1),
+            (f64::NAN, 6, 1),
+            (0.5, 1, 1),
+        ] {
+            assert_eq!(shed_to(fit, from), to, "fit {fit} from {from}");
+        }
+    }
+
+    #[test]
+    fn ttin_is_capped_by_the_fit_and_the_maximum() {
+        for (fit, max, now, cap) in [
+            (Some(14.6), 1024, 2, 14),
+            (Some(14.2), 1024, 2, 13),
+            (Some(14.6), 3, 2, 3),
+            (None, 3, 2, 3),
+            (None, 1024, 7, 1024),
+            (Some(1.1), 1024, 2, 2),
+            (Some(30.0), 3, 7, 7),
+        ] {
+            assert_eq!(ttin_cap(fit, max, now), cap, "{fit:?} {max} {now}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::fit::{Fit, HEADROOM_WORKERS};
+use super::fit::{shed_to, Fit, HEADROOM_WORKERS};
 use crate::supervisor::reading::{Reading, WorkerMemory};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ impl Sizer {
         let to = if from > self.config.max_workers {
             self.config.max_workers
         } else if fit.workers < f64::from(from) && from > 1 {
-            from - 1
+            shed_to(fit.workers, from)
         } else if fit.workers >= f64::from(from + 1) + HEADROOM_WORKERS
             && from < self.config.max_workers
         {

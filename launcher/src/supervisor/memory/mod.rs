@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::supervisor::log::Event;
 use crate::supervisor::reading::WorkerMemory;
 use crate::units::mb;
+use crate::usage::Usage;
 pub use guard::{Guard, GuardAction, GuardConfig};
 pub use measured::{Resize, Sizer, SizerConfig};
 
@@ -64,6 +65,32 @@ pub fn kill_event(pid: i32, waited: Duration) -> Event {
         .with("pid", pid)
         .secs("waited_s", waited)
         .with("reason", "a recycled worker did not stop in time")
+}
+
+/// The `memory_full` line: the dyno is over its soft limit and recycling cannot help.
+pub fn full_event(full: guard::Full, usage: &Usage) -> Event {
+    let event = Event::warn("memory_full");
+    let event = match full {
+        guard::Full::OutsideWorkers { workers_uss_bytes } => event
+            .with("reason", "outside_workers")
+            .with("workers_uss", mb(workers_uss_bytes))
+            .with(
+                "message",
+                "what fills the dyno is no worker's own memory (tmpfs or /dev/shm files, kernel \
+                 memory, a master's): recycling a worker cannot free it, so the guard does not",
+            ),
+        guard::Full::RecyclesFreeNothing { recycles } => event
+            .with("reason", "recycles_free_nothing")
+            .with("recycles", recycles)
+            .with(
+                "message",
+                "the last recycles freed next to nothing: the guard stops recycling until the \
+                 dyno is under its soft limit",
+            ),
+    };
+    event
+        .with("memory_shmem", mb(usage.shmem_bytes))
+        .with("memory_kernel", mb(usage.kernel_bytes))
 }
 
 /// Measured sizing's `resize` line.

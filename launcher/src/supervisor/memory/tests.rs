@@ -43,6 +43,7 @@ fn recycled(action: Option<GuardAction>) -> Option<(i32, Why)> {
     match action? {
         GuardAction::Recycle { worker, why } => Some((worker.pid, why)),
         GuardAction::Kill { pid, .. } => panic!("unexpected kill of {pid}"),
+        GuardAction::Full(full) => panic!("unexpected {full:?}"),
     }
 }
 
@@ -252,6 +253,13 @@ fn the_sizer_steps_towards_what_fits() {
         ),
         ("never below one", 1, 5, reading(500, &warm(1, 460)), None),
         (
+            "8 x 100 + 35: a 4.00 fit: down to 4 at once",
+            8,
+            9,
+            reading(835, &warm(8, 100)),
+            Some(4),
+        ),
+        (
             "above the cap (TTIN): back down",
             6,
             5,
@@ -336,5 +344,74 @@ fn a_worker_costs_its_own_memory_and_the_shared_pages_it_may_copy() {
     assert!(
         exit_peak <= 435 * MB,
         "19 workers that copy everything still fit"
+    );
+}
+
+#[test]
+fn memory_that_no_worker_holds_is_said_once_and_not_recycled_for() {
+    // 460 MB used, 2 x 20 MB of it the workers': 420 MB would be left with every worker gone,
+    // over the soft limit of 435 MB once the rest is counted.
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut guard = guard(None);
+    let workers = [worker(1, 20, true, 60), worker(2, 20, true, 60)];
+    let held = reading(480, &workers);
+    let full = GuardAction::Full(guard::Full::OutsideWorkers {
+        workers_uss_bytes: 40 * MB,
+    });
+    assert_eq!(guard.check(&held, at(0)), Some(full.clone()));
+    assert_eq!(guard.check(&held, at(1)), None, "said once");
+    assert_eq!(guard.check(&reading(400, &workers), at(2)), None);
+    assert_eq!(
+        guard.check(&held, at(3)),
+        Some(full),
+        "over again: said again"
+    );
+    // Where a worker holds enough, it is recycled as before.
+    let big = [worker(1, 20, true, 60), worker(2, 100, true, 60)];
+    assert_eq!(
+        recycled(guard.check(&reading(480, &big), at(4))),
+        Some((2, Why::DynoSoftLimit))
+    );
+}
+
+#[test]
+fn recycles_that_free_nothing_stop_until_the_dyno_is_under_its_soft_limit() {
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut guard = guard(None);
+    let old = [worker(1, 100, true, 60), worker(2, 90, true, 60)];
+    // Each recycled worker's replacement (pid 10+) is young and holds 5 MB; the dyno's usage does
+    // not fall: something outside the workers grows as fast as they are recycled.
+    let replaced = |pid: i32| {
+        let mut young = worker(pid, 5, true, 0);
+        young.age = Duration::from_millis(500);
+        [worker(2, 90, true, 60), young]
+    };
+    assert!(recycled(guard.check(&reading(450, &old), at(0))).is_some());
+    assert_eq!(
+        guard.check(&reading(450, &replaced(10)), at(1)),
+        None,
+        "cool-down"
+    );
+    let second = [worker(2, 90, true, 60), worker(10, 100, true, 60)];
+    assert_eq!(
+        recycled(guard.check(&reading(450, &second), at(5))),
+        Some((10, Why::DynoSoftLimit)),
+        "one futile recycle: it tries again"
+    );
+    assert_eq!(guard.check(&reading(450, &replaced(11)), at(6)), None);
+    let third = [worker(2, 90, true, 60), worker(11, 100, true, 60)];
+    assert_eq!(
+        guard.check(&reading(450, &third), at(10)),
+        Some(GuardAction::Full(guard::Full::RecyclesFreeNothing {
+            recycles: 2
+        }))
+    );
+    assert_eq!(guard.check(&reading(450, &third), at(15)), None, "stopped");
+    assert_eq!(guard.check(&reading(300, &third), at(16)), None, "under");
+    assert!(
+        recycled(guard.check(&reading(450, &third), at(17))).is_some(),
+        "once under the soft limit, it recycles again"
     );
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use super::{Action, Event, KillTarget, Pending, Phase, Pool, Worker};
-use super::{SPAWN_BATCH, SWEEP_INTERVAL};
+use super::{SCALE_SPACING, SPAWN_BATCH, SWEEP_INTERVAL};
 
 impl Pool {
     /// Moves towards the wanted workers; call after every batch of events.
@@ -31,6 +31,7 @@ impl Pool {
             return self.give_up(now);
         }
         let mut actions = self.kill_overdue(now);
+        actions.extend(self.scale_server(now));
         actions.extend(self.roll(now));
         let mut budget = SPAWN_BATCH.saturating_sub(actions.len());
         actions.extend(self.respawn_due(now, &mut budget));
@@ -89,16 +90,23 @@ impl Pool {
     }
 
     fn give_up(&mut self, now: Instant) -> Vec<Action> {
+        let reason = format!(
+            "no worker has been ready for {} s; exiting so that the platform restarts the dyno",
+            self.config.give_up_after.as_secs_f64()
+        );
+        self.fail(&reason, now)
+    }
+
+    /// Something the dyno cannot serve without: every process is killed at once, and the
+    /// launcher exits 1 so that the platform restarts the dyno.
+    pub fn fail(&mut self, reason: &str, now: Instant) -> Vec<Action> {
+        if self.phase != Phase::Running {
+            return Vec::new();
+        }
         let last = self.last_exit.as_deref().unwrap_or("no worker has exited");
         self.events.push(
             Event::error("give_up")
-                .with(
-                    "reason",
-                    format!(
-                        "no worker has been ready for {} s; exiting so that the platform restarts the dyno",
-                        self.config.give_up_after.as_secs_f64()
-                    ),
-                )
+                .with("reason", reason)
                 .with("last", last),
         );
         self.phase = Phase::Stopping {
@@ -229,6 +237,18 @@ impl Pool {
                 ),
             })
             .collect()
+    }
+
+    /// The next of a delegated server's scaling signals, when it is due.
+    fn scale_server(&mut self, now: Instant) -> Vec<Action> {
+        let Some((signal, left, at)) = self.scale_queue else {
+            return Vec::new();
+        };
+        if now < at {
+            return Vec::new();
+        }
+        self.scale_queue = (left > 1).then_some((signal, left - 1, now + SCALE_SPACING));
+        self.to_all(signal)
     }
 
     fn respawn_due(&mut self, now: Instant, budget: &mut usize) -> Vec<Action> {

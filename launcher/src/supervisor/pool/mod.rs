@@ -31,6 +31,25 @@ pub const STUCK_WAIT: Duration = Duration::from_secs(2);
 pub const LINGER_CHECK: Duration = Duration::from_secs(1);
 /// How often a rolling restart's new worker is looked at for waiting on the socket.
 pub const SERVING_CHECK: Duration = Duration::from_millis(100);
+/// Between two scaling signals to a delegated server: the first is handled by then, so the
+/// second is not merged into it.
+pub const SCALE_SPACING: Duration = Duration::from_millis(50);
+
+/// The most workers TTIN may take the count to (`memory::fit::ttin_cap`), and what sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub workers: u32,
+    pub why: &'static str,
+}
+
+impl Default for Cap {
+    fn default() -> Self {
+        Cap {
+            workers: MAX_WEB_CONCURRENCY,
+            why: "the largest count taken",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -143,6 +162,11 @@ pub struct Pool {
     /// Delegate mode: how many workers the server runs, as the launcher has asked for them (its
     /// scaling signals, TTIN/TTOU forwarded, a reload that goes back to its config's count).
     server_workers: u32,
+    /// Delegate mode: scaling signals still to send, one per `SCALE_SPACING` (a signal sent
+    /// while the same one is pending is lost), and when the next is due.
+    scale_queue: Option<(Signal, u32, Instant)>,
+    /// The most workers TTIN may take the count to, and why.
+    cap: Cap,
     workers: Vec<Worker>,
     pending: Vec<Pending>,
     lingering: Vec<Lingering>,
@@ -166,6 +190,8 @@ impl Pool {
         };
         Pool {
             server_workers: config.workers,
+            scale_queue: None,
+            cap: Cap::default(),
             config,
             target,
             workers: Vec::new(),
@@ -210,6 +236,16 @@ impl Pool {
         self.target
     }
 
+    /// The most workers TTIN may take the count to, as the loop measured it.
+    pub fn set_cap(&mut self, cap: Cap) {
+        self.cap = cap;
+    }
+
+    /// How long a stopped worker has before SIGKILL.
+    pub fn graceful_timeout(&self) -> Duration {
+        self.config.graceful_timeout
+    }
+
     /// What the signals the launcher sends mean to this server in this mode.
     pub fn signals(&self) -> Signals {
         self.config.signals
@@ -226,7 +262,7 @@ impl Pool {
 
     /// A sizer's new count: in fan-out converging adds or stops copies to reach it; a delegated
     /// server is sent its scaling signal once per worker of the change (none without one).
-    pub fn resize(&mut self, to: u32) -> Vec<Action> {
+    pub fn resize(&mut self, to: u32, now: Instant) -> Vec<Action> {
         let to = to.clamp(1, MAX_WEB_CONCURRENCY);
         match self.config.mode {
             Mode::FanOut => {
@@ -239,11 +275,14 @@ impl Pool {
                 };
                 let from = std::mem::replace(&mut self.server_workers, to);
                 let signal = if to > from { more } else { fewer };
-                let steps = to.abs_diff(from) as usize;
-                let pids: Vec<i32> = self.workers.iter().map(|w| w.pid).collect();
-                let each = pids.iter().map(|&pid| Action::Signal { pid, signal });
-                let once: Vec<Action> = each.collect();
-                std::iter::repeat_n(once, steps).flatten().collect()
+                match to.abs_diff(from) {
+                    0 => Vec::new(),
+                    steps => {
+                        let next = now + SCALE_SPACING;
+                        self.scale_queue = (steps > 1).then_some((signal, steps - 1, next));
+                        self.to_all(signal)
+                    }
+                }
             }
         }
     }
@@ -336,7 +375,8 @@ impl Pool {
             Phase::Stopping { deadline, .. } => Some(deadline),
         };
         let all = grace.chain(respawns).chain(kills).chain(left).chain(look);
-        let all = all.chain(serving_check);
+        let scale = self.scale_queue.map(|(.., at)| at);
+        let all = all.chain(serving_check).chain(scale);
         all.chain(deadline).min()
     }
 }

@@ -34,6 +34,7 @@ impl Pool {
             },
             _ if stopping => ("ignored", Vec::new()),
             _ if blocked.is_some() => ("blocked", Vec::new()),
+            Signal::SIGTTIN if self.wanted() >= self.cap.workers => ("capped", Vec::new()),
             Signal::SIGHUP | Signal::SIGTTIN | Signal::SIGTTOU if delegate => {
                 self.server_scaled(signal);
                 ("forwarded", self.to_all(mapped))
@@ -74,6 +75,11 @@ impl Pool {
         if let Some(why) = blocked.filter(|_| action == "blocked") {
             event = event.with("reason", why);
         }
+        if action == "capped" {
+            event = event
+                .with("workers", self.wanted())
+                .with("reason", self.cap.why);
+        }
         if matches!(signal, Signal::SIGTTIN | Signal::SIGTTOU) && !delegate && !stopping {
             event = event.with("workers", self.target);
         }
@@ -97,7 +103,7 @@ impl Pool {
 
     /// A signal forwarded as it is goes to each worker's first process alone: a shell wrapper
     /// would die of a USR1 its server handles.
-    fn to_all(&self, signal: Signal) -> Vec<Action> {
+    pub(super) fn to_all(&self, signal: Signal) -> Vec<Action> {
         let pids = self.workers.iter().map(|w| w.pid);
         pids.map(|pid| Action::Signal { pid, signal }).collect()
     }
@@ -131,6 +137,7 @@ impl Pool {
         };
         self.pending.clear();
         self.rolling = None;
+        self.scale_queue = None;
         self.events.push(
             Event::info("shutdown")
                 .with("fast", fast)

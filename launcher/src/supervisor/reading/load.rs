@@ -100,14 +100,26 @@ impl Load {
 
     /// Reads the accept queue when it is due: a backlog changed by the server (it called
     /// `listen()` again: unicorn 1024, Node 511) is logged once, a full queue at most every
-    /// `FULL_WARNING_INTERVAL`.
-    pub fn read_queue(&mut self, listener: &net::Listener, now: Instant) -> Option<QueueRead> {
+    /// `FULL_WARNING_INTERVAL`. A socket that is not listening any more is `Err` (and its last
+    /// figures are dropped: no line shows the queue of a socket that takes no connection).
+    pub fn read_queue(
+        &mut self,
+        listener: &net::Listener,
+        now: Instant,
+    ) -> Option<Result<QueueRead, net::NotListening>> {
         if now < self.next_read {
             return None;
         }
         // From the time it was due, so that a late turn does not shift every read after it.
         self.next_read = (self.next_read + self.interval).max(now);
-        let (queued, backlog) = net::accept_queue(&listener.fd)?;
+        let (queued, backlog) = match net::listening(&listener.fd) {
+            Ok(Some(figures)) => figures,
+            Ok(None) => return None,
+            Err(state) => {
+                self.last = None;
+                return Some(Err(state));
+            }
+        };
         let read = QueueRead { queued, backlog };
         if let Some(before) = self.last.filter(|before| before.backlog != backlog) {
             let event = Event::info("backlog")
@@ -146,7 +158,7 @@ impl Load {
                 );
             self.events.push(event);
         }
-        Some(read)
+        Some(Ok(read))
     }
 
     /// Reads the dyno's CPU time.

@@ -136,34 +136,37 @@ impl Reader {
         self.meter.oom_kills(&self.snapshot)
     }
 
-    /// What every check reads; None when the dyno's usage cannot be read.
-    pub fn read(&mut self, pool: &Pool, now: Instant) -> Option<Reading> {
+    /// The dyno's usage and its workers as they are now, with nothing of a check's own (what
+    /// vanished since the last check, the CPU): for a decision between checks (TTIN's cap).
+    pub fn now(&mut self, pool: &Pool, now: Instant) -> Option<Reading> {
         let usage = self.meter.usage(&self.snapshot)?;
         let proc_dir = self.proc_dir();
         let (mode, grace) = (self.config.mode, self.config.ready_grace);
         let workers = self.finder.live(&proc_dir, pool, mode, grace, now);
-        let pids: Vec<i32> = workers.iter().map(|w| w.pid).collect();
-        let vanished = match mode {
-            Mode::Delegate => self.last_workers.iter().copied(),
-            Mode::FanOut => [].iter().copied(),
-        };
-        let vanished = vanished.filter(|pid| !pids.contains(pid)).collect();
-        self.last_workers = pids;
-        self.serving.retain(|pid| self.last_workers.contains(pid));
-        let cpu = self.cpu(now);
         Some(Reading {
             usage,
             usage_bytes: usage.total_bytes(),
             workers,
-            measured: false,
             stopping: pool.stopping_pids(),
             target: pool.wanted(),
-            oom_kills: self.oom_kills(),
-            vanished,
-            cpu,
-            busy: None,
-            not_serving: None,
+            ..Reading::default()
         })
+    }
+
+    /// What every check reads; None when the dyno's usage cannot be read.
+    pub fn read(&mut self, pool: &Pool, now: Instant) -> Option<Reading> {
+        let mut reading = self.now(pool, now)?;
+        let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
+        let vanished = match self.config.mode {
+            Mode::Delegate => self.last_workers.iter().copied(),
+            Mode::FanOut => [].iter().copied(),
+        };
+        reading.vanished = vanished.filter(|pid| !pids.contains(pid)).collect();
+        self.last_workers = pids;
+        self.serving.retain(|pid| self.last_workers.contains(pid));
+        reading.cpu = self.cpu(now);
+        reading.oom_kills = self.oom_kills();
+        Some(reading)
     }
 
     /// The dyno's CPU use and, read now, what its workers asked of the CPUs, over the same

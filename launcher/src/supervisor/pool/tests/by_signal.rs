@@ -150,13 +150,19 @@ fn a_delegated_servers_count_follows_scaling_reloads_and_restarts() {
     h.signal(Signal::SIGTTIN);
     h.signal(Signal::SIGHUP);
     steps.push(("HUP: gunicorn reads its config again", h.pool.wanted()));
-    let resized = h.pool.resize(5);
+    let resized = h.pool.resize(5, h.now);
     steps.push(("resized to 5", h.pool.wanted()));
     assert_eq!(
         signals(&resized),
-        vec![(100, Signal::SIGTTIN), (100, Signal::SIGTTIN)],
-        "one signal per worker of the change"
+        vec![(100, Signal::SIGTTIN)],
+        "one signal per worker of the change: the first at once"
     );
+    assert_eq!(
+        signals(&h.at(0.1)),
+        vec![(100, Signal::SIGTTIN)],
+        "the second once the first is handled, not merged into it"
+    );
+    assert!(signals(&h.at(0.2)).is_empty(), "two in all");
     h.exit(100, "signal:9");
     h.at(5.0);
     steps.push(("a new server", h.pool.wanted()));
@@ -170,4 +176,30 @@ fn a_delegated_servers_count_follows_scaling_reloads_and_restarts() {
         ("a new server", 3),
     ];
     assert_eq!(steps, want);
+}
+
+#[test]
+fn ttin_stops_at_the_cap_in_both_modes() {
+    for mode in [Mode::FanOut, Mode::Delegate] {
+        let mut h = Harness::new(config(mode, 2));
+        h.at(0.0);
+        h.pool.set_cap(Cap {
+            workers: 3,
+            why: "one more worker does not fit in memory",
+        });
+        h.signal(Signal::SIGTTIN);
+        assert_eq!(h.pool.wanted(), 3, "{mode:?}: under the cap");
+        let capped = h.signal(Signal::SIGTTIN);
+        assert!(signals(&capped).is_empty(), "{mode:?}: nothing sent");
+        assert_eq!(h.pool.wanted(), 3, "{mode:?}: held at the cap");
+        let line = h.events.last().expect("a signal line");
+        assert_eq!(line.get("action"), Some("capped"), "{mode:?}");
+        assert_eq!(line.get("workers"), Some("3"));
+        assert_eq!(
+            line.get("reason"),
+            Some("one more worker does not fit in memory")
+        );
+        h.signal(Signal::SIGTTOU);
+        assert_eq!(h.pool.wanted(), 2, "{mode:?}: TTOU is never capped");
+    }
 }

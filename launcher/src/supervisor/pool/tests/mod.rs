@@ -282,11 +282,11 @@ fn measured_sizing_moves_the_target_and_an_oom_kill_is_named() {
     let mut h = Harness::new(config(Mode::FanOut, 2));
     h.at(0.0);
     assert!(
-        h.pool.resize(3).is_empty(),
+        h.pool.resize(3, h.now).is_empty(),
         "fan-out: the pool converges to it"
     );
     assert_eq!(h.at(1.0).len(), 1, "one more worker");
-    h.pool.resize(0);
+    h.pool.resize(0, h.now);
     assert_eq!(h.pool.target(), 1, "never below one");
     h.pool
         .exited(101, "signal:9", Some("oom_kill"), false, h.now);

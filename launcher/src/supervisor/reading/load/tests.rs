@@ -35,14 +35,21 @@ fn the_queue_is_read_on_its_interval_with_its_peak() {
     let (listener, port) = listener(64);
     let start = Instant::now();
     let mut load = load(start);
-    let first = load.read_queue(&listener, start).expect("read");
+    let first = load
+        .read_queue(&listener, start)
+        .expect("read")
+        .expect("listening");
     assert_eq!(first.queued, 0);
     assert_eq!(first.backlog, 64);
     assert_eq!(load.read_queue(&listener, start), None, "not due yet");
     let clients: Vec<TcpStream> = (0..3).filter_map(|_| connect(port)).collect();
     assert_eq!(clients.len(), 3);
     let later = start + Duration::from_millis(100);
-    assert_eq!(load.read_queue(&listener, later).map(|r| r.queued), Some(3));
+    assert_eq!(
+        load.read_queue(&listener, later)
+            .map(|r| r.expect("listening").queued),
+        Some(3)
+    );
     let snapshot = Snapshot::live();
     let figures = load.sample(&snapshot, later, Duration::from_secs(1));
     assert_eq!(figures.queue_max, Some(3));
@@ -94,7 +101,10 @@ fn a_queue_at_its_backlog_is_not_full_yet() {
     assert_eq!(clients.len(), 2);
     let start = Instant::now();
     let mut load = load(start);
-    let read = load.read_queue(&listener, start).expect("read");
+    let read = load
+        .read_queue(&listener, start)
+        .expect("read")
+        .expect("listening");
     assert_eq!((read.queued, read.backlog), (2, 2));
     assert!(load.take_events().is_empty(), "not full at its backlog");
 }
