@@ -43,6 +43,8 @@ const ADOPTED_NAMED: usize = 10;
 /// as long after each look, up to `SERVING_MOST`.
 const SERVING_FIRST: Duration = Duration::from_millis(100);
 const SERVING_MOST: Duration = Duration::from_secs(1);
+/// A worker's memory is taken as what it costs once it has been up this long (TTIN's cap).
+const TTIN_WARM: Duration = Duration::from_secs(5);
 
 pub struct Loop {
     pool: Pool,
@@ -219,14 +221,17 @@ impl Loop {
         let soft_limit = self.control.config.limits.soft_limit_bytes;
         let fit = self.reader.now(&self.pool, now).and_then(|mut reading| {
             self.reader.measure(&mut reading);
-            Fit::measure(&reading, soft_limit)
+            Fit::measure_warm(&reading, soft_limit, TTIN_WARM)
         });
         let wanted = self.pool.wanted();
         let workers = ttin_cap(fit.map(|f| f.workers), self.max_workers, wanted);
-        let why = match () {
-            _ if workers < self.max_workers => "one more worker does not fit in memory",
-            _ if self.max_workers < MAX_WEB_CONCURRENCY => "LAUNCHER_MAX_WORKERS",
-            _ => Cap::default().why,
+        let why = match fit {
+            _ if workers >= self.max_workers && self.max_workers < MAX_WEB_CONCURRENCY => {
+                "LAUNCHER_MAX_WORKERS"
+            }
+            None => "no worker has run long enough to be measured: its memory is not known",
+            Some(_) if workers < self.max_workers => "one more worker does not fit in memory",
+            Some(_) => Cap::default().why,
         };
         self.pool.set_cap(Cap { workers, why });
     }

@@ -2,6 +2,8 @@
 //! the dyno's usage and each worker's own memory. Measured sizing steps towards it; adaptive
 //! sizing never grows past it; `TTIN` is capped by it.
 
+use std::time::Duration;
+
 use crate::supervisor::reading::Reading;
 
 /// How far above the next whole worker the fit must be before one is added: a quarter of a
@@ -23,6 +25,27 @@ pub struct Fit {
 }
 
 impl Fit {
+    /// The fit with a worker's cost taken from the workers up for at least `warm` only: a worker
+    /// that is still importing its app holds a fraction of what it will (two gunicorn workers
+    /// measured a second after they appeared cost 22 MB each, and 34 MB once booted). None when
+    /// no worker is warm yet.
+    pub fn measure_warm(reading: &Reading, soft_limit_bytes: u64, warm: Duration) -> Option<Fit> {
+        let warm_cost = reading
+            .workers
+            .iter()
+            .filter(|w| w.ready && w.age >= warm)
+            .map(|w| w.uss_bytes + w.shared_dirty_bytes)
+            .max()?;
+        let fit = Fit::measure(reading, soft_limit_bytes)?;
+        let worker_bytes = fit.worker_bytes.max(warm_cost);
+        let room = soft_limit_bytes.saturating_sub(fit.base_bytes);
+        Some(Fit {
+            worker_bytes,
+            workers: room as f64 / worker_bytes as f64,
+            ..fit
+        })
+    }
+
     pub fn measure(reading: &Reading, soft_limit_bytes: u64) -> Option<Fit> {
         let costs = reading
             .workers
@@ -55,11 +78,11 @@ pub fn shed_to(fit: f64, from: u32) -> u32 {
     fits.clamp(1, from.saturating_sub(1).max(1))
 }
 
-/// How many workers `TTIN` may take the count to: what fits with measured sizing's headroom,
-/// and `LAUNCHER_MAX_WORKERS`; never fewer than the count now (`TTIN` adds, it does not take
-/// away).
+/// How many workers `TTIN` may take the count to: what fits with measured sizing's headroom
+/// (none more when no worker is warm enough to be measured), and `LAUNCHER_MAX_WORKERS`; never
+/// fewer than the count now (`TTIN` adds, it does not take away).
 pub fn ttin_cap(fit: Option<f64>, max_workers: u32, now: u32) -> u32 {
-    let fits = fit.map_or(max_workers, |fit| {
+    let fits = fit.map_or(now, |fit| {
         let room = (fit - HEADROOM_WORKERS).floor();
         if room.is_finite() && room > 0.0 {
             room.min(f64::from(u32::MAX)) as u32
@@ -94,8 +117,8 @@ mod tests {
             (Some(14.6), 1024, 2, 14),
             (Some(14.2), 1024, 2, 13),
             (Some(14.6), 3, 2, 3),
-            (None, 3, 2, 3),
-            (None, 1024, 7, 1024),
+            (None, 3, 2, 2),
+            (None, 1024, 7, 7),
             (Some(1.1), 1024, 2, 2),
             (Some(30.0), 3, 7, 7),
         ] {
