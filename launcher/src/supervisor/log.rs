@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 /// How many lines may wait for a slow stdout before lines are dropped.
 pub const QUEUE_LINES: usize = 4096;
+/// The writer thread's stack.
+const LOG_STACK_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -139,6 +141,8 @@ pub fn start() {
     let counters = (Arc::clone(&queued), Arc::clone(&dropped));
     let spawned = std::thread::Builder::new()
         .name("log".to_owned())
+        // It only moves lines from the queue to stdout: a small stack, not the default 2 MB.
+        .stack_size(LOG_STACK_BYTES)
         .spawn(move || write_lines(&receiver, &counters.0, &counters.1));
     if spawned.is_ok() {
         let _ = WRITER.set(Writer {
