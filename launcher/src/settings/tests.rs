@@ -411,3 +411,18 @@ fn every_build_log_warning_is_a_sentence() {
         "{not_toml:?}"
     );
 }
+
+#[test]
+fn file_values_are_shown_as_written() {
+    for (text, written) in [
+        ("max_workers = 4.0", "not 4.0;"),
+        ("sample_interval = 1e9", "not 1e9;"),
+        ("memory_soft_limit = 0x65", "not 0x65;"),
+        ("max_workers = +0", "not +0;"),
+        ("mode = \"turbo\"", "not \"turbo\";"),
+    ] {
+        let warnings = load(&[], Some(text)).warnings();
+        assert_eq!(warnings.len(), 1, "{text}: {warnings:?}");
+        assert!(warnings[0].contains(written), "{text}: {}", warnings[0]);
+    }
+}
