@@ -743,3 +743,30 @@ fn real_nested_cgroup_gets_the_parents_limit() {
         Ok(())
     });
 }
+
+// ---- Frictions a first deploy meets -------------------------------------------------------------
+
+#[test]
+fn web_concurrency_with_spaces_around_it_is_taken_as_gunicorn_and_puma_take_it() {
+    // gunicorn reads it with Python's int(), puma's config with Ruby's Integer(): both take ASCII
+    // whitespace around the digits (Python also takes Unicode spaces, which Ruby refuses).
+    let root = cedar_root(512, 8);
+    let root_dir = utf8(root.path());
+    for spaced in [" 3", "3 ", "\t3\n", " 3\r\n", "\u{b}3\u{c}"] {
+        let report = size_json(root.path(), &[("WEB_CONCURRENCY", spaced)]);
+        assert_eq!(report["web_concurrency"], 3, "{spaced:?}: {report}");
+        assert_eq!(report["set_by"], serde_json::Value::Null, "{spaced:?}");
+        let profile = launcher(
+            &["profile", "--root", root_dir],
+            &[("WEB_CONCURRENCY", spaced)],
+        );
+        assert_eq!(stderr(&profile), "", "{spaced:?}: no warning");
+        let exports = String::from_utf8_lossy(&profile.stdout);
+        assert!(!exports.contains("export WEB_CONCURRENCY="), "{exports}");
+    }
+    for bad in ["\u{a0}3", "3 3", " ", " 04"] {
+        let report = size_json(root.path(), &[("WEB_CONCURRENCY", bad)]);
+        assert_eq!(report["web_concurrency"], 2, "{bad:?}: {report}");
+        assert_eq!(report["set_by"], "launcher", "{bad:?}");
+    }
+}
