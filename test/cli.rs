@@ -747,6 +747,31 @@ fn real_nested_cgroup_gets_the_parents_limit() {
 // ---- Frictions a first deploy meets -------------------------------------------------------------
 
 #[test]
+fn launcher_run_without_the_dashes_says_where_they_go() {
+    for (args, fixed) in [
+        (
+            &["run", "gunicorn", "app:app"][..],
+            "launcher run -- gunicorn app:app",
+        ),
+        (
+            &[
+                "run", "--mode", "fanout", "uvicorn", "main:app", "--port", "5000",
+            ][..],
+            "launcher run --mode fanout -- uvicorn main:app --port 5000",
+        ),
+    ] {
+        let output = launcher(args, &[]);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let err = stderr(&output);
+        assert!(err.contains(fixed), "{args:?}: {err}");
+        assert!(err.contains("`--`"), "{args:?}: {err}");
+    }
+    // Other mistakes keep clap's own message alone.
+    let other = stderr(&launcher(&["size", "--colour"], &[]));
+    assert!(!other.contains("launcher run"), "{other}");
+}
+
+#[test]
 fn web_concurrency_with_spaces_around_it_is_taken_as_gunicorn_and_puma_take_it() {
     // gunicorn reads it with Python's int(), puma's config with Ruby's Integer(): both take ASCII
     // whitespace around the digits (Python also takes Unicode spaces, which Ruby refuses).
