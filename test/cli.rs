@@ -409,7 +409,7 @@ fn unicorn_warnings_are_for_the_build_log_and_launcher_size_not_the_boot() {
     assert_eq!(stderr(&launcher(&profile, &[])), "");
     let size = launcher(&in_app("size", &root, &app), &[]);
     let text = String::from_utf8_lossy(&size.stdout);
-    assert!(text.contains(&format!("note: {warning}")), "{text}");
+    assert!(text.contains(&format!("warning: {warning}")), "{text}");
     let build = launcher(&["build-report", "--app-dir", utf8(app.path())], &[]);
     assert!(stderr(&build).contains(warning), "{}", stderr(&build));
 }
@@ -794,4 +794,38 @@ fn web_concurrency_with_spaces_around_it_is_taken_as_gunicorn_and_puma_take_it()
         assert_eq!(report["web_concurrency"], 2, "{bad:?}: {report}");
         assert_eq!(report["set_by"], "launcher", "{bad:?}");
     }
+}
+
+#[test]
+fn launcher_size_calls_a_warning_a_warning() {
+    let root = cedar_root(512, 8);
+    let size = launcher(
+        &["size", "--root", utf8(root.path())],
+        &[
+            ("LAUNCHER_GRACEFUL_TIMEOUT", "25s"),
+            ("WEB_CONCURRENCY", "abc"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&size.stdout);
+    for named in [
+        "LAUNCHER_GRACEFUL_TIMEOUT=\"25s\"",
+        "WEB_CONCURRENCY=\"abc\"",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(named))
+            .unwrap_or_else(|| panic!("no line names {named}:\n{text}"));
+        assert!(line.starts_with("warning: "), "{line}");
+    }
+    // What the host reading passed over is a note, not a warning.
+    fs::write(
+        root.path()
+            .join("sys/fs/cgroup/memory/memory.limit_in_bytes"),
+        "abc\n",
+    )
+    .expect("write");
+    let size = launcher(&["size", "--root", utf8(root.path())], &[]);
+    let text = String::from_utf8_lossy(&size.stdout);
+    assert!(text.lines().any(|l| l.starts_with("note: ")), "{text}");
+    assert!(!text.contains("warning:"), "{text}");
 }

@@ -160,8 +160,12 @@ impl Report {
         for state in &self.running {
             text.push_str(&running_line(state));
         }
-        let notes = self.host.notes.iter().chain(&self.running_notes);
-        for note in self.size_warnings().iter().chain(notes) {
+        // One word for each, as at boot and in the build log: a setting or value that was not
+        // used is a warning; what the host reading passed over is a note.
+        for warning in self.size_warnings() {
+            text.push_str(&format!("warning: {warning}\n"));
+        }
+        for note in self.host.notes.iter().chain(&self.running_notes) {
             text.push_str(&format!("note: {note}\n"));
         }
         text
