@@ -747,6 +747,54 @@ fn real_nested_cgroup_gets_the_parents_limit() {
 // ---- Frictions a first deploy meets -------------------------------------------------------------
 
 #[test]
+fn a_pinned_worker_count_is_noted_by_launcher_size_and_at_boot() {
+    let root = cedar_root(512, 8);
+    let pinned = app_with(&[("Procfile", "web: gunicorn -w 4 app:app\n")]);
+    let note = "Procfile pins the worker count (-w 4), so WEB_CONCURRENCY=2 does not take effect";
+    let size = launcher(&in_app("size", &root, &pinned), &[]);
+    let text = String::from_utf8_lossy(&size.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warning: ") && l.contains(note)),
+        "{text}"
+    );
+    let args = [in_app("size", &root, &pinned), vec!["--json"]].concat();
+    let notes = json(&launcher(&args, &[]))["notes"].to_string();
+    assert!(notes.contains(note), "{notes}");
+    // The boot: the line on web dynos says so; other dynos stay quiet.
+    let boot = stderr(&launcher(
+        &in_app("profile", &root, &pinned),
+        &[("DYNO", "web.1")],
+    ));
+    let lines: Vec<&str> = boot.lines().collect();
+    assert_eq!(lines.len(), 2, "{boot}");
+    assert!(lines[0].starts_with("launcher: WEB_CONCURRENCY=2 set by launcher ("));
+    assert!(
+        lines[1].starts_with("launcher: warning: ") && lines[1].contains(note),
+        "{boot}"
+    );
+    let worker = launcher(&in_app("profile", &root, &pinned), &[("DYNO", "worker.1")]);
+    assert_eq!(stderr(&worker), "");
+    // A user's value is pinned over just the same; an app that reads it is not warned about.
+    let users = stderr(&launcher(
+        &in_app("profile", &root, &pinned),
+        &[("DYNO", "web.1"), ("WEB_CONCURRENCY", "3")],
+    ));
+    assert!(
+        users.contains("so WEB_CONCURRENCY=3 does not take effect"),
+        "{users}"
+    );
+    let reads = app_with(&[("Procfile", "web: gunicorn -w $WEB_CONCURRENCY app:app\n")]);
+    let boot = stderr(&launcher(
+        &in_app("profile", &root, &reads),
+        &[("DYNO", "web.1")],
+    ));
+    assert_eq!(boot.lines().count(), 1, "{boot}");
+    let size = launcher(&in_app("size", &root, &reads), &[]);
+    assert!(!String::from_utf8_lossy(&size.stdout).contains("pins"));
+}
+
+#[test]
 fn launcher_run_without_the_dashes_says_where_they_go() {
     for (args, fixed) in [
         (

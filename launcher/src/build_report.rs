@@ -133,11 +133,7 @@ pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<Strin
         warnings.extend(web.warnings);
     }
     for found in pinning::scan(app_dir, env) {
-        warnings.push(format!(
-            "{} pins the worker count ({}), so WEB_CONCURRENCY cannot take effect.",
-            found.place, found.setting
-        ));
-        warnings.push("Remove it to let each dyno's size decide, or set the WEB_CONCURRENCY config var instead.".to_owned());
+        warnings.extend(found.at_build());
     }
     (details, warnings)
 }
