@@ -371,11 +371,11 @@ fn the_mode_shown_for_the_web_process_is_the_one_launcher_run_picks() {
         ("launcher.toml", "mode = \"fanout\"\n"),
     ]);
     assert_eq!(mode(&with_file, &[]), "fanout", "launcher.toml");
-    let build = launcher(&["build-report", "--app-dir", utf8(with_file.path())], &[]);
-    let log = String::from_utf8_lossy(&build.stdout);
+    let size = launcher(&in_app("size", &root, &with_file), &[]);
+    let text = String::from_utf8_lossy(&size.stdout);
     assert!(
-        log.contains("`launcher run` would run it in fanout mode"),
-        "{log}"
+        text.contains("`launcher run` would run it in fanout mode"),
+        "{text}"
     );
     // `--mode` in the Procfile wins over both, `auto` included.
     for (args, setting, expected) in [
@@ -792,6 +792,31 @@ fn a_pinned_worker_count_is_noted_by_launcher_size_and_at_boot() {
     assert_eq!(boot.lines().count(), 1, "{boot}");
     let size = launcher(&in_app("size", &root, &reads), &[]);
     assert!(!String::from_utf8_lossy(&size.stdout).contains("pins"));
+}
+
+#[test]
+fn the_build_log_gives_the_launcher_run_mode_only_for_a_web_process_under_it() {
+    let plain = app_with(&[("Procfile", "web: gunicorn app:app\n")]);
+    let build = launcher(&["build-report", "--app-dir", utf8(plain.path())], &[]);
+    let log = String::from_utf8_lossy(&build.stdout);
+    assert!(build.status.success(), "{}", stderr(&build));
+    assert!(!log.contains("launcher run"), "{log}");
+    assert!(!log.contains("mode"), "{log}");
+    let under = app_with(&[("Procfile", "web: launcher run -- gunicorn app:app\n")]);
+    let build = launcher(&["build-report", "--app-dir", utf8(under.path())], &[]);
+    let log = String::from_utf8_lossy(&build.stdout);
+    assert!(
+        log.contains("The web process runs gunicorn under `launcher run`, in delegate mode"),
+        "{log}"
+    );
+    // `launcher size` is where the question is asked: it answers for both.
+    let root = cedar_root(512, 8);
+    let size = launcher(&in_app("size", &root, &plain), &[]);
+    let text = String::from_utf8_lossy(&size.stdout);
+    assert!(
+        text.contains("`launcher run` would run it in delegate mode"),
+        "{text}"
+    );
 }
 
 #[test]
