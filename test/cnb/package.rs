@@ -146,7 +146,13 @@ fn in_a_git_checkout_the_tarball_takes_only_the_files_git_tracks() {
                 "no {file} in {entries:?}"
             );
         }
-        for left_out in ["./plot.png", "./.venv-bench", "./NOTES", "./bin/package"] {
+        for left_out in [
+            "./plot.png",
+            "./.venv-bench",
+            "./NOTES",
+            "./bin/package",
+            "./bin/build-launcher",
+        ] {
             assert!(
                 !entries.iter().any(|e| e.starts_with(left_out)),
                 "{entries:?}"

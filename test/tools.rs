@@ -1,7 +1,9 @@
-//! test/local-dyno's command line: every argument is checked before anything is built (a build
-//! takes minutes when cold), `--help` is an answer and not an error, and a size without a unit is
-//! megabytes (512 bytes would only get the dyno killed).
+//! The scripts a developer runs by hand. test/local-dyno: every argument is checked before
+//! anything is built (a build takes minutes when cold), `--help` is an answer and not an error,
+//! and a size without a unit is megabytes (512 bytes would only get the dyno killed).
+//! bin/build-launcher: the static binary bin/compile builds, where the user wants it.
 
+use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -83,4 +85,52 @@ fn a_size_without_a_unit_is_megabytes() {
     let plain = local_dyno(&["--dry-run"]);
     assert_eq!(plain.status.code(), Some(0), "{}", text(&plain.stderr));
     assert!(text(&plain.stdout).contains("this machine's size"));
+}
+
+/// A cargo that records how it was called and "builds" a launcher that reports its version.
+const CARGO_STUB: &str = r#"#!/bin/sh
+printf '%s\n' "RUSTFLAGS=$RUSTFLAGS" "$@" >"$CARGO_TARGET_DIR/cargo-args"
+while [ "$1" != --target ]; do shift; done
+mkdir -p "$CARGO_TARGET_DIR/$2/release"
+printf '#!/bin/sh\necho launcher 0.1.0\n' >"$CARGO_TARGET_DIR/$2/release/launcher"
+chmod 0700 "$CARGO_TARGET_DIR/$2/release/launcher"
+"#;
+
+#[test]
+fn build_launcher_builds_what_bin_compile_builds_and_puts_it_where_asked() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let stub_bin = dir.path().join("stub-bin");
+    fs::create_dir(&stub_bin).expect("mkdir");
+    fs::write(stub_bin.join("cargo"), CARGO_STUB).expect("write");
+    support::make_executable(&stub_bin.join("cargo"));
+    let target = dir.path().join("target");
+    fs::create_dir(&target).expect("mkdir");
+    let dest = dir.path().join("bin/launcher");
+    let mut command = Command::new(repo().join("bin/build-launcher"));
+    command
+        .arg(&dest)
+        .env("PATH", format!("{}:/usr/bin:/bin", stub_bin.display()))
+        .env("CARGO_TARGET_DIR", &target);
+    let output = output_within(&mut command, CHECKS);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout).trim(), dest.display().to_string());
+    let args = fs::read_to_string(target.join("cargo-args")).expect("cargo ran");
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    for arg in [
+        "RUSTFLAGS=-C target-feature=+crt-static",
+        "build",
+        "--release",
+        "--locked",
+        triple.as_str(),
+    ] {
+        assert!(args.lines().any(|l| l == arg), "{arg} not in:\n{args}");
+    }
+    let version = Command::new(&dest).arg("--version").output().expect("run");
+    assert_eq!(text(&version.stdout), "launcher 0.1.0\n");
+    let help = output_within(
+        Command::new(repo().join("bin/build-launcher")).arg("--help"),
+        CHECKS,
+    );
+    assert_eq!(help.status.code(), Some(0));
+    assert!(text(&help.stdout).starts_with("Usage: bin/build-launcher [DEST]"));
 }
