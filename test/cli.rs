@@ -126,7 +126,7 @@ fn json_has_exactly_the_documented_keys() {
             "web_memory_mb"
         ]
     );
-    // The README lists each, and each key of `web`.
+    // docs/sizing.md lists each, and each key of `web`.
     let app = app_with(&[
         ("Procfile", "web: bundle exec puma -C config/puma.rb\n"),
         ("config/puma.rb", "threads 1, 5\n"),
@@ -134,17 +134,17 @@ fn json_has_exactly_the_documented_keys() {
     let args = [in_app("size", &root, &app), vec!["--json"]].concat();
     let with_web = json(&launcher(&args, &[]));
     let web = with_web["web"].as_object().expect("web");
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
-    let start = readme
+    let docs = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sizing.md"))
+        .expect("docs/sizing.md");
+    let start = docs
         .find("`--json` prints one object with the keys")
-        .expect("README.md lists the keys of `launcher size --json`");
-    let end = start + readme[start..].find("\n\n").expect("paragraph end");
-    let listed = &readme[start..end];
+        .expect("docs/sizing.md lists the keys of `launcher size --json`");
+    let end = start + docs[start..].find("\n\n").expect("paragraph end");
+    let listed = &docs[start..end];
     for key in keys.iter().copied().chain(web.keys().map(String::as_str)) {
         assert!(
             listed.contains(&format!("`{key}`")) || listed.contains(&format!("\"{key}\"")),
-            "README.md's `launcher size --json` keys lack `{key}`:\n{listed}"
+            "docs/sizing.md's `launcher size --json` keys lack `{key}`:\n{listed}"
         );
     }
     // Every setting the launcher reads, with its value and where it came from.
