@@ -382,3 +382,53 @@ fn an_invalid_web_concurrency_is_reported_and_the_computed_default_boots() {
         Ok(())
     });
 }
+
+// ---- What `launcher run` says of the server it runs (issue 25) ----------------------------------
+
+#[test]
+fn a_worker_count_the_command_pins_is_the_one_logged_and_run() {
+    needs_machine(|| {
+        let venv = venv(&["gunicorn"])?;
+        let port = free_port().to_string();
+        let run = Run::spawn(launcher(
+            &venv,
+            "flask",
+            &[("PORT", &port), ("WEB_CONCURRENCY", "5")],
+            &["run", "--", "gunicorn", "-w", "3", "app:app"],
+        ));
+        let start = run.wait_event("start", BOOT, |_| true);
+        assert_eq!(start.get("workers"), "3", "{}", start.line);
+        assert_eq!(start.get("pinned"), "-w 3", "{}", start.line);
+        let said = run.wait_event("config", BOOT, |e| e.get("message").contains("pins"));
+        assert!(
+            said.get("message")
+                .contains("runs 3 workers, not WEB_CONCURRENCY's 5"),
+            "{}",
+            said.line
+        );
+        let master = run.wait_children(1, BOOT)[0];
+        run.wait_grandchildren(master, 3, BOOT);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_delegated_server_whose_app_cannot_load_is_never_logged_ready() {
+    needs_machine(|| {
+        let venv = venv(&["gunicorn"])?;
+        let port = free_port().to_string();
+        let run = Run::spawn(launcher(
+            &venv,
+            "broken",
+            &[("PORT", &port), ("WEB_CONCURRENCY", "2")],
+            &["run", "--", "gunicorn", "app:app"],
+        ));
+        // gunicorn's arbiter says READY=1 at start; its workers fail to boot, and it exits 3.
+        let exits = run.wait_events("worker_exit", 2, BOOT, |_| true);
+        let first_exit = exits[0].index;
+        assert!(run.events("worker_ready").is_empty(), "{}", run.log());
+        let hint = run.wait_event("hint", SECOND, |_| true);
+        assert!(hint.index < first_exit, "{}", run.log());
+        Ok(())
+    });
+}

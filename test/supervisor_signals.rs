@@ -280,3 +280,41 @@ fn the_sample_line_counts_workers_restarts_and_memory() {
         Ok(())
     });
 }
+
+/// A shell script's background job starts with SIGINT and SIGQUIT ignored; the launcher and its
+/// workers take them back, so that INT is a fast shutdown still (issue 25).
+#[test]
+fn a_launcher_started_with_int_and_quit_ignored_stops_fast_on_int() {
+    needs_machine(|| {
+        let venv = venv(&["uvicorn"])?;
+        let port = free_port().to_string();
+        let mut ignoring = command(
+            Some(&venv),
+            "asgi",
+            &[("PORT", &port), ("WEB_CONCURRENCY", "2")],
+            "/bin/sh",
+            &[
+                "-c",
+                "trap '' INT QUIT; exec \"$0\" run -- uvicorn app:app --no-access-log",
+                LAUNCHER,
+            ],
+        );
+        ignoring.env("LAUNCHER_GRACEFUL_TIMEOUT", "20");
+        let mut run = Run::spawn(ignoring);
+        run.wait_ready(2);
+        let asked = Instant::now();
+        signal("INT", &[run.pid()]);
+        let line = run.wait_event("signal", secs(5), |e| e.get("signal") == "INT");
+        assert_eq!(line.get("action"), "fast_shutdown", "{}", line.line);
+        let status = run.wait_exit(secs(10));
+        assert!(status.success(), "{status:?}\n{}", run.log());
+        assert!(
+            asked.elapsed() < secs(10),
+            "the workers ignored the fast shutdown's QUIT: {:?}\n{}",
+            asked.elapsed(),
+            run.log()
+        );
+        assert!(run.events("shutdown_timeout").is_empty(), "{}", run.log());
+        Ok(())
+    });
+}

@@ -63,7 +63,50 @@ pub fn scan(app_dir: &Path, env: &Env) -> Vec<Finding> {
     findings
 }
 
+/// What pins `server`'s count in the command `launcher run` was given (its arguments from
+/// `args_from` on), its config var of arguments, or its config file (`config`, read as the
+/// server reads it): the first found, in gunicorn's order of precedence (the command line, then
+/// `GUNICORN_CMD_ARGS`, then the file).
+pub fn in_command(
+    server: servers::Server,
+    words: &[&str],
+    env: &Env,
+    config: Option<&str>,
+) -> Option<Finding> {
+    let count = servers::behaviour(server).count;
+    if let Some(found) = count_flag(words, count.flags) {
+        return Some(finding("the command", found));
+    }
+    let args = count.args_var.and_then(|var| Some((var, env.get(var)?)));
+    if let Some((var, args)) = args {
+        let tokens: Vec<&str> = args.split_whitespace().collect();
+        if let Some(found) = count_flag(&tokens, count.flags) {
+            return Some(finding(var, found));
+        }
+    }
+    let setting = count.setting?;
+    let found = assignment(config?, setting)?;
+    Some(finding("its config file", found))
+}
+
 impl Finding {
+    /// The worker count it pins, when it is written as a number (`-w 4`, `workers = 4`).
+    pub fn workers(&self) -> Option<u32> {
+        let text = self.setting.as_str();
+        let value = match text.split_once(['=', ' ', '\t', '(']) {
+            Some((_, value)) => value,
+            // `-w4`
+            None => text.get(2..)?,
+        };
+        let value = value
+            .trim()
+            .trim_start_matches('=')
+            .trim()
+            .trim_end_matches(')');
+        crate::text::whole_number(value.trim(), u64::from(crate::sizing::MAX_WEB_CONCURRENCY))
+            .map(|n| n as u32)
+    }
+
     /// The build log's two lines: the pin, and what to do.
     pub fn at_build(&self) -> [String; 2] {
         [
@@ -258,6 +301,43 @@ mod tests {
             "workers ENV.fetch(\"WEB_CONCURRENCY\") { 2 }\n",
         )]);
         assert!(places(&default_rails, &Env::default()).is_empty());
+    }
+
+    #[test]
+    fn the_count_a_command_pins() {
+        let env = Env::from_pairs([("GUNICORN_CMD_ARGS", "--workers=6")]);
+        let none = Env::default();
+        let gunicorn = crate::servers::Server::Gunicorn;
+        let cases: [(&str, &Env, Option<&str>, Option<(&str, Option<u32>)>); 7] = [
+            ("-w 4 app:app", &none, None, Some(("-w 4", Some(4)))),
+            ("-w4 app:app", &none, None, Some(("-w4", Some(4)))),
+            (
+                "--workers=3 app:app",
+                &env,
+                None,
+                Some(("--workers=3", Some(3))),
+            ),
+            ("app:app", &env, None, Some(("--workers=6", Some(6)))),
+            (
+                "app:app",
+                &none,
+                Some("workers = 5\n"),
+                Some(("workers = 5", Some(5))),
+            ),
+            (
+                "app:app",
+                &none,
+                Some("workers = cpus * 2\n"),
+                Some(("workers = cpus * 2", None)),
+            ),
+            ("-w $WEB_CONCURRENCY app:app", &none, None, None),
+        ];
+        for (command, env, config, want) in cases {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let found = in_command(gunicorn, &words, env, config);
+            let got = found.as_ref().map(|f| (f.setting.as_str(), f.workers()));
+            assert_eq!(got, want, "{command}");
+        }
     }
 
     #[test]

@@ -73,8 +73,15 @@ pub fn run(request: Request) -> Result<u8, Fatal> {
     result
 }
 
-/// Blocks the handled signals and opens the signalfd the loop reads them from.
+/// Blocks the handled signals and opens the signalfd the loop reads them from. Each gets its
+/// default disposition first: a signal the launcher was started with ignored (SIGINT and SIGQUIT
+/// are, for a background job of a shell script) would be discarded by the kernel, blocked or not.
 fn block_signals() -> Result<SignalFd, Fatal> {
+    for signal in HANDLED {
+        // SAFETY: setting the default disposition installs no handler.
+        unsafe { signal::signal(signal, signal::SigHandler::SigDfl) }
+            .map_err(|e| fatal(1)(format!("cannot reset {signal}: {e}")))?;
+    }
     let mut handled = SigSet::empty();
     HANDLED.iter().for_each(|s| handled.add(*s));
     signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None)

@@ -11,6 +11,7 @@ use super::net;
 use super::settings::RunSettings;
 use super::Request;
 use crate::env::Env;
+use crate::pinning;
 use crate::profile;
 use crate::report::Report;
 use crate::servers::{self, Mode};
@@ -38,6 +39,11 @@ pub struct Plan {
     pub mode_reason: String,
     pub server: servers::Server,
     pub workers: u32,
+    /// What pins a delegated server's count in its command, config var or config file: it runs
+    /// that many, whatever `WEB_CONCURRENCY` says.
+    pub pinned: Option<pinning::Finding>,
+    /// `WEB_CONCURRENCY` as the launcher's rules give it.
+    pub sized: u32,
     pub set_by: String,
     pub argv: Vec<OsString>,
     pub rewrite: servers::Rewrite,
@@ -71,11 +77,21 @@ impl Plan {
                 ..Default::default()
             }
         };
-        let workers = report.decision.outcome.web_concurrency().unwrap_or(1);
-        let mut signals = servers::signals(found.server, mode);
-        let (mut restart_reason, mut binds_itself) = (None, None);
+        let sized = report.decision.outcome.web_concurrency().unwrap_or(1);
         let argv = &request.command;
         let config = servers::config::read(found.server, argv, found.args_from, app_dir);
+        // A count the command pins is what a delegated server runs, whatever WEB_CONCURRENCY says.
+        let words: Vec<&str> = argv
+            .iter()
+            .skip(found.args_from)
+            .filter_map(|a| a.to_str())
+            .collect();
+        let pinned = (mode == Mode::Delegate)
+            .then(|| pinning::in_command(found.server, &words, env, config.as_deref()))
+            .flatten();
+        let workers = pinned.as_ref().and_then(|p| p.workers()).unwrap_or(sized);
+        let mut signals = servers::signals(found.server, mode);
+        let (mut restart_reason, mut binds_itself) = (None, None);
         match (found.server, mode) {
             (servers::Server::Puma, Mode::Delegate) => {
                 let (restart, why) = servers::puma_restart(config.as_deref(), argv, workers);
@@ -114,6 +130,8 @@ impl Plan {
             mode_reason,
             server: found.server,
             workers,
+            pinned,
+            sized,
             // `none`: sizing is disabled and nothing set WEB_CONCURRENCY, so 1 worker.
             set_by: match report.decision.outcome.web_concurrency() {
                 None => "none",
@@ -134,7 +152,11 @@ impl Plan {
             .with("mode", self.mode)
             .with("server", self.server)
             .with("workers", self.workers)
-            .with("set_by", &self.set_by)
+            .with("set_by", &self.set_by);
+        if let Some(pin) = &self.pinned {
+            start = start.with("pinned", &pin.setting);
+        }
+        start = start
             .with("mode_reason", &self.mode_reason)
             .with("pid", std::process::id());
         start = match (port, listener) {
@@ -148,6 +170,18 @@ impl Plan {
             _ => start.with("port", "none"),
         };
         start.emit();
+        if let Some(pin) = &self.pinned {
+            let runs = match pin.workers() {
+                Some(n) => format!("the server runs {n} workers"),
+                None => "the server decides its worker count".to_owned(),
+            };
+            let message = format!(
+                "{} pins the worker count ({}): {runs}, not WEB_CONCURRENCY's {}; remove it to let \
+                 each dyno's size decide",
+                pin.place, pin.setting, self.sized
+            );
+            Event::warn("config").with("message", message).emit();
+        }
         if self.mode == Mode::Delegate {
             self.log_signals();
         }

@@ -204,7 +204,8 @@ fn control_config(
         cooldown: settings.memory_cooldown,
         kill_after: settings.graceful_timeout,
     });
-    let ours = matches!(report.decision.outcome, Outcome::Ours(_));
+    // A count the command pins is the user's as much as a WEB_CONCURRENCY they set.
+    let ours = matches!(report.decision.outcome, Outcome::Ours(_)) && plan.pinned.is_none();
     // A delegated server without scaling signals is never resized by signals.
     let scalable = plan.mode == Mode::FanOut || plan.signals.scale.is_some();
     let sizes = |sizing: Sizing| settings.sizing == sizing && ours && scalable;
@@ -289,6 +290,10 @@ fn not_running(
         return None;
     }
     let why = match report.decision.outcome.owner() {
+        _ if plan.pinned.is_some() => {
+            let pin = plan.pinned.as_ref().map_or("", |p| p.setting.as_str());
+            format!("the command pins the worker count ({pin}), and a count that is not the launcher's own is never changed")
+        }
         _ if matches!(report.decision.outcome, Outcome::Disabled { .. }) => {
             "sizing is off (LAUNCHER_DISABLE)".to_owned()
         }

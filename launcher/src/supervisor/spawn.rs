@@ -1,6 +1,6 @@
 //! Starting a worker: fork, then in the child only async-signal-safe calls (everything is
 //! prepared before the fork) and exec. The child gets the socket as fd 3 with `LISTEN_PID` set to
-//! its own pid, an empty signal mask, SIGPIPE back to default, a signal when the launcher dies, a
+//! its own pid, an empty signal mask, every signal at its default, a signal when the launcher dies, a
 //! process group of its own (so that a worker is stopped whole, whatever it runs under: a shell
 //! that does not `exec`, `npm start`), and a higher `oom_score_adj` than the launcher's (so that
 //! the kernel's OOM killer takes a worker before the supervisor).
@@ -222,8 +222,12 @@ unsafe fn child(
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    // Rust ignores SIGPIPE; the app expects the default.
-    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    // Every signal at its default: Rust ignores SIGPIPE, and an ignored SIGINT or SIGQUIT the
+    // launcher was started with would make the workers deaf to a fast shutdown (the standard
+    // signals; SIGKILL and SIGSTOP refuse, as they always have their default).
+    for signal in 1..32 {
+        libc::signal(signal, libc::SIG_DFL);
+    }
     libc::prctl(
         libc::PR_SET_PDEATHSIG,
         death_signal as libc::c_ulong,

@@ -352,6 +352,11 @@ impl Loop {
         }
         let all_figures = sample_due || state_due;
         if let Some(mut reading) = self.reader.read(&self.pool, now) {
+            if self.mode == Mode::Delegate {
+                let one_ready = reading.workers.iter().any(|w| w.ready);
+                self.pool
+                    .server_workers_seen(one_ready, reading.workers.is_empty(), now);
+            }
             let wants = self.control.wants(&reading, now, all_figures);
             self.reader.complete(&mut reading, wants);
             if self.control.wants_memory(&reading, now, all_figures) {

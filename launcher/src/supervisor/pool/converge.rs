@@ -21,7 +21,9 @@ impl Pool {
         for index in 0..self.workers.len() {
             let worker = &self.workers[index];
             let graced = now.saturating_duration_since(worker.started) >= self.config.ready_grace;
-            if !worker.ready && !worker.stopping && graced {
+            // A delegated server is ready when one of its workers is (`server_workers_seen`).
+            let copy = self.config.mode == crate::servers::Mode::FanOut;
+            if copy && !worker.ready && !worker.stopping && graced {
                 self.mark_ready(index, "grace", now);
             }
         }

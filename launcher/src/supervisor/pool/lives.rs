@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use super::{Action, Event, Level, Lingering, Pending, Phase, Pool, Worker};
+use super::{Action, Event, Level, Lingering, Pending, Phase, Pool, Worker, SINGLE_PROCESS_READY};
+use crate::servers::Mode;
 use crate::supervisor::backoff;
 
 impl Pool {
@@ -160,9 +161,29 @@ impl Pool {
             return;
         };
         self.workers[index].serving = true;
-        if !self.workers[index].ready {
+        // A delegated server says READY=1 before its workers have loaded the app (gunicorn's
+        // arbiter does, at start): it is ready once one of its workers is (`server_workers_seen`).
+        if !self.workers[index].ready && self.config.mode == Mode::FanOut {
             self.mark_ready(index, by, now);
         }
+    }
+
+    /// Delegate mode, at each check: whether one of the server's workers has been up for the grace
+    /// period, and whether it has any. The server is ready then, or, running no worker process of
+    /// its own, once it has been up for `SINGLE_PROCESS_READY`.
+    pub fn server_workers_seen(&mut self, one_ready: bool, none: bool, now: Instant) {
+        let Some(index) = self.workers.iter().position(|w| !w.stopping && !w.ready) else {
+            return;
+        };
+        let worker = &self.workers[index];
+        let alone = none && now.saturating_duration_since(worker.started) >= SINGLE_PROCESS_READY;
+        let by = match (one_ready, worker.serving) {
+            (true, true) => "notify",
+            (true, false) => "workers",
+            (false, _) if alone => "grace",
+            (false, _) => return,
+        };
+        self.mark_ready(index, by, now);
     }
 
     /// The new worker of the rolling restart's step, while it has not been seen to serve: the

@@ -31,6 +31,9 @@ pub const STUCK_WAIT: Duration = Duration::from_secs(2);
 pub const LINGER_CHECK: Duration = Duration::from_secs(1);
 /// How often a rolling restart's new worker is looked at for waiting on the socket.
 pub const SERVING_CHECK: Duration = Duration::from_millis(100);
+/// A delegated server that runs no worker process of its own (puma in single mode) is ready once
+/// it has been up this long.
+pub const SINGLE_PROCESS_READY: Duration = Duration::from_secs(5);
 /// Between two scaling signals to a delegated server: the first is handled by then, so the
 /// second is not merged into it.
 pub const SCALE_SPACING: Duration = Duration::from_millis(50);

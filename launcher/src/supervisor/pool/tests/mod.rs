@@ -130,12 +130,58 @@ fn fan_out_starts_n_workers_and_delegate_one() {
         assert!(h.at(0.1).is_empty(), "nothing more to do");
         assert_eq!(h.pool.counts(), (spawned, 0, 0));
         h.at(1.0);
+        if mode == Mode::Delegate {
+            // A delegated server is ready once one of its own workers is, not on its own.
+            assert_eq!(h.pool.counts(), (1, 0, 0), "its workers not seen yet");
+            h.pool.server_workers_seen(true, false, h.now);
+        }
         assert_eq!(
             h.pool.counts(),
             (spawned, spawned, 0),
             "ready after the grace period"
         );
     }
+}
+
+#[test]
+fn a_delegated_server_that_says_ready_before_its_workers_boot_is_not_ready_yet() {
+    let mut h = Harness::new(config(Mode::Delegate, 3));
+    h.at(0.0);
+    // gunicorn's arbiter says READY=1 as it starts, before any worker has loaded the app.
+    h.pool.notified_ready(100, h.now);
+    h.at(1.5);
+    h.pool.server_workers_seen(false, false, h.now);
+    assert_eq!(h.pool.counts().1, 0, "no worker up yet: not ready");
+    h.exit(100, "exit:3");
+    let events = std::mem::take(&mut h.events);
+    assert!(
+        events.iter().all(|e| e.name != "worker_ready"),
+        "{events:?}"
+    );
+    let hint = events.iter().find(|e| e.name == "hint");
+    assert!(hint.is_some(), "it died before it was ready: {events:?}");
+    // The next one's workers come up: ready, by its own word.
+    h.at(3.0);
+    let server = h.pool.worker_pids()[0];
+    h.pool.notified_ready(server, h.now);
+    h.pool.server_workers_seen(true, false, h.now);
+    let ready = h
+        .pool
+        .take_events()
+        .into_iter()
+        .find(|e| e.name == "worker_ready");
+    assert_eq!(
+        ready
+            .and_then(|e| e.get("by").map(str::to_owned))
+            .as_deref(),
+        Some("notify")
+    );
+    // A server with no worker process of its own is ready after a while on its own.
+    let mut single = Harness::new(config(Mode::Delegate, 1));
+    single.at(0.0);
+    single.at(5.0);
+    single.pool.server_workers_seen(false, true, single.now);
+    assert_eq!(single.pool.counts().1, 1);
 }
 
 #[test]
