@@ -308,7 +308,8 @@ mod tests {
         let env = Env::from_pairs([("GUNICORN_CMD_ARGS", "--workers=6")]);
         let none = Env::default();
         let gunicorn = crate::servers::Server::Gunicorn;
-        let cases: [(&str, &Env, Option<&str>, Option<(&str, Option<u32>)>); 7] = [
+        type Pin<'a> = Option<(&'a str, Option<u32>)>;
+        let cases: [(&str, &Env, Option<&str>, Pin); 7] = [
             ("-w 4 app:app", &none, None, Some(("-w 4", Some(4)))),
             ("-w4 app:app", &none, None, Some(("-w4", Some(4)))),
             (
