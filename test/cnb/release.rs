@@ -505,9 +505,9 @@ fn the_release_tarball_builds_the_flask_app_as_both_kinds_with_no_cargo_and_no_n
             "Using the prebuilt binary in the buildpack (launcher-linux-{ARCH}, SHA-256 verified"
         );
 
-        // A Cloud Native Buildpack, under the lifecycle stand-in: non-root, read-only, offline.
+        // A Cloud Native Buildpack, under the real lifecycle: non-root, read-only, offline.
         let site = Site::new(&fixture("flask"))?;
-        let out = site.build(&tree, ID, &BuildOptions::offline());
+        let out = site.build(&[&tree], &BuildOptions::offline());
         assert!(out.status.success(), "{}", log(&out));
         assert!(text(&out.stdout).contains(&used), "{}", log(&out));
         let layer = site.buildpack_layers(ID);
@@ -516,7 +516,7 @@ fn the_release_tarball_builds_the_flask_app_as_both_kinds_with_no_cargo_and_no_n
             !layer.join("source-build").exists(),
             "an unused cache layer"
         );
-        let prepared = site.launch(&[ID], "web").env("DYNO", FIR_WEB).prepare()?;
+        let prepared = site.launch("web").env("DYNO", FIR_WEB).prepare()?;
         assert_eq!(prepared.env["WEB_CONCURRENCY_SET_BY"], "launcher");
 
         // A classic buildpack: bin/compile, then a dyno's boot of the slug.
@@ -553,7 +553,8 @@ fn tamper(path: &Path) {
 /// A build that stopped on the prebuilt binary's checksum, saying so in its warning style.
 fn assert_refused(out: &Output, warning: &str) {
     assert!(!out.status.success(), "{}", log(out));
-    let stderr = text(&out.stderr);
+    // The lifecycle's builder writes a buildpack's stderr to its stdout.
+    let stderr = format!("{}{}", text(&out.stdout), text(&out.stderr));
     let headline = format!("{warning}The buildpack's prebuilt binary does not match its SHA-256");
     assert!(stderr.contains(&headline), "{}", log(out));
     assert!(stderr.contains("tampered with"), "{}", log(out));
@@ -568,7 +569,7 @@ fn a_tampered_binary_in_the_release_tarball_stops_both_kinds_of_build() {
         tamper(&tree.join(format!("bin/prebuilt/launcher-linux-{ARCH}")));
 
         let site = Site::new(&fixture("flask"))?;
-        let out = site.build(&tree, ID, &BuildOptions::offline());
+        let out = site.build(&[&tree], &BuildOptions::offline());
         assert_refused(&out, "! ");
         assert!(!site
             .buildpack_layers(ID)
