@@ -1,14 +1,14 @@
-//! The Cloud Native Buildpack side: buildpack.toml as a CNB descriptor, bin/detect and bin/build
-//! run as the lifecycle runs them, and processes launched as its launcher launches them, with the
-//! exec.d program applying the profile's rules. The lifecycle cannot run here (it needs Go or
-//! Docker): `support::lifecycle` stands in for it, as the spec describes it; every build runs as a
-//! non-root user with the buildpack mounted read-only.
+//! The Cloud Native Buildpack side: buildpack.toml as a CNB descriptor, and the buildpack built and
+//! started by the reference lifecycle (`support::lifecycle`: its own detector, builder and
+//! launcher, driven as a platform drives them), in a group after a stand-in language buildpack
+//! (test/fixtures/buildpacks/language), every build as a non-root user with the buildpacks mounted
+//! read-only. Only the image's export (and the cache it carries to the next build) is stood in for:
+//! it needs a registry or a Docker daemon.
 //!
 //! One cold cargo build serves the whole file (`shared()`); other builds find its binary in their
 //! restored cache layer, and the release workflow's steps (`release`, test/cnb/release.rs) its
 //! cargo target dir. bin/package on binaries built elsewhere: `package`, test/cnb/package.rs.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -26,7 +26,7 @@ mod release;
 mod support;
 use support::harness::{Run, BOOT, SECOND};
 use support::http::get;
-use support::lifecycle::launch::{apply_env_dir, Launch};
+use support::lifecycle::launch::Launch;
 use support::lifecycle::toolchain::BuildOptions;
 use support::lifecycle::{layer_types, open_to_all, Site, Types};
 use support::procs::children;
@@ -83,10 +83,12 @@ fn copy_buildpack(dest: &Path) {
 
 // ---- The one cold build ----------------------------------------------------------------------------
 
-/// The cold build every test shares: a copy of the buildpack, and the layers its first build
-/// left (the cache layer holds cargo's target dir and the binary).
+/// The cold build every test shares: copies of the buildpack and of the stand-in language
+/// buildpack, and the layers its first build left (the cache layer holds cargo's target dir and
+/// the binary).
 struct Shared {
     buildpack: PathBuf,
+    language: PathBuf,
     /// The layers root after the cold build.
     cold_layers: PathBuf,
     /// The same with only the cached binary in the cache layer: what warm builds restore.
@@ -100,16 +102,18 @@ fn shared() -> &'static Shared {
     once(&SHARED, cold_build, "the shared cold build")
 }
 
-/// In the temp dir, not under target/: the build user must reach the copy, and the checkout may
-/// be in a directory closed to other users (root's home).
+/// In the temp dir, not under target/: the build user must reach the copies, and the checkout
+/// may be in a directory closed to other users (root's home).
 fn cold_build() -> Result<Shared, String> {
     let run_dir = run_dir(&std::env::temp_dir(), "launcher-cnb-test");
     open_to_all(run_dir.parent().expect("base"));
     open_to_all(&run_dir);
     let buildpack = run_dir.join("buildpack");
     copy_buildpack(&buildpack);
+    let language = run_dir.join("language");
+    cp(&fixture("buildpacks/language"), &language);
     let site = Site::new(&fixture("flask"))?;
-    let output = site.build(&buildpack, ID, &BuildOptions::cargo());
+    let output = site.build(&[&buildpack], &BuildOptions::cargo());
     let cold_log = log(&output);
     if !output.status.success() {
         return Err(cold_log);
@@ -122,6 +126,7 @@ fn cold_build() -> Result<Shared, String> {
         .map_err(|e| format!("slim the cache layer: {e}"))?;
     Ok(Shared {
         buildpack,
+        language,
         cold_layers,
         warm_layers,
         cold_log,
@@ -136,15 +141,25 @@ fn open_temp_dir() -> TempDir {
     dir
 }
 
-/// A site for the fixture `app` built by the buildpack from the warm cache (no cargo), with the
-/// build's output.
-fn built(app: &str) -> Result<(Site, Output), String> {
+/// A site for the fixture `app`, with the config vars `config`, built by the stand-in language
+/// buildpack then ours from the warm cache (no cargo), with the build's output.
+fn built_with(app: &str, config: &[(&str, &str)]) -> Result<(Site, Output), String> {
     let shared = shared();
     let site = Site::new(&fixture(app))?;
+    for (name, value) in config {
+        site.set_config_var(name, value);
+    }
     site.restore(&shared.warm_layers);
-    let output = site.build(&shared.buildpack, ID, &BuildOptions::default());
+    let output = site.build(
+        &[&shared.language, &shared.buildpack],
+        &BuildOptions::default(),
+    );
     assert!(output.status.success(), "{}", log(&output));
     Ok((site, output))
+}
+
+fn built(app: &str) -> Result<(Site, Output), String> {
+    built_with(app, &[])
 }
 
 // ---- The descriptor and the architecture ---------------------------------------------------------
@@ -183,28 +198,20 @@ fn the_descriptor_is_a_cnb_for_api_0_10_and_keeps_the_classic_fields() {
         let release = toml["metadata"]["release"][arch].as_table().expect(arch);
         assert!(release.contains_key("url") && release.contains_key("sha256"));
     }
+    // Every Linux of both architectures: the binary is static, so no distribution is named.
     let targets = toml["targets"].as_array().expect("[[targets]]");
-    let mut declared = Vec::new();
-    for target in targets {
-        assert_eq!(target["os"].as_str(), Some("linux"));
-        for distro in target["distros"].as_array().expect("distros") {
-            declared.push(format!(
-                "{}/{} {}",
-                target["arch"].as_str().expect("arch"),
-                distro["name"].as_str().expect("name"),
-                distro["version"].as_str().expect("version")
-            ));
-        }
-    }
-    assert_eq!(
-        declared,
-        [
-            "amd64/ubuntu 22.04",
-            "amd64/ubuntu 24.04",
-            "arm64/ubuntu 22.04",
-            "arm64/ubuntu 24.04"
-        ]
-    );
+    let declared: Vec<String> = targets
+        .iter()
+        .map(|target| {
+            assert!(target.get("distros").is_none(), "{target:?}");
+            format!(
+                "{}/{}",
+                target["os"].as_str().expect("os"),
+                target["arch"].as_str().expect("arch")
+            )
+        })
+        .collect();
+    assert_eq!(declared, ["linux/amd64", "linux/arm64"]);
 }
 
 /// `bash -c SCRIPT` with lib/output.sh and lib/binary.sh sourced, BUILDPACK_DIR = `buildpack`,
@@ -380,66 +387,15 @@ fn a_binary_that_does_not_run_here_stops_the_cnb_build_saying_so() {
         let name = format!("launcher-linux-{}", std::env::consts::ARCH);
         release::with_checksum(&prebuilt, &name, b"#!/bin/sh\nexit 126\n");
         let site = Site::new(&fixture("flask"))?;
-        let out = site.build(&tree, ID, &BuildOptions::offline());
+        let out = site.build(&[&tree], &BuildOptions::offline());
         assert!(!out.status.success(), "{}", log(&out));
         let headline =
             "! The launcher binary does not run here: `launcher --version` exited with status 126.";
-        assert!(text(&out.stderr).contains(headline), "{}", log(&out));
+        // The builder writes a buildpack's stderr to its own stdout, with the buildpack's stdout.
+        assert!(text(&out.stdout).contains(headline), "{}", log(&out));
         assert!(!text(&out.stdout).contains("installed"), "{}", log(&out));
         Ok(())
     });
-}
-
-// ---- The lifecycle stand-in's own rules ------------------------------------------------------------
-
-#[test]
-fn env_files_follow_the_specs_suffix_rules() {
-    let dir = TempDir::new().expect("temp dir");
-    let files = [
-        ("PLAIN", "plain"),
-        ("OVER.override", "over"),
-        ("KEEP.default", "from the layer"),
-        ("FILL.default", "filled"),
-        ("PATH.prepend", "/layer/bin"),
-        ("PATH.delim", ":"),
-        ("FLAGS.append", "-b"),
-        ("FLAGS.delim", " "),
-        ("NODELIM.append", "x"),
-        ("NEW.prepend", "first"),
-        ("ODD.suffix", "ignored"),
-        ("CODE", "$(touch /tmp/never)"),
-    ];
-    for (name, value) in files {
-        fs::write(dir.path().join(name), value).expect("write");
-    }
-    fs::create_dir(dir.path().join("web")).expect("a process dir is not a file");
-    let mut env: BTreeMap<String, String> = [
-        ("OVER", "old"),
-        ("KEEP", "the user's"),
-        ("PATH", "/usr/bin:/bin"),
-        ("FLAGS", "-a"),
-        ("NODELIM", "w"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    apply_env_dir(&mut env, dir.path());
-    let get = |name: &str| env.get(name).map(String::as_str);
-    assert_eq!(get("PLAIN"), Some("plain"), "no suffix overrides");
-    assert_eq!(get("OVER"), Some("over"));
-    assert_eq!(
-        get("KEEP"),
-        Some("the user's"),
-        ".default only fills an empty one"
-    );
-    assert_eq!(get("FILL"), Some("filled"));
-    assert_eq!(get("PATH"), Some("/layer/bin:/usr/bin:/bin"));
-    assert_eq!(get("FLAGS"), Some("-a -b"));
-    assert_eq!(get("NODELIM"), Some("wx"), "no .delim: joined as they are");
-    assert_eq!(get("NEW"), Some("first"), "no delimiter before nothing");
-    assert_eq!(get("ODD"), None);
-    assert_eq!(get("CODE"), Some("$(touch /tmp/never)"), "never evaluated");
-    assert_eq!(get("web"), None);
 }
 
 // ---- detect and build ------------------------------------------------------------------------------
@@ -449,18 +405,17 @@ fn detect_passes_for_both_apis() {
     needs_machine(|| {
         let site = Site::new(&fixture("no-procfile"))?;
         // The shared copy: the checkout itself may be out of the build user's reach.
-        let out = site.detect(&shared().buildpack);
+        let out = site.detect(&[&shared().buildpack]);
         assert!(out.status.success(), "{}", log(&out));
-        assert_eq!(
-            text(&out.stdout),
-            "",
-            "CNB: pass, no plan entries\n{}",
-            log(&out)
-        );
-        assert_eq!(
-            fs::read_to_string(site.path("build-plan.toml")).expect("plan"),
-            ""
-        );
+        let group = fs::read_to_string(site.layers().join("group.toml")).expect("group.toml");
+        let group: toml::Table = group.parse().expect("TOML");
+        let group = group["group"].as_array().expect("[[group]]");
+        assert_eq!(group.len(), 1, "{group:?}");
+        assert_eq!(group[0]["id"].as_str(), Some(ID));
+        assert_eq!(group[0]["api"].as_str(), Some("0.10"));
+        let plan = fs::read_to_string(site.layers().join("plan.toml")).expect("plan.toml");
+        assert!(!plan.contains("[[entries]]"), "no plan entries: {plan}");
+
         let mut detect = Command::new(repo().join("bin/detect"));
         detect
             .arg(site.app())
@@ -468,6 +423,22 @@ fn detect_passes_for_both_apis() {
             .env("PATH", "/usr/bin:/bin");
         let classic = output_within(&mut detect, SECOND * 10);
         assert_eq!(text(&classic.stdout), "launcher\n", "{}", log(&classic));
+        Ok(())
+    });
+}
+
+/// The detector matches each buildpack's `[[targets]]` against the run image's (analyzed.toml):
+/// ours is a static binary, so every Linux run image of its architectures passes, whatever its
+/// distribution.
+#[test]
+fn detect_passes_on_every_linux_run_image() {
+    needs_machine(|| {
+        for distro in [("ubuntu", "24.04"), ("ubuntu", "22.04"), ("debian", "12")] {
+            let mut site = Site::new(&fixture("flask"))?;
+            site.distro = (distro.0.to_owned(), distro.1.to_owned());
+            let out = site.detect(&[&shared().language, &shared().buildpack]);
+            assert!(out.status.success(), "{distro:?}: {}", log(&out));
+        }
         Ok(())
     });
 }
@@ -514,10 +485,10 @@ fn the_repository_with_cargo_cold_then_warm() {
             Path::new("../bin/launcher")
         );
 
-        // The next build restores the cache layer as the lifecycle does: no cargo at all.
+        // The next build, with the cache layer restored: no cargo at all.
         let site = Site::new(&fixture("flask"))?;
         site.restore(&shared.cold_layers);
-        let out = site.build(&shared.buildpack, ID, &BuildOptions::cargo());
+        let out = site.build(&[&shared.buildpack], &BuildOptions::cargo());
         assert!(out.status.success(), "{}", log(&out));
         assert!(
             text(&out.stdout).contains("Using the binary built from source, cached"),
@@ -549,7 +520,7 @@ fn the_build_log_is_in_the_cnb_style_with_the_same_pinned_worker_warnings() {
         let (_, out) = built("pinned-procfile")?;
         let stdout = text(&out.stdout);
         assert!(
-            stdout.starts_with("\n## Launcher Buildpack\n\n- Installing launcher\n"),
+            stdout.contains("\n## Launcher Buildpack\n\n- Installing launcher\n"),
             "{stdout}"
         );
         for line in [
@@ -558,16 +529,14 @@ fn the_build_log_is_in_the_cnb_style_with_the_same_pinned_worker_warnings() {
             "\n      dyno-1c-0.5gb              512 MB   1 CPUs     2\n",
             "\n  - WEB_CONCURRENCY by Cedar dyno size",
             "\n      Eco/Basic/Standard-1X      512 MB   8 CPUs     2\n",
+            "\n! Procfile pins the worker count (-w 4), so WEB_CONCURRENCY cannot take effect.\n",
         ] {
             assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
         }
-        let last = stdout.lines().last().unwrap_or_default();
-        assert!(last.starts_with("- Done (finished in "), "{stdout}");
-        let stderr = text(&out.stderr);
+        let ours = &stdout[stdout.find("## Launcher Buildpack").expect("ours")..];
         assert!(
-            stderr.contains("\n! Procfile pins the worker count (-w 4), so WEB_CONCURRENCY cannot take effect.\n"),
-            "{}",
-            log(&out)
+            ours.lines().any(|l| l.starts_with("- Done (finished in ")),
+            "{stdout}"
         );
         Ok(())
     });
@@ -576,20 +545,25 @@ fn the_build_log_is_in_the_cnb_style_with_the_same_pinned_worker_warnings() {
 #[test]
 fn the_build_runs_as_a_non_root_user_with_the_buildpack_read_only() {
     needs_machine(|| {
-        // The stand-in itself: a buildpack that writes into its own directory fails, as under
-        // the lifecycle, although the directory's permission bits would let its owner write.
+        // The harness itself: a buildpack that writes into its own directory fails, although the
+        // directory's permission bits would let its owner write.
         let fake = open_temp_dir();
         fs::create_dir(fake.path().join("bin")).expect("mkdir");
+        let descriptor =
+            "api = \"0.10\"\n[buildpack]\nid = \"writes-its-dir\"\nversion = \"0.0.1\"\n";
+        fs::write(fake.path().join("buildpack.toml"), descriptor).expect("write");
+        fs::write(fake.path().join("bin/detect"), "#!/bin/sh\nexit 0\n").expect("write");
         let script =
             "#!/bin/sh\nid -u > \"$CNB_LAYERS_DIR/uid\"\ntouch \"$CNB_BUILDPACK_DIR/export\"\n";
         fs::write(fake.path().join("bin/build"), script).expect("write");
         make_executable(&fake.path().join("bin/build"));
+        make_executable(&fake.path().join("bin/detect"));
         let site = Site::new(&fixture("flask"))?;
         site.user.chown(fake.path());
-        let out = site.build(fake.path(), "writes-its-dir", &BuildOptions::default());
+        let out = site.build(&[fake.path()], &BuildOptions::default());
         assert!(!out.status.success(), "{}", log(&out));
         assert!(
-            text(&out.stderr).contains("Read-only file system"),
+            text(&out.stdout).contains("Read-only file system"),
             "{}",
             log(&out)
         );
@@ -609,121 +583,129 @@ fn the_build_runs_as_a_non_root_user_with_the_buildpack_read_only() {
 
 // ---- Launch ----------------------------------------------------------------------------------------
 
-/// A language buildpack's launch layer, as Heroku's Python CNB makes one: the venv's bin on PATH
-/// (a `.prepend` with its `.delim`), and the variables it sets.
-fn python_layer(site: &Site, venv: &Path) {
-    let layers = site.buildpack_layers("heroku/python");
-    let env = layers.join("venv/env.launch");
-    fs::create_dir_all(&env).expect("mkdir");
-    fs::write(layers.join("venv.toml"), "[types]\nlaunch = true\n").expect("write");
-    fs::write(
-        env.join("PATH.prepend"),
-        venv.join("bin").display().to_string(),
-    )
-    .expect("write");
-    fs::write(env.join("PATH.delim"), ":").expect("write");
-    fs::write(env.join("PYTHONUNBUFFERED.default"), "1").expect("write");
-    site.user.chown(&site.layers());
-}
-
-/// Another buildpack's launch layer with an exec.d program that writes `output` to fd 3.
-fn exec_d_layer(site: &Site, id: &str, output: &str) {
-    let layers = site.buildpack_layers(id);
-    let exec_d = layers.join("web_env/exec.d");
-    fs::create_dir_all(&exec_d).expect("mkdir");
-    fs::write(layers.join("web_env.toml"), "[types]\nlaunch = true\n").expect("write");
-    let program = exec_d.join("web_env");
-    fs::write(&program, format!("#!/bin/sh\nprintf '%s' '{output}' >&3\n")).expect("write");
-    make_executable(&program);
-    site.user.chown(&site.layers());
-}
-
 fn is_number(value: Option<&String>) -> bool {
     value.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// A site for the flask fixture with the stand-in language buildpack set up by `web_env`
+/// (`TEST_WEB_ENV`, none if empty), built with ours after it, or before it if `ours_first`.
+fn flask_with(web_env: &str, ours_first: bool) -> Result<Site, String> {
+    let shared = shared();
+    let site = Site::new(&fixture("flask"))?;
+    if !web_env.is_empty() {
+        site.set_config_var("TEST_WEB_ENV", web_env);
+    }
+    site.restore(&shared.warm_layers);
+    let group: [&Path; 2] = if ours_first {
+        [&shared.buildpack, &shared.language]
+    } else {
+        [&shared.language, &shared.buildpack]
+    };
+    let out = site.build(&group, &BuildOptions::default());
+    assert!(out.status.success(), "{}", log(&out));
+    Ok(site)
+}
+
 #[test]
-fn a_users_web_concurrency_wins() {
+fn the_real_launcher_takes_the_exec_d_programs_default() {
     needs_machine(|| {
         let (site, _) = built("flask")?;
-        let launch = site
-            .launch(&[ID], "web")
-            .env("DYNO", FIR_WEB)
-            .env("WEB_CONCURRENCY", "3");
-        let prepared = launch.prepare()?;
-        assert_eq!(
-            prepared.env.get("WEB_CONCURRENCY").map(String::as_str),
-            Some("3")
-        );
-        assert_eq!(prepared.env.get("WEB_CONCURRENCY_SET_BY"), None);
-        assert!(is_number(prepared.env.get("LAUNCHER_WEB_CONCURRENCY")));
-        assert!(is_number(prepared.env.get("DYNO_RAM")));
+        let prepared = site.launch("web").env("DYNO", FIR_WEB).prepare()?;
+        let env = &prepared.env;
+        assert!(is_number(env.get("WEB_CONCURRENCY")), "{env:?}");
+        assert_eq!(env["WEB_CONCURRENCY_SET_BY"], "launcher");
+        assert_eq!(env["LAUNCHER_WEB_CONCURRENCY"], env["WEB_CONCURRENCY"]);
+        assert!(is_number(env.get("DYNO_RAM")), "{env:?}");
+        // The launch layer's bin/ first on PATH, before the language buildpack's.
+        let first = env["PATH"].split(':').next().unwrap_or_default().to_owned();
+        assert!(first.ends_with("/launcher/launcher/bin"), "{}", env["PATH"]);
+        let line = prepared.exec_d_stderr.lines().next().unwrap_or_default();
         assert!(
-            prepared
-                .exec_d_stderr
-                .starts_with("launcher: WEB_CONCURRENCY=3 set by the user"),
+            line.starts_with(&format!(
+                "launcher: WEB_CONCURRENCY={} set by launcher (",
+                env["WEB_CONCURRENCY"]
+            )),
             "{}",
             prepared.exec_d_stderr
-        );
-        let env = output_within(&mut launch.process(&prepared, &["env"]), SECOND * 10);
-        assert!(
-            text(&env.stdout).lines().any(|l| l == "WEB_CONCURRENCY=3"),
-            "{}",
-            log(&env)
         );
         Ok(())
     });
 }
 
 #[test]
-fn another_buildpacks_marked_value_is_replaced_and_an_unmarked_one_looks_like_a_users() {
+fn a_users_web_concurrency_wins() {
     needs_machine(|| {
-        let (site, _) = built("flask")?;
-        let ours = site.launch(&[ID], "web").prepare()?.env["LAUNCHER_WEB_CONCURRENCY"].clone();
+        // Alone, after a buildpack that writes it back as Heroku's Node.js CNB does, and after
+        // buildpacks that write over it (a marked exec.d, a launch env file): the platform's value
+        // is the user's, and the exec.d program writes it back.
+        for web_env in ["", "nodejs", "marked", "env-file"] {
+            let site = flask_with(web_env, false)?;
+            let launch = site
+                .launch("web")
+                .env("DYNO", FIR_WEB)
+                .env("WEB_CONCURRENCY", "3");
+            let prepared = launch.prepare()?;
+            let env = &prepared.env;
+            assert_eq!(env["WEB_CONCURRENCY"], "3", "{web_env}");
+            assert!(
+                env.get("WEB_CONCURRENCY_SET_BY")
+                    .is_none_or(String::is_empty),
+                "{web_env}: {env:?}"
+            );
+            assert!(is_number(env.get("LAUNCHER_WEB_CONCURRENCY")));
+            assert!(
+                prepared
+                    .exec_d_stderr
+                    .contains("launcher: WEB_CONCURRENCY=3 set by the user"),
+                "{web_env}: {}",
+                prepared.exec_d_stderr
+            );
+        }
+        Ok(())
+    });
+}
 
-        // An env file of a buildpack before ours, marked.
-        let layers = site.buildpack_layers("heroku/python");
-        fs::create_dir_all(layers.join("web/env.launch")).expect("mkdir");
-        fs::write(layers.join("web.toml"), "[types]\nlaunch = true\n").expect("write");
-        fs::write(layers.join("web/env.launch/WEB_CONCURRENCY.override"), "99").expect("write");
-        let set_by = layers.join("web/env.launch/WEB_CONCURRENCY_SET_BY.override");
-        fs::write(&set_by, "heroku/python").expect("write");
-        site.user.chown(&site.layers());
-        let order = ["heroku/python", ID];
-        let prepared = site.launch(&order, "web").env("DYNO", FIR_WEB).prepare()?;
-        assert_eq!(prepared.env["WEB_CONCURRENCY"], ours);
-        assert_eq!(prepared.env["WEB_CONCURRENCY_SET_BY"], "launcher");
-        assert!(
-            prepared
-                .exec_d_stderr
-                .contains("replaced WEB_CONCURRENCY=\"99\" set by \"heroku/python\""),
-            "{}",
-            prepared.exec_d_stderr
-        );
-        fs::remove_dir_all(&layers).expect("rm");
-
-        // An exec.d program before ours, marked: ours sees its output and replaces it.
-        let marked = "WEB_CONCURRENCY = \"99\"\nWEB_CONCURRENCY_SET_BY = \"heroku/nodejs\"\n";
-        exec_d_layer(&site, "heroku/nodejs", marked);
-        let order = ["heroku/nodejs", ID];
-        let prepared = site.launch(&order, "web").prepare()?;
-        assert_eq!(prepared.env["WEB_CONCURRENCY"], ours);
-        assert_eq!(prepared.env["WEB_CONCURRENCY_SET_BY"], "launcher");
+#[test]
+fn another_buildpacks_value_is_replaced_marked_or_not() {
+    needs_machine(|| {
+        let ours = flask_with("", false)?.launch("web").prepare()?.env["WEB_CONCURRENCY"].clone();
+        // An exec.d program that marks its value, a launch env file, Heroku's Node.js CNB's exec.d.
+        for (web_env, shown) in [
+            (
+                "marked",
+                "replaced WEB_CONCURRENCY=\"99\" set by \"test/language\"",
+            ),
+            (
+                "env-file",
+                "replaced WEB_CONCURRENCY=\"99\" set at launch by a buildpack",
+            ),
+            (
+                "nodejs",
+                "\" set at launch by a buildpack (no config var, no WEB_CONCURRENCY_SET_BY)",
+            ),
+        ] {
+            let site = flask_with(web_env, false)?;
+            let prepared = site.launch("web").env("DYNO", FIR_WEB).prepare()?;
+            let env = &prepared.env;
+            assert_eq!(env["WEB_CONCURRENCY"], ours, "{web_env}: {env:?}");
+            assert_eq!(env["WEB_CONCURRENCY_SET_BY"], "launcher", "{web_env}");
+            assert!(
+                prepared.exec_d_stderr.contains(shown),
+                "{web_env}: {}",
+                prepared.exec_d_stderr
+            );
+            if web_env == "nodejs" {
+                // Its exec.d programs ran, before ours.
+                assert!(
+                    is_number(env.get("HEROKU_AVAILABLE_PARALLELISM")),
+                    "{env:?}"
+                );
+                assert!(is_number(env.get("WEB_MEMORY")), "{env:?}");
+            }
+        }
         // Listed after ours, its exec.d runs last and its value stays: the order matters.
-        let prepared = site.launch(&[ID, "heroku/nodejs"], "web").prepare()?;
-        assert_eq!(prepared.env["WEB_CONCURRENCY"], "99");
-
-        // Unmarked, as Heroku's Node.js CNB writes it: it cannot be told from a user's, and stays.
-        fs::remove_dir_all(site.buildpack_layers("heroku/nodejs")).expect("rm");
-        exec_d_layer(&site, "heroku/nodejs", "WEB_CONCURRENCY = \"99\"\n");
-        let prepared = site.launch(&order, "web").env("DYNO", FIR_WEB).prepare()?;
-        assert_eq!(prepared.env["WEB_CONCURRENCY"], "99");
-        assert_eq!(prepared.env.get("WEB_CONCURRENCY_SET_BY"), None);
-        assert!(
-            prepared.exec_d_stderr.contains("set by the user"),
-            "{}",
-            prepared.exec_d_stderr
-        );
+        let site = flask_with("marked", true)?;
+        assert_eq!(site.launch("web").prepare()?.env["WEB_CONCURRENCY"], "99");
         Ok(())
     });
 }
@@ -747,9 +729,9 @@ fn hostile_values_run_nothing() {
         ] {
             site.set_config_var(name, &code);
         }
-        let out = site.build(&shared.buildpack, ID, &BuildOptions::default());
+        let out = site.build(&[&shared.buildpack], &BuildOptions::default());
         assert!(out.status.success(), "{}", log(&out));
-        let mut launch = site.launch(&[ID], "web");
+        let mut launch = site.launch("web");
         for name in READ_AT_BOOT {
             launch = launch.env(name, &code);
         }
@@ -774,11 +756,8 @@ fn hostile_values_run_nothing() {
 fn a_non_web_process_gets_its_default_quietly() {
     needs_machine(|| {
         let (site, _) = built("flask")?;
-        for (process_type, dyno) in [("worker", "worker-23z34x56y-w78k9"), ("web", "run-e78f9")] {
-            let prepared = site
-                .launch(&[ID], process_type)
-                .env("DYNO", dyno)
-                .prepare()?;
+        for dyno in ["worker-23z34x56y-w78k9", "run-e78f9"] {
+            let prepared = site.launch("worker").env("DYNO", dyno).prepare()?;
             assert!(is_number(prepared.env.get("WEB_CONCURRENCY")), "{dyno}");
             assert_eq!(prepared.env["WEB_CONCURRENCY_SET_BY"], "launcher");
             assert_eq!(prepared.exec_d_stderr, "", "{dyno}");
@@ -791,9 +770,9 @@ fn a_non_web_process_gets_its_default_quietly() {
 fn the_exec_d_program_needs_no_shell_and_never_fails_the_launch() {
     needs_machine(|| {
         let (site, _) = built("flask")?;
-        // No PATH but the layer's own bin: the program is run by its path and starts no shell.
+        // No PATH but the layers' own bin: the program is run by its path and starts no shell.
         let prepared = site
-            .launch(&[ID], "web")
+            .launch("web")
             .env("PATH", "")
             .env("DYNO", FIR_WEB)
             .prepare()?;
@@ -805,10 +784,7 @@ fn the_exec_d_program_needs_no_shell_and_never_fails_the_launch() {
             prepared.exec_d_stderr
         );
 
-        let prepared = site
-            .launch(&[ID], "web")
-            .env("LAUNCHER_DISABLE", "1")
-            .prepare()?;
+        let prepared = site.launch("web").env("LAUNCHER_DISABLE", "1").prepare()?;
         assert_eq!(
             prepared.env.get("WEB_CONCURRENCY"),
             None,
@@ -832,18 +808,27 @@ fn the_exec_d_program_needs_no_shell_and_never_fails_the_launch() {
     });
 }
 
-/// The flask fixture built, the test venv as the Python buildpack's launch layer, and a port.
-fn flask_with_python() -> Result<(Site, u16), String> {
+/// The flask fixture with `procfile`, built with the test venv as the language buildpack's
+/// launch layer, and a port.
+fn flask_serving(procfile: &str) -> Result<(Site, u16), String> {
     let venv = venv(&["gunicorn"])?;
-    let (site, _) = built("flask")?;
-    python_layer(&site, &venv);
+    let shared = shared();
+    let site = Site::new(&fixture("flask"))?;
+    fs::write(site.app().join("Procfile"), procfile).expect("write Procfile");
+    site.set_config_var("TEST_VENV", &venv.display().to_string());
+    site.restore(&shared.warm_layers);
+    let out = site.build(
+        &[&shared.language, &shared.buildpack],
+        &BuildOptions::default(),
+    );
+    assert!(out.status.success(), "{}", log(&out));
     Ok((site, free_port()))
 }
 
-/// A Fir web dyno's start of the Python buildpack's layers then ours, serving on `port`; by root,
-/// for the test venv's sake.
+/// A Fir web dyno's start of the `web` process, serving on `port`; by root, for the test venv's
+/// sake.
 fn web_launch(site: &Site, port: u16) -> Launch<'_> {
-    site.launch(&["heroku/python", ID], "web")
+    site.launch("web")
         .env("DYNO", FIR_WEB)
         .env("PORT", &port.to_string())
         .by_root()
@@ -863,7 +848,7 @@ impl Drop for Group {
 #[test]
 fn gunicorn_in_a_512_mb_cgroup_runs_the_sizings_count() {
     needs_machine(|| {
-        let (site, port) = flask_with_python()?;
+        let (site, port) = flask_serving("web: gunicorn app:app\n")?;
         let cgroup = MemoryCgroup::create(&["launcher-cnb-test"], 512 * 1024 * 1024)?;
         let launch = web_launch(&site, port).in_cgroup(&cgroup);
         let prepared = launch.prepare()?;
@@ -877,9 +862,10 @@ fn gunicorn_in_a_512_mb_cgroup_runs_the_sizings_count() {
             "{}",
             prepared.exec_d_stderr
         );
-        let mut process = launch.process(&prepared, &["gunicorn", "app:app"]);
+        // The process type, from the Procfile: the launcher execs `bash -c`, which execs gunicorn.
+        let mut process = launch.process();
         process.stdin(Stdio::null()).process_group(0);
-        let dyno = Group(process.spawn().expect("start gunicorn"));
+        let dyno = Group(process.spawn().expect("start the web process"));
         let master = dyno.0.id();
         let body = wait_for("gunicorn to answer", Duration::from_secs(60), || {
             get(port, "/", Duration::from_secs(5)).ok().map(|r| r.body)
@@ -901,16 +887,13 @@ fn gunicorn_in_a_512_mb_cgroup_runs_the_sizings_count() {
 }
 
 #[test]
-fn launcher_run_serves_gunicorn_at_launch() {
+fn launcher_run_serves_gunicorn_as_the_web_process_type() {
     needs_machine(|| {
-        let (site, port) = flask_with_python()?;
+        let (site, port) = flask_serving("web: launcher run -- gunicorn app:app\n")?;
         let launch = web_launch(&site, port);
-        let prepared = launch.prepare()?;
-        let expected = prepared.env["WEB_CONCURRENCY"].clone();
-        // `launcher` is the launch layer's: first on PATH.
-        let run = Run::spawn(
-            launch.process(&prepared, &["launcher", "run", "--", "gunicorn", "app:app"]),
-        );
+        let expected = launch.prepare()?.env["WEB_CONCURRENCY"].clone();
+        // `launcher` is the launch layer's, first on PATH.
+        let run = Run::spawn(launch.process());
         let start = run.wait_event("start", BOOT, |_| true);
         assert_eq!(start.get("mode"), "delegate", "{}", start.line);
         assert_eq!(start.get("workers"), expected, "{}", start.line);

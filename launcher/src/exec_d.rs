@@ -15,6 +15,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::env::Env;
+use crate::files;
 use crate::profile;
 use crate::report::Report;
 
@@ -45,6 +46,7 @@ pub fn run() -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let env = Env::from_process();
+    let env = at_launch(env, &launcher_environ());
     // The CNB launcher starts exec.d programs in the app's directory, where launcher.toml is.
     let report = Report::for_app(Path::new("/"), &env, None);
     profile::log(&report, &env);
@@ -54,6 +56,61 @@ pub fn run() -> ExitCode {
         warn(&format!("cannot write to fd 3: {err}"));
     }
     ExitCode::SUCCESS
+}
+
+/// The environment the CNB launcher, this program's parent, was started with: the platform's,
+/// before any buildpack's env files and exec.d programs (the kernel keeps it in
+/// `/proc/<pid>/environ`). Empty if it cannot be read.
+fn launcher_environ() -> Vec<u8> {
+    let parent = std::os::unix::process::parent_id();
+    let path = crate::host::Snapshot::live()
+        .proc_dir()
+        .join(parent.to_string())
+        .join("environ");
+    files::read_bytes(&path, ENVIRON_MAX_BYTES).unwrap_or_default()
+}
+
+/// A process's environment is at most a few hundred kB (ARG_MAX counts it with the arguments).
+const ENVIRON_MAX_BYTES: u64 = 4 << 20;
+
+/// `env` with what the platform gave the launch, where `environ` (the NUL-separated environment
+/// the CNB launcher was started with) tells it (docs/architecture.md, "Whose value is it"): the
+/// platform's `WEB_CONCURRENCY` (a config var, or none), and no `WEB_MEMORY` that a buildpack set
+/// at launch (Heroku's Node.js CNB writes its own default there): only a user's is a setting.
+pub fn at_launch(env: Env, environ: &[u8]) -> Env {
+    let Some(platform) = platform_vars(&env, environ) else {
+        return env;
+    };
+    let given = |name: &str| {
+        platform
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let env = match given("WEB_MEMORY") {
+        None => env.without("WEB_MEMORY"),
+        Some(_) => env,
+    };
+    env.with_platform_value(given("WEB_CONCURRENCY"))
+}
+
+/// The variables of `environ`, when it is the CNB launcher's: it holds `CNB_LAYERS_DIR`, which
+/// the launcher keeps from every process it starts (so `env`, ours, has none).
+fn platform_vars(env: &Env, environ: &[u8]) -> Option<Vec<(String, String)>> {
+    if env.get("CNB_LAYERS_DIR").is_some() {
+        return None;
+    }
+    let vars: Vec<(String, String)> = environ
+        .split(|&b| b == 0)
+        .filter_map(|pair| {
+            let at = pair.iter().position(|&b| b == b'=')?;
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            Some((text(&pair[..at]), text(&pair[at + 1..])))
+        })
+        .collect();
+    vars.iter()
+        .any(|(k, _)| k == "CNB_LAYERS_DIR")
+        .then_some(vars)
 }
 
 fn warn(problem: &str) {
@@ -155,6 +212,46 @@ mod tests {
             ]
         );
         assert_eq!(get(&out, "WEB_CONCURRENCY"), Some("2"));
+    }
+
+    #[test]
+    fn the_platforms_values_are_read_from_the_cnb_launchers_environment() {
+        let env = || Env::from_pairs([("WEB_CONCURRENCY", "63"), ("WEB_MEMORY", "512")]);
+        let launcher = b"PATH=/bin\0CNB_LAYERS_DIR=/layers\0WEB_CONCURRENCY=3\0";
+        let known = at_launch(env(), launcher);
+        assert_eq!(known.platform_value(), Some(Some("3")));
+        assert_eq!(
+            known.get("WEB_MEMORY"),
+            None,
+            "a buildpack's, not a setting"
+        );
+        let with_memory = b"CNB_LAYERS_DIR=/layers\0WEB_MEMORY=512\0";
+        let known = at_launch(env(), with_memory);
+        assert_eq!(known.platform_value(), Some(None));
+        assert_eq!(known.get("WEB_MEMORY"), Some("512"), "the user's");
+        // Not the CNB launcher's (a shell's, say), or unreadable: not known, nothing changed.
+        for environ in [&b"PATH=/bin\0WEB_CONCURRENCY=3\0"[..], b""] {
+            let unknown = at_launch(env(), environ);
+            assert_eq!(unknown.platform_value(), None);
+            assert_eq!(unknown.get("WEB_MEMORY"), Some("512"));
+        }
+        let own = Env::from_pairs([("CNB_LAYERS_DIR", "/layers")]);
+        assert_eq!(at_launch(own, launcher).platform_value(), None);
+    }
+
+    #[test]
+    fn a_users_value_written_over_at_launch_is_written_back() {
+        let host = FakeHost::new();
+        host.cgroup_v2("/")
+            .write("/sys/fs/cgroup/memory.max", &format!("{}\n", 512 << 20));
+        let env = Env::from_pairs([("WEB_CONCURRENCY", "63"), ("WEB_MEMORY", "512")])
+            .with_platform_value(Some("3".to_owned()));
+        let report = Report::gather(host.root(), &env, Settings::load(&env, None));
+        let out: toml::Table = profile::render_toml(&profile::exports(&report))
+            .parse()
+            .expect("TOML");
+        assert_eq!(get(&out, "WEB_CONCURRENCY"), Some("3"));
+        assert_eq!(get(&out, "WEB_CONCURRENCY_SET_BY"), Some(""));
     }
 
     #[test]

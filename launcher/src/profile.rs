@@ -54,6 +54,14 @@ pub fn exports(report: &Report) -> Vec<(&'static str, String)> {
             ("LAUNCHER_WEB_CONCURRENCY", computed),
             dyno_ram,
         ],
+        // Written over at launch by a buildpack (the exec.d program knows): written back, and
+        // an exec.d program cannot unset the mark, so it is emptied.
+        Outcome::Users(value) if report.decision.restore => vec![
+            ("WEB_CONCURRENCY", value.to_string()),
+            ("WEB_CONCURRENCY_SET_BY", String::new()),
+            ("LAUNCHER_WEB_CONCURRENCY", computed),
+            dyno_ram,
+        ],
         Outcome::Users(_) => vec![("LAUNCHER_WEB_CONCURRENCY", computed), dyno_ram],
         Outcome::Disabled { .. } => Vec::new(),
     }

@@ -46,6 +46,7 @@ impl Report {
             web_concurrency: env.get("WEB_CONCURRENCY"),
             set_by: env.get("WEB_CONCURRENCY_SET_BY"),
             launcher_value: env.get("LAUNCHER_WEB_CONCURRENCY"),
+            platform_value: env.platform_value(),
         };
         let decision = sizing::decide(incoming, &formula, settings.switch(&settings::DISABLE));
         Report {

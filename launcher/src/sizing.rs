@@ -130,6 +130,11 @@ pub struct Incoming<'a> {
     pub web_concurrency: Option<&'a str>,
     pub set_by: Option<&'a str>,
     pub launcher_value: Option<&'a str>,
+    /// Where it can be told (the CNB exec.d program): the `WEB_CONCURRENCY` of the environment the
+    /// platform started the process with (a config var), before any buildpack's env files and
+    /// exec.d programs ran; `Some(None)` when it had none. `None` where it cannot be told (the
+    /// profile, `launcher run`).
+    pub platform_value: Option<Option<&'a str>>,
 }
 
 /// Whose value the app gets.
@@ -182,6 +187,8 @@ pub struct Decision {
     pub outcome: Outcome,
     pub reason: String,
     pub warnings: Vec<String>,
+    /// The user's value was written over at launch by a buildpack: it must be written back.
+    pub restore: bool,
 }
 
 /// Applies the precedence rules (docs/architecture.md, "Whose value is it"). `formula` is the computed default.
@@ -190,6 +197,7 @@ pub fn decide(incoming: Incoming<'_>, formula: &Formula, disabled: bool) -> Deci
         outcome: Outcome::Ours(formula.value),
         reason,
         warnings,
+        restore: false,
     };
     let set_by = incoming.set_by.filter(|s| !s.is_empty());
     if disabled {
@@ -203,11 +211,15 @@ pub fn decide(incoming: Incoming<'_>, formula: &Formula, disabled: bool) -> Deci
             },
             reason: "sizing disabled by LAUNCHER_DISABLE; WEB_CONCURRENCY left as it is".to_owned(),
             warnings: Vec::new(),
+            restore: false,
         };
     }
     let Some(value) = incoming.web_concurrency else {
         return ours(formula.explain(), Vec::new());
     };
+    if let Some(given) = incoming.platform_value {
+        return at_launch(value, given, set_by, incoming.launcher_value, formula);
+    }
     match set_by {
         Some(SET_BY) if incoming.launcher_value == Some(value) => {
             return ours(formula.explain(), Vec::new());
@@ -223,11 +235,54 @@ pub fn decide(incoming: Incoming<'_>, formula: &Formula, disabled: bool) -> Deci
             return ours(reason, Vec::new());
         }
     }
+    users(value, formula, false)
+}
+
+/// The rules where the platform's own value is known (docs/architecture.md, "Whose value is it"):
+/// a value the platform gave is the user's, whoever wrote over it since; any other was set at
+/// launch by a buildpack, marked or not, and is replaced, but for our own.
+fn at_launch(
+    value: &str,
+    given: Option<&str>,
+    set_by: Option<&str>,
+    launcher_value: Option<&str>,
+    formula: &Formula,
+) -> Decision {
+    if let Some(given) = given {
+        return users(given, formula, given != value || set_by.is_some());
+    }
+    let ours = |reason: String| Decision {
+        outcome: Outcome::Ours(formula.value),
+        reason,
+        warnings: Vec::new(),
+        restore: false,
+    };
+    match set_by {
+        Some(SET_BY) if launcher_value == Some(value) => ours(formula.explain()),
+        Some(other) if other != SET_BY => ours(format!(
+            "replaced WEB_CONCURRENCY={} set by {}; {}",
+            shown(value),
+            shown(other),
+            formula.explain()
+        )),
+        _ => ours(format!(
+            "replaced WEB_CONCURRENCY={} set at launch by a buildpack (no config var, no \
+             WEB_CONCURRENCY_SET_BY); {}",
+            shown(value),
+            formula.explain()
+        )),
+    }
+}
+
+/// The user's `value`: kept if it is a whole number from 1 to 1024 (written back if `restore`),
+/// else replaced by the computed one with a warning.
+fn users(value: &str, formula: &Formula, restore: bool) -> Decision {
     match worker_count(value, u64::from(MAX_WEB_CONCURRENCY)) {
         Some(n) => Decision {
             outcome: Outcome::Users(n as u32),
             reason: format!("the launcher's default here would be {}", formula.value),
             warnings: Vec::new(),
+            restore,
         },
         None => {
             let warning = format!(
@@ -235,7 +290,12 @@ pub fn decide(incoming: Incoming<'_>, formula: &Formula, disabled: bool) -> Deci
                 shown(value),
                 formula.value
             );
-            ours(formula.explain(), vec![warning])
+            Decision {
+                outcome: Outcome::Ours(formula.value),
+                reason: formula.explain(),
+                warnings: vec![warning],
+                restore: false,
+            }
         }
     }
 }
@@ -307,6 +367,7 @@ mod tests {
             web_concurrency: Some("4"),
             set_by: Some("launcher"),
             launcher_value: Some("4"),
+            ..Incoming::default()
         };
         assert_eq!(
             decide(incoming, &formula(), false).outcome,
@@ -320,6 +381,7 @@ mod tests {
             web_concurrency: Some("99"),
             set_by: Some("heroku/python"),
             launcher_value: None,
+            ..Incoming::default()
         };
         let d = decide(incoming, &formula(), false);
         assert_eq!(d.outcome, Outcome::Ours(2));
@@ -346,11 +408,41 @@ mod tests {
             web_concurrency: Some("3"),
             set_by: Some("launcher"),
             launcher_value: Some("2"),
+            ..Incoming::default()
         };
         assert_eq!(
             decide(incoming, &formula(), false).outcome,
             Outcome::Users(3)
         );
+    }
+
+    #[test]
+    fn at_launch_the_platforms_value_is_the_users_and_any_other_a_buildpacks() {
+        let at = |value, given, set_by| {
+            let incoming = Incoming {
+                web_concurrency: Some(value),
+                set_by,
+                launcher_value: None,
+                platform_value: Some(given),
+            };
+            decide(incoming, &formula(), false)
+        };
+        // Heroku's Node.js CNB's exec.d value, unmarked, with no config var: replaced.
+        let d = at("63", None, None);
+        assert_eq!(d.outcome, Outcome::Ours(2));
+        assert!(d
+            .reason
+            .starts_with("replaced WEB_CONCURRENCY=\"63\" set at launch by a buildpack"));
+        // A config var, written back as it was by a buildpack, or written over: the user's.
+        let d = at("3", Some("3"), None);
+        assert_eq!((d.outcome, d.restore), (Outcome::Users(3), false));
+        for (value, set_by) in [("63", None), ("99", Some("heroku/x")), ("3", Some("x"))] {
+            let d = at(value, Some("3"), set_by);
+            assert_eq!((d.outcome, d.restore), (Outcome::Users(3), true), "{value}");
+        }
+        // A config var that is no worker count: replaced with a warning, as anywhere.
+        let d = at("63", Some("abc"), None);
+        assert_eq!((d.outcome, d.warnings.len()), (Outcome::Ours(2), 1));
     }
 
     #[test]
@@ -373,6 +465,7 @@ mod tests {
             web_concurrency: Some("99"),
             set_by: Some("heroku/python"),
             launcher_value: None,
+            ..Incoming::default()
         };
         let d = decide(incoming, &formula(), true);
         assert_eq!(

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use super::support::lifecycle::toolchain::{with_toolchain, BuildOptions};
-use super::support::lifecycle::{open_to_all, Site, BUILD_TIMEOUT, SYSTEM_PATH};
+use super::support::lifecycle::{open_to_all, tools, Site, BUILD_TIMEOUT, SYSTEM_PATH};
 use super::support::{fixture, make_executable, needs_machine, once, output_within, repo};
 use super::{cp, descriptor, log, open_temp_dir, shared, text, FIR_WEB, ID};
 
@@ -505,9 +505,9 @@ fn the_release_tarball_builds_the_flask_app_as_both_kinds_with_no_cargo_and_no_n
             "Using the prebuilt binary in the buildpack (launcher-linux-{ARCH}, SHA-256 verified"
         );
 
-        // A Cloud Native Buildpack, under the lifecycle stand-in: non-root, read-only, offline.
+        // A Cloud Native Buildpack, under the real lifecycle: non-root, read-only, offline.
         let site = Site::new(&fixture("flask"))?;
-        let out = site.build(&tree, ID, &BuildOptions::offline());
+        let out = site.build(&[&tree], &BuildOptions::offline());
         assert!(out.status.success(), "{}", log(&out));
         assert!(text(&out.stdout).contains(&used), "{}", log(&out));
         let layer = site.buildpack_layers(ID);
@@ -516,7 +516,7 @@ fn the_release_tarball_builds_the_flask_app_as_both_kinds_with_no_cargo_and_no_n
             !layer.join("source-build").exists(),
             "an unused cache layer"
         );
-        let prepared = site.launch(&[ID], "web").env("DYNO", FIR_WEB).prepare()?;
+        let prepared = site.launch("web").env("DYNO", FIR_WEB).prepare()?;
         assert_eq!(prepared.env["WEB_CONCURRENCY_SET_BY"], "launcher");
 
         // A classic buildpack: bin/compile, then a dyno's boot of the slug.
@@ -541,6 +541,91 @@ fn the_release_tarball_builds_the_flask_app_as_both_kinds_with_no_cargo_and_no_n
     });
 }
 
+/// The real pack (test/install-cnb-tools) makes the release image's content from the tarball's
+/// tree with no network: one OCI layout per platform of `[[targets]]`, each holding the whole
+/// tree at `/cnb/buildpacks/launcher/<version>`, both binaries included. Publishing it (the
+/// release workflow's `--publish`) needs a registry and is not run here.
+#[test]
+fn pack_packages_the_release_tree_offline_for_both_platforms() {
+    needs_machine(|| {
+        let pack = tools::pack()?;
+        let release = release()?;
+        let dir = open_temp_dir();
+        let tree = extracted(release, dir.path());
+        let out = dir.path().join("out");
+        for sub in [&out, &dir.path().join("home")] {
+            fs::create_dir_all(sub).expect("mkdir");
+        }
+        let mut command = Command::new("unshare");
+        command
+            .args(["--net", "--"])
+            .arg(&pack)
+            .args(["buildpack", "package"])
+            .arg(out.join("launcher.cnb"))
+            .arg("--config")
+            .arg(tree.join("package.toml"))
+            .args(["--format", "file"])
+            .env_clear()
+            .env("PATH", SYSTEM_PATH)
+            .env("HOME", dir.path().join("home"))
+            .current_dir(&tree);
+        let packaged = output_within(&mut command, BUILD_TIMEOUT);
+        assert!(packaged.status.success(), "{}", log(&packaged));
+        let root = format!("cnb/buildpacks/{ID}/{}", version());
+        for platform in ["amd64", "arm64"] {
+            let file = out.join(format!("launcher-linux-{platform}.cnb"));
+            let listing = layers_of(&file, &dir.path().join(platform));
+            for path in [
+                "bin/build",
+                "bin/detect",
+                "buildpack.toml",
+                "bin/prebuilt/launcher-linux-x86_64",
+                "bin/prebuilt/launcher-linux-aarch64",
+            ] {
+                let wanted = format!("{root}/{path}");
+                assert!(
+                    listing.lines().any(|l| l.trim_start_matches('/') == wanted),
+                    "{platform}: no {wanted} in\n{listing}"
+                );
+            }
+        }
+        Ok(())
+    });
+}
+
+/// The files of every layer of the OCI layout archive `file` (a `.cnb`), unpacked in `dir`.
+fn layers_of(file: &Path, dir: &Path) -> String {
+    fs::create_dir_all(dir).expect("mkdir");
+    let unpacked = Command::new("tar")
+        .arg("-xf")
+        .arg(file)
+        .arg("-C")
+        .arg(dir)
+        .output()
+        .expect("tar");
+    assert!(
+        unpacked.status.success(),
+        "{}: {}",
+        file.display(),
+        text(&unpacked.stderr)
+    );
+    let mut listing = String::new();
+    for blob in fs::read_dir(dir.join("blobs/sha256"))
+        .expect("an OCI layout")
+        .flatten()
+    {
+        let list = Command::new("tar")
+            .arg("-tzf")
+            .arg(blob.path())
+            .output()
+            .expect("tar");
+        if list.status.success() {
+            listing.push_str(&text(&list.stdout));
+        }
+    }
+    listing
+}
+
 /// Appends a byte to `path`: a damaged or tampered file.
 fn tamper(path: &Path) {
     fs::OpenOptions::new()
@@ -553,7 +638,8 @@ fn tamper(path: &Path) {
 /// A build that stopped on the prebuilt binary's checksum, saying so in its warning style.
 fn assert_refused(out: &Output, warning: &str) {
     assert!(!out.status.success(), "{}", log(out));
-    let stderr = text(&out.stderr);
+    // The lifecycle's builder writes a buildpack's stderr to its stdout.
+    let stderr = format!("{}{}", text(&out.stdout), text(&out.stderr));
     let headline = format!("{warning}The buildpack's prebuilt binary does not match its SHA-256");
     assert!(stderr.contains(&headline), "{}", log(out));
     assert!(stderr.contains("tampered with"), "{}", log(out));
@@ -568,7 +654,7 @@ fn a_tampered_binary_in_the_release_tarball_stops_both_kinds_of_build() {
         tamper(&tree.join(format!("bin/prebuilt/launcher-linux-{ARCH}")));
 
         let site = Site::new(&fixture("flask"))?;
-        let out = site.build(&tree, ID, &BuildOptions::offline());
+        let out = site.build(&[&tree], &BuildOptions::offline());
         assert_refused(&out, "! ");
         assert!(!site
             .buildpack_layers(ID)

@@ -1,21 +1,17 @@
-//! A stand-in for the Cloud Native Buildpack lifecycle, which cannot run here (it needs Go or
-//! Docker): what the Buildpack API 0.10 and Platform specs, and the lifecycle's own launcher,
-//! do with a buildpack, for the tests of bin/detect, bin/build and the exec.d program.
+//! The Cloud Native Buildpack lifecycle, driven as a platform drives it: the reference lifecycle's
+//! own `detector`, `builder` and `launcher` (built by test/install-cnb-tools, `tools`), with the
+//! Platform API's directory layout in one temp dir per build, every phase run as a non-root user
+//! with each buildpack bind-mounted read-only at `<site>/cnb/buildpacks/<id>/<version>`.
 //!
-//! - `Site::detect` and `Site::build` run bin/detect and bin/build as a non-root user, with the
-//!   buildpack directory bind-mounted read-only (in a mount namespace of their own), the
-//!   positional arguments and `CNB_*` variables, the platform's `env/` files as variables, and
-//!   the app directory as the working directory.
-//! - `Site::restore` makes the next build's layers from the last one's: cached layers with their
-//!   metadata less `[types]`, launch-only layers' metadata without their directory.
-//! - `Launch` starts a process as the lifecycle's launcher does: for every buildpack in build
-//!   order, its launch layers in name order get `bin/` and `lib/` on the paths, then their
-//!   `env/`, `env.launch/` and `env.launch/<process>/` files with their suffixes; then every
-//!   exec.d program, in the same order, each run with the environment so far and its fd 3 output
-//!   set over it; then the process itself, with that environment.
+//! Two steps stand in for what the lifecycle cannot do offline, where it writes or reads an image
+//! (a registry or a Docker daemon): `Site::export` makes the image's layers directory (the launch
+//! layers and `config/metadata.toml`, as the exporter puts them in the image) for the launcher, and
+//! `Site::restore` puts an earlier build's cache in place (what the exporter caches and the
+//! restorer brings back).
 
 pub mod launch;
 pub mod toolchain;
+pub mod tools;
 pub mod user;
 
 use std::collections::BTreeMap;
@@ -33,33 +29,54 @@ use toolchain::{in_namespace, BuildOptions, Toolchain};
 use user::User;
 
 pub const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-/// The deadline of one bin/detect or bin/build (and of bin/package in the tests).
+/// The deadline of one lifecycle phase (and of bin/package in the tests).
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// What the lifecycle escapes a buildpack id to for its layers directory.
+/// What the lifecycle escapes a buildpack id to for its directories.
 pub fn escape_id(id: &str) -> String {
     id.replace('/', "_")
 }
 
-/// A build's directories in one temp dir that the build user can reach: the app
-/// (`workspace`), `layers/<buildpack>`, `platform/env`, the user's home, and the user.
+/// A buildpack directory's id and version, from its buildpack.toml.
+pub fn descriptor_id(buildpack: &Path) -> (String, String) {
+    let text = fs::read_to_string(buildpack.join("buildpack.toml")).expect("buildpack.toml");
+    let toml: toml::Table = text.parse().expect("buildpack.toml is TOML");
+    let field = |key: &str| toml["buildpack"][key].as_str().expect(key).to_owned();
+    (field("id"), field("version"))
+}
+
+/// A build's directories in one temp dir that the build user can reach: the app (`workspace`),
+/// `layers`, `platform/env`, `cnb/buildpacks`, the user's home, the exported image's `image/`,
+/// and the user.
 pub struct Site {
     /// First: fields drop in declaration order, and `User::drop` kills the build user's processes,
     /// which must be gone before the directory they may still be writing in is removed.
     pub user: User,
     dir: TempDir,
+    /// The run image's target, as analyzed.toml gives it to the detector and the builder.
+    pub distro: (String, String),
 }
 
 impl Site {
     /// A site for the app in `app` (copied), with a new build user.
     pub fn new(app: &Path) -> Result<Site, String> {
+        tools::lifecycle()?;
         let user = User::create()?;
         let dir = TempDir::new().map_err(|e| e.to_string())?;
         open_to_all(dir.path());
-        let site = Site { user, dir };
-        for sub in ["workspace", "layers", "platform/env", "home", "shim"] {
+        let distro = ("ubuntu".to_owned(), "24.04".to_owned());
+        let site = Site { user, dir, distro };
+        for sub in [
+            "workspace",
+            "layers",
+            "platform/env",
+            "home",
+            "shim",
+            "cnb/buildpacks",
+        ] {
             fs::create_dir_all(site.path(sub)).map_err(|e| e.to_string())?;
         }
+        open_to_all(&site.path("cnb"));
         let status = Command::new("cp")
             .arg("-a")
             .arg(app.join("."))
@@ -67,8 +84,7 @@ impl Site {
             .status()
             .map_err(|e| e.to_string())?;
         assert!(status.success(), "copy {}", app.display());
-        fs::write(site.path("plan.toml"), "").map_err(|e| e.to_string())?;
-        for sub in ["workspace", "layers", "home", "shim", "plan.toml"] {
+        for sub in ["workspace", "layers", "home", "shim"] {
             site.user.chown(&site.path(sub));
         }
         Ok(site)
@@ -105,93 +121,129 @@ impl Site {
         fs::read_to_string(self.path("shim/cargo-calls")).ok()
     }
 
-    /// `bin/detect PLATFORM PLAN` as the lifecycle runs it.
-    pub fn detect(&self, buildpack: &Path) -> Output {
-        let plan = self.path("build-plan.toml");
-        fs::write(&plan, "").expect("write build plan");
-        self.user.chown(&plan);
-        let env = self.phase_env(buildpack, &[("CNB_BUILD_PLAN_PATH", &plan)], SYSTEM_PATH);
-        let args = [self.platform(), plan];
-        self.run_phase(buildpack, "detect", &args, env, &BuildOptions::default())
+    /// The detector on one group of `buildpacks` (in order): group.toml and plan.toml in the
+    /// layers directory when it passes.
+    pub fn detect(&self, buildpacks: &[&Path]) -> Output {
+        self.write_platform_files(buildpacks);
+        let args = self.phase_args(&[
+            ("-order", self.path("order.toml")),
+            ("-analyzed", self.layers().join("analyzed.toml")),
+            ("-group", self.layers().join("group.toml")),
+            ("-plan", self.layers().join("plan.toml")),
+        ]);
+        self.run_phase("detector", buildpacks, &args, &BuildOptions::default())
     }
 
-    /// `bin/build LAYERS PLATFORM PLAN` for the buildpack `id` as the lifecycle runs it.
-    pub fn build(&self, buildpack: &Path, id: &str, options: &BuildOptions) -> Output {
-        let layers = self.buildpack_layers(id);
-        fs::create_dir_all(&layers).expect("mkdir layers");
-        self.user.chown(&layers);
-        let plan = self.path("plan.toml");
-        let mut env = self.phase_env(
-            buildpack,
-            &[("CNB_LAYERS_DIR", &layers), ("CNB_BP_PLAN_PATH", &plan)],
-            SYSTEM_PATH,
-        );
+    /// The detector, then (if it passed) the builder, on one group of `buildpacks`; their output
+    /// together (the builder writes a buildpack's stdout and stderr both to its own stdout).
+    pub fn build(&self, buildpacks: &[&Path], options: &BuildOptions) -> Output {
+        let detected = self.detect(buildpacks);
+        if !detected.status.success() {
+            return detected;
+        }
         if options.cargo {
             self.cargo_shim();
-            let toolchain = Toolchain::env(Some(&self.path("shim")));
-            env.extend(toolchain.map(|(k, v)| (k.to_owned(), v)));
+            // The builder passes its own PATH and HOME to buildpacks, no other variable: the
+            // toolchain's homes are config vars, as `pack build --env` would give them.
+            let mounted = Toolchain::mounted();
+            let home = |dir: &Path| dir.display().to_string();
+            self.set_config_var("CARGO_HOME", &home(&mounted.cargo_home));
+            self.set_config_var("RUSTUP_HOME", &home(&mounted.rustup_home));
         }
-        let args = [layers, self.platform(), plan];
-        self.run_phase(buildpack, "build", &args, env, options)
+        let args = self.phase_args(&[
+            ("-analyzed", self.layers().join("analyzed.toml")),
+            ("-group", self.layers().join("group.toml")),
+            ("-plan", self.layers().join("plan.toml")),
+        ]);
+        let mut built = self.run_phase("builder", buildpacks, &args, options);
+        let mut stdout = detected.stdout;
+        stdout.append(&mut built.stdout);
+        let mut stderr = detected.stderr;
+        stderr.append(&mut built.stderr);
+        Output {
+            status: built.status,
+            stdout,
+            stderr,
+        }
     }
 
-    /// The environment of bin/detect and bin/build: the platform's env files over a bare one,
-    /// then the lifecycle's variables.
-    fn phase_env(
-        &self,
-        buildpack: &Path,
-        paths: &[(&str, &Path)],
-        path: &str,
-    ) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::from([
-            ("PATH".to_owned(), path.to_owned()),
-            ("HOME".to_owned(), self.path("home").display().to_string()),
-        ]);
-        for entry in fs::read_dir(self.platform().join("env"))
-            .expect("platform env")
-            .flatten()
-        {
-            let value = fs::read_to_string(entry.path()).expect("read config var");
-            env.insert(entry.file_name().to_string_lossy().into_owned(), value);
+    /// order.toml (one group: `buildpacks`) and analyzed.toml (the run image's target, as the
+    /// analyzer writes it).
+    fn write_platform_files(&self, buildpacks: &[&Path]) {
+        let mut order = String::from("[[order]]\n");
+        for buildpack in buildpacks {
+            let (id, version) = descriptor_id(buildpack);
+            order.push_str(&format!(
+                "[[order.group]]\nid = \"{id}\"\nversion = \"{version}\"\n"
+            ));
         }
+        fs::write(self.path("order.toml"), order).expect("write order.toml");
         let arch = match std::env::consts::ARCH {
             "aarch64" => "arm64",
             _ => "amd64",
         };
-        let platform = self.platform().display().to_string();
-        let fixed = [
-            ("CNB_BUILDPACK_DIR", buildpack.display().to_string()),
-            ("CNB_PLATFORM_DIR", platform),
-            ("CNB_TARGET_OS", "linux".to_owned()),
-            ("CNB_TARGET_ARCH", arch.to_owned()),
-            ("CNB_TARGET_DISTRO_NAME", "ubuntu".to_owned()),
-            ("CNB_TARGET_DISTRO_VERSION", "24.04".to_owned()),
-        ];
-        env.extend(fixed.map(|(k, v)| (k.to_owned(), v)));
-        env.extend(
-            paths
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.display().to_string())),
+        let analyzed = format!(
+            "[run-image]\nreference = \"run-image\"\n[run-image.target]\nos = \"linux\"\n\
+             arch = \"{arch}\"\n[run-image.target.distro]\nname = \"{}\"\nversion = \"{}\"\n",
+            self.distro.0, self.distro.1
         );
-        env
+        let path = self.layers().join("analyzed.toml");
+        fs::write(&path, analyzed).expect("write analyzed.toml");
+        self.user.chown(&path);
     }
 
-    /// Runs `bin/<phase>` as the build user in a mount namespace where the buildpack (and the
-    /// toolchain, when asked for) are read-only bind mounts.
+    /// The flags every phase takes, then `more`.
+    fn phase_args(&self, more: &[(&str, PathBuf)]) -> Vec<String> {
+        let common = [
+            ("-app", self.app()),
+            ("-buildpacks", self.path("cnb/buildpacks")),
+            ("-layers", self.layers()),
+            ("-platform", self.platform()),
+        ];
+        let mut args = Vec::new();
+        for (flag, path) in common.iter().chain(more) {
+            args.push((*flag).to_owned());
+            args.push(path.display().to_string());
+        }
+        args
+    }
+
+    /// Runs the lifecycle's `phase` as the build user in a mount namespace where each buildpack
+    /// is a read-only bind mount in the buildpacks directory (and the toolchain, when asked for).
     fn run_phase(
         &self,
-        buildpack: &Path,
         phase: &str,
-        args: &[PathBuf],
-        env: BTreeMap<String, String>,
+        buildpacks: &[&Path],
+        args: &[String],
         options: &BuildOptions,
     ) -> Output {
-        let mut mounts = vec![(buildpack.to_path_buf(), buildpack.to_path_buf())];
+        let mut mounts = Vec::new();
+        for buildpack in buildpacks {
+            let (id, version) = descriptor_id(buildpack);
+            let at = self
+                .path("cnb/buildpacks")
+                .join(escape_id(&id))
+                .join(version);
+            fs::create_dir_all(&at).expect("mkdir buildpack mount point");
+            open_to_all(at.parent().expect("id dir"));
+            mounts.push((buildpack.to_path_buf(), at));
+        }
         if options.cargo {
             mounts.extend(Toolchain::mounts());
         }
+        let path = if options.cargo {
+            Toolchain::path(Some(&self.path("shim")))
+        } else {
+            SYSTEM_PATH.to_owned()
+        };
+        let env = BTreeMap::from([
+            ("PATH", path),
+            ("HOME", self.path("home").display().to_string()),
+            ("CNB_PLATFORM_API", tools::PLATFORM_API.to_owned()),
+            ("CNB_NO_COLOR", "true".to_owned()),
+        ]);
         let mut command = in_namespace(&mounts, options.offline);
-        let program = buildpack.join("bin").join(phase);
+        let program = tools::lifecycle().expect("lifecycle").join(phase);
         let user = self.user.command(&program, &[]);
         command
             .arg(user.get_program())
@@ -201,7 +253,7 @@ impl Site {
             .envs(env)
             .current_dir(self.app())
             .stdin(Stdio::null());
-        // A cold build compiles the launcher: about 30 s here, far more on a loaded machine.
+        // A cold build compiles the launcher: minutes on a loaded machine.
         output_within(&mut command, BUILD_TIMEOUT)
     }
 
@@ -217,11 +269,14 @@ impl Site {
         fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 
-    /// The layers the lifecycle hands the next build, from `previous` (a layers root of an earlier
-    /// build): each cached layer with its metadata less `[types]`; for a launch layer that is not
-    /// cached, the metadata alone.
+    /// Stands in for the restorer: puts the cache of an earlier build (`previous`, its layers
+    /// root) in place, as the lifecycle hands it to the next build: each cached layer with its
+    /// metadata less `[types]`; for a launch layer that is not cached, the metadata alone.
     pub fn restore(&self, previous: &Path) {
         for buildpack in fs::read_dir(previous).expect("read layers").flatten() {
+            if !buildpack.path().is_dir() || buildpack.file_name() == "config" {
+                continue;
+            }
             let to = self.layers().join(buildpack.file_name());
             fs::create_dir_all(&to).expect("mkdir");
             for (name, types) in layer_types(&buildpack.path()) {
@@ -233,24 +288,50 @@ impl Site {
                 fs::write(to.join(format!("{name}.toml")), without_types(&metadata))
                     .expect("write metadata");
                 if types.cache {
-                    let status = Command::new("cp")
-                        .arg("-a")
-                        .arg(buildpack.path().join(&name))
-                        .arg(to.join(&name))
-                        .status()
-                        .expect("cp");
-                    assert!(status.success(), "restore {name}");
+                    copy(&buildpack.path().join(&name), &to.join(&name));
                 }
             }
         }
         self.user.chown(&self.layers());
     }
 
-    /// A launch of the image these layers make, for the buildpacks `order` (build order).
-    pub fn launch<'a>(&'a self, order: &[&str], process_type: &str) -> Launch<'a> {
+    /// Stands in for the exporter: `image/layers`, the layers directory of the image this build
+    /// makes, as the launcher finds it there: `config/metadata.toml` and each buildpack's launch
+    /// layers with their metadata (no cache-only or build-only layer, no `<buildpack>.toml`
+    /// files). Made anew at each call.
+    pub fn export(&self) -> PathBuf {
+        let image = self.path("image/layers");
+        let _ = fs::remove_dir_all(&image);
+        fs::create_dir_all(image.join("config")).expect("mkdir image");
+        fs::copy(
+            self.layers().join("config/metadata.toml"),
+            image.join("config/metadata.toml"),
+        )
+        .expect("the builder's config/metadata.toml");
+        for buildpack in fs::read_dir(self.layers()).expect("read layers").flatten() {
+            if !buildpack.path().is_dir() || buildpack.file_name() == "config" {
+                continue;
+            }
+            let to = image.join(buildpack.file_name());
+            fs::create_dir_all(&to).expect("mkdir");
+            for (name, types) in layer_types(&buildpack.path()) {
+                let layer = buildpack.path().join(&name);
+                if types.launch && layer.is_dir() {
+                    copy(&layer, &to.join(&name));
+                    let metadata = format!("{name}.toml");
+                    fs::copy(buildpack.path().join(&metadata), to.join(metadata))
+                        .expect("copy metadata");
+                }
+            }
+        }
+        self.user.chown(&self.path("image"));
+        image
+    }
+
+    /// A start of the image this build made, as its entrypoint for `process_type` does it.
+    pub fn launch(&self, process_type: &str) -> Launch<'_> {
         Launch {
             site: self,
-            order: order.iter().map(|id| (*id).to_owned()).collect(),
             process_type: process_type.to_owned(),
             env: BTreeMap::from([
                 ("PATH".to_owned(), SYSTEM_PATH.to_owned()),
@@ -260,6 +341,21 @@ impl Site {
             as_root: false,
         }
     }
+}
+
+fn copy(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
 }
 
 /// Lets every user into `dir` (a TempDir is created 0700).

@@ -52,16 +52,20 @@ impl Toolchain {
         ]
     }
 
-    /// Its variables, and PATH with its bin directory after `first` (a shim) if given.
-    pub(super) fn env(first: Option<&Path>) -> [(&'static str, String); 3] {
-        let mounted = Toolchain::mounted();
-        let bin = mounted.cargo_home.join("bin");
-        let path = match first {
+    /// PATH with its bin directory, after `first` (a shim) if given.
+    pub(super) fn path(first: Option<&Path>) -> String {
+        let bin = Toolchain::mounted().cargo_home.join("bin");
+        match first {
             Some(dir) => format!("{}:{}:{SYSTEM_PATH}", dir.display(), bin.display()),
             None => format!("{}:{SYSTEM_PATH}", bin.display()),
-        };
+        }
+    }
+
+    /// Its variables, and PATH with its bin directory.
+    fn env() -> [(&'static str, String); 3] {
+        let mounted = Toolchain::mounted();
         [
-            ("PATH", path),
+            ("PATH", Toolchain::path(None)),
             ("CARGO_HOME", mounted.cargo_home.display().to_string()),
             ("RUSTUP_HOME", mounted.rustup_home.display().to_string()),
         ]
@@ -76,7 +80,7 @@ pub fn with_toolchain(program: &Path, args: &[&Path]) -> Command {
         .arg(program)
         .args(args)
         .env_clear()
-        .envs(Toolchain::env(None));
+        .envs(Toolchain::env());
     command
 }
 
