@@ -39,6 +39,9 @@ pub struct Plan {
     pub mode_reason: String,
     pub server: servers::Server,
     pub workers: u32,
+    /// Threads per worker, where the server runs threads (gunicorn's gthread, puma): the requests
+    /// each worker serves at once.
+    pub threads: Option<u32>,
     /// What pins a delegated server's count in its command, config var or config file: it runs
     /// that many, whatever `WEB_CONCURRENCY` says.
     pub pinned: Option<pinning::Finding>,
@@ -105,31 +108,14 @@ impl Plan {
             }
             _ => {}
         }
-        let queue_blind = match servers::behaviour(found.server).accepts {
-            servers::Accepts::AtOnce(why) => Some(why.to_owned()),
-            servers::Accepts::WhenFree if found.server == servers::Server::Gunicorn => {
-                let args: Vec<&str> = argv
-                    .iter()
-                    .skip(found.args_from)
-                    .filter_map(|a| a.to_str())
-                    .collect();
-                let count = servers::behaviour(found.server).count;
-                let cmd_args = count.args_var.and_then(|var| env.get(var));
-                servers::concurrent_workers(&args, cmd_args, config.as_deref()).map(|how| {
-                    format!(
-                        "its workers ({how}) accept every connection at once and hold the \
-                             wait inside the worker, not in the accept queue; only gunicorn's \
-                             sync workers accept when free"
-                    )
-                })
-            }
-            servers::Accepts::WhenFree => None,
-        };
+        let (threads, queue_blind) =
+            served_how(found.server, &words, report, env, config.as_deref());
         Plan {
             mode,
             mode_reason,
             server: found.server,
             workers,
+            threads,
             pinned,
             sized,
             // `none`: sizing is disabled and nothing set WEB_CONCURRENCY, so 1 worker.
@@ -155,6 +141,9 @@ impl Plan {
             .with("set_by", &self.set_by);
         if let Some(pin) = &self.pinned {
             start = start.with("pinned", &pin.setting);
+        }
+        if let Some(threads) = self.threads {
+            start = start.with("threads", threads);
         }
         start = start
             .with("mode_reason", &self.mode_reason)
@@ -315,5 +304,44 @@ impl Plan {
             .collect();
         env.extend(set.into_iter().map(|(k, v)| (k.into(), v.into())));
         env
+    }
+}
+
+/// How the server's workers serve: the threads each runs (gunicorn's gthread, puma), and why the
+/// requests waiting for them cannot be seen, if they cannot (an event loop holds them). gunicorn
+/// reads the `GUNICORN_CMD_ARGS` the children get (the launcher's threads in it, where
+/// `LAUNCHER_THREADS` asks), puma the `RAILS_MAX_THREADS` they get.
+fn served_how(
+    server: servers::Server,
+    words: &[&str],
+    report: &Report,
+    env: &Env,
+    config: Option<&str>,
+) -> (Option<u32>, Option<String>) {
+    let exported = |name: &str| {
+        let ours = report.thread_exports.iter().find(|(n, _)| *n == name);
+        ours.map(|(_, v)| v.as_str()).or_else(|| env.get(name))
+    };
+    match (server, servers::behaviour(server).accepts) {
+        (servers::Server::Gunicorn, _) => {
+            match servers::gunicorn_workers(words, exported("GUNICORN_CMD_ARGS"), config) {
+                servers::GunicornWorkers::Sync => (None, None),
+                servers::GunicornWorkers::Threads { threads, .. } => (Some(threads), None),
+                servers::GunicornWorkers::Other(how) => (
+                    None,
+                    Some(format!(
+                        "its workers ({how}) accept every connection at once on an event loop \
+                         and hold the wait inside the worker, where it cannot be seen; gunicorn's \
+                         sync and gthread workers can be followed"
+                    )),
+                ),
+            }
+        }
+        (servers::Server::Puma, _) => {
+            let (threads, _) = servers::puma_threads(config, exported("RAILS_MAX_THREADS"));
+            (Some(threads), None)
+        }
+        (_, servers::Accepts::AtOnce(why)) => (None, Some(why.to_owned())),
+        (_, servers::Accepts::WhenFree) => (None, None),
     }
 }

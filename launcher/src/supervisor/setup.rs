@@ -219,6 +219,8 @@ fn control_config(
         warmup: settings.sizing_warmup,
     });
     let follows_queue = port.is_some() && plan.queue_blind.is_none();
+    let threaded_gunicorn =
+        plan.threads.is_some() && plan.server == crate::servers::Server::Gunicorn;
     let adaptive = (sizes(Sizing::Adaptive) && follows_queue).then(|| {
         let a = settings.adaptive;
         AdaptiveConfig {
@@ -230,7 +232,11 @@ fn control_config(
             cpu_max: a.cpu_max,
             shrink_after: a.shrink_after,
             step: a.step,
-            read_interval: settings.queue_read_interval,
+            // Threaded workers are followed at each check, not at each read of the queue.
+            read_interval: match threaded_gunicorn {
+                true => super::memory::CHECK_INTERVAL,
+                false => settings.queue_read_interval,
+            },
         }
     });
     decide::Config {
@@ -239,6 +245,9 @@ fn control_config(
         sizer,
         adaptive,
         workers: plan.workers,
+        threads: plan
+            .threads
+            .filter(|_| plan.server == crate::servers::Server::Gunicorn),
     }
 }
 
@@ -268,6 +277,7 @@ fn reader(
         busy_known: plan.queue_blind.is_none(),
         cpu_capacity: capacity,
         cpu_window,
+        threads: plan.threads,
     };
     Reader::new(snapshot, meter, load, config)
 }

@@ -10,6 +10,7 @@ pub mod busy;
 pub mod diag;
 pub mod load;
 pub mod serving;
+pub mod threads;
 mod workers;
 
 use std::collections::HashSet;
@@ -70,6 +71,12 @@ pub struct Reading {
     /// Workers not seen holding a connection since they started, when asked for; None: not
     /// asked, or the kernel cannot be asked (then ready is taken as booted).
     pub not_serving: Option<Vec<i32>>,
+    /// Threaded servers, when asked for: requests waiting inside the workers for a thread (their
+    /// connections' unread bytes), and the workers' busy threads (`threads`).
+    pub waiting: Option<u32>,
+    pub threads_busy: Option<u32>,
+    /// Connections in the accept queue at its last read.
+    pub queued: Option<u32>,
 }
 
 /// What a check's policies want read besides what every check reads (each worker's memory is
@@ -80,6 +87,8 @@ pub struct Wants {
     pub busy: bool,
     /// Which workers have not been seen serving yet.
     pub serving: bool,
+    /// The requests waiting inside threaded workers, and their busy threads.
+    pub inside: bool,
 }
 
 /// What the reader is set up with, once.
@@ -95,6 +104,8 @@ pub struct Config {
     pub cpu_capacity: f64,
     /// Adaptive sizing reads the CPU at every check over this window; None: only for samples.
     pub cpu_window: Option<Duration>,
+    /// Threads per worker, where the server runs threads: what waits inside them is read.
+    pub threads: Option<u32>,
 }
 
 pub struct Reader {
@@ -110,6 +121,8 @@ pub struct Reader {
     pub busy: Option<u32>,
     /// The workers of the last check (delegate mode: to see which vanished).
     last_workers: Vec<i32>,
+    /// Requests waiting inside threaded workers, and their busy threads, at the last look.
+    pub inside_last: (Option<u32>, Option<u32>),
 }
 
 impl Reader {
@@ -124,6 +137,7 @@ impl Reader {
             serving: HashSet::new(),
             busy: None,
             last_workers: Vec::new(),
+            inside_last: (None, None),
         }
     }
 
@@ -166,6 +180,7 @@ impl Reader {
         self.serving.retain(|pid| self.last_workers.contains(pid));
         reading.cpu = self.cpu(now);
         reading.oom_kills = self.oom_kills();
+        reading.queued = self.load.last.map(|read| read.queued);
         Some(reading)
     }
 
@@ -193,6 +208,23 @@ impl Reader {
         if wants.serving {
             reading.not_serving = self.not_serving(&reading.workers);
         }
+        if wants.inside && self.config.threads.is_some() {
+            self.inside(reading);
+        }
+    }
+
+    /// What threaded workers hold: the requests waiting for one of their threads, and their busy
+    /// threads. The last figures are kept for the `sample#` line.
+    fn inside(&mut self, reading: &mut Reading) {
+        let Some(port) = self.config.port else {
+            return;
+        };
+        let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
+        reading.waiting = diag::accepted(port)
+            .ok()
+            .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
+        reading.threads_busy = Some(threads::busy(&self.proc_dir(), &pids));
+        self.inside_last = (reading.waiting, reading.threads_busy);
     }
 
     /// Each worker's memory (`smaps_rollup`: a walk of its page tables, so only when asked).
