@@ -39,6 +39,9 @@ pub struct Plan {
     pub mode_reason: String,
     pub server: servers::Server,
     pub workers: u32,
+    /// A delegated puma's control app, added for adaptive sizing to read what waits in its
+    /// workers (`reading::puma`); never logged, its socket in the launcher's own directory.
+    pub puma_control: Option<crate::supervisor::reading::puma::Control>,
     /// Threads per worker, where the server runs threads (gunicorn's gthread, puma): the requests
     /// each worker serves at once.
     pub threads: Option<u32>,
@@ -68,7 +71,7 @@ impl Plan {
         report: &Report,
         env: &Env,
         listen: Option<&str>,
-        app_dir: &Path,
+        (app_dir, state_dir): (&Path, Option<&Path>),
     ) -> Plan {
         let found = servers::identify(&request.command);
         let (mode, mode_reason) = servers::choose_mode(request.mode, settings.mode, found.server);
@@ -110,6 +113,21 @@ impl Plan {
         }
         let (threads, queue_blind) =
             served_how(found.server, &words, report, env, config.as_deref());
+        let follows_puma = found.server == servers::Server::Puma
+            && mode == Mode::Delegate
+            && settings.sizing == crate::sizing::Sizing::Adaptive
+            && threads.is_some_and(|t| t > 1);
+        let puma_control = state_dir.filter(|_| follows_puma).map(puma_control);
+        let mut argv = rewrite.argv.clone();
+        if let Some(control) = &puma_control {
+            let url = format!("unix://{}", control.socket.display());
+            argv.extend([
+                "--control-url".into(),
+                url.into(),
+                "--control-token".into(),
+                control.token.clone().into(),
+            ]);
+        }
         Plan {
             mode,
             mode_reason,
@@ -124,7 +142,8 @@ impl Plan {
                 Some(_) => report.decision.outcome.set_by().unwrap_or("user"),
             }
             .to_owned(),
-            argv: rewrite.argv.clone(),
+            argv,
+            puma_control,
             rewrite,
             signals,
             restart_reason,
@@ -343,5 +362,22 @@ fn served_how(
         }
         (_, servers::Accepts::AtOnce(why)) => (None, Some(why.to_owned())),
         (_, servers::Accepts::WhenFree) => (None, None),
+    }
+}
+
+/// puma's control app at `<state dir>/puma-<pid>.sock`, which only this user can reach, with a
+/// token of 16 random bytes besides.
+fn puma_control(state_dir: &Path) -> crate::supervisor::reading::puma::Control {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got < 0 {
+        // Without randomness the directory's permissions still keep others out.
+        bytes.copy_from_slice(&u128::from(std::process::id()).to_le_bytes());
+    }
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::supervisor::reading::puma::Control {
+        socket: state_dir.join(format!("puma-{}.sock", std::process::id())),
+        token,
     }
 }

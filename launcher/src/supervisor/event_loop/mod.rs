@@ -156,6 +156,10 @@ impl Loop {
         if let Some(dir) = &self.state_dir {
             state::remove(dir, std::process::id());
         }
+        if let Some(control) = &self.reader.config.puma {
+            // puma's control socket, which puma leaves behind when it is killed.
+            let _ = std::fs::remove_file(&control.socket);
+        }
         Some(code)
     }
 

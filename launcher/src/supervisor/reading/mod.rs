@@ -9,6 +9,7 @@
 pub mod busy;
 pub mod diag;
 pub mod load;
+pub mod puma;
 pub mod serving;
 pub mod threads;
 mod workers;
@@ -106,6 +107,8 @@ pub struct Config {
     pub cpu_window: Option<Duration>,
     /// Threads per worker, where the server runs threads: what waits inside them is read.
     pub threads: Option<u32>,
+    /// A delegated puma's control app, where the plan added one: its own figures.
+    pub puma: Option<puma::Control>,
 }
 
 pub struct Reader {
@@ -216,14 +219,17 @@ impl Reader {
     /// What threaded workers hold: the requests waiting for one of their threads, and their busy
     /// threads. The last figures are kept for the `sample#` line.
     fn inside(&mut self, reading: &mut Reading) {
-        let Some(port) = self.config.port else {
-            return;
-        };
-        let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
-        reading.waiting = diag::accepted(port)
-            .ok()
-            .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
-        reading.threads_busy = Some(threads::busy(&self.proc_dir(), &pids));
+        if let Some(control) = &self.config.puma {
+            let stats = control.stats();
+            reading.waiting = stats.map(|s| s.backlog);
+            reading.threads_busy = stats.map(|s| s.busy_threads);
+        } else if let Some(port) = self.config.port {
+            let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
+            reading.waiting = diag::accepted(port)
+                .ok()
+                .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
+            reading.threads_busy = Some(threads::busy(&self.proc_dir(), &pids));
+        }
         self.inside_last = (reading.waiting, reading.threads_busy);
     }
 
