@@ -90,8 +90,21 @@ fn a_snapshot_with_devices_fifos_and_a_50000_level_cgroup_is_sized_at_once() {
     );
     write("sys/devices/system/cpu/online", "0-3\n");
     fs::create_dir_all(root.path().join("sys/fs/cgroup")).expect("mkdir");
+    // The link resolves inside the snapshot, as on the host it was taken from: to its /dev/zero.
     std::os::unix::fs::symlink("/dev/zero", root.path().join("sys/fs/cgroup/memory.max"))
         .expect("symlink");
+    fs::create_dir(root.path().join("dev")).expect("mkdir");
+    let zero = nix::sys::stat::mknod(
+        &root.path().join("dev/zero"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 5),
+    );
+    // Without CAP_MKNOD, a FIFO stands for it: read, it would block as /dev/zero never ends.
+    let device = if zero.is_ok() { "a device" } else { "a FIFO" };
+    if zero.is_err() {
+        mkfifo(&root.path().join("dev/zero"));
+    }
     mkfifo(&root.path().join("proc/meminfo"));
     let dir = root.path().to_str().expect("utf-8");
     for command in ["size", "profile"] {
@@ -108,7 +121,7 @@ fn a_snapshot_with_devices_fifos_and_a_50000_level_cgroup_is_sized_at_once() {
     assert_eq!(report["memory_mb"], 512, "the last fallback: {report}");
     let notes = report["notes"].to_string();
     assert!(
-        notes.contains("memory.max: not a regular file (a device)"),
+        notes.contains(&format!("memory.max: not a regular file ({device})")),
         "{notes}"
     );
     assert!(notes.contains("/proc/meminfo"), "{notes}");
@@ -122,6 +135,185 @@ fn a_snapshot_with_devices_fifos_and_a_50000_level_cgroup_is_sized_at_once() {
         report["notes"]
             .to_string()
             .contains("longer than 4096 bytes"),
+        "{report}"
+    );
+}
+
+/// A snapshot tree in a temp dir: 4 CPUs, 16 GB of MemTotal, `cgroup` as /proc/self/cgroup and
+/// `mountinfo` as its mountinfo; `write` adds files.
+struct Tree {
+    dir: TempDir,
+}
+
+impl Tree {
+    fn new(cgroup: &str, mountinfo: &str) -> Tree {
+        let tree = Tree {
+            dir: TempDir::new().expect("temp dir"),
+        };
+        tree.write("proc/self/cgroup", cgroup);
+        tree.write("proc/self/mountinfo", mountinfo);
+        tree.write("proc/meminfo", "MemTotal: 16777216 kB\n");
+        tree.write("sys/devices/system/cpu/online", "0-3\n");
+        tree
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let path = self.root().join(path);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, content).expect("write");
+    }
+
+    /// `launcher size --json --root` over the tree, bounded in memory and time.
+    fn size(&self) -> (serde_json::Value, usize) {
+        let root = self.root().to_str().expect("utf-8");
+        let output = bounded(&["size", "--json", "--root", root], &[]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        let report = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&output.stdout)));
+        (report, output.stdout.len())
+    }
+}
+
+#[test]
+fn finding_7_a_2048_level_cgroup_under_a_100_kb_mount_point_is_sized_in_bounded_memory() {
+    // The cgroup path is within PATH_MAX (4096 bytes), the mount point is not; every level's
+    // limit files were read and noted with the whole path, 200 MB a file.
+    let mount_point = format!("/{}", "m".repeat(100_000));
+    let tree = Tree::new(
+        &format!("0::{}\n", "/a".repeat(2048)),
+        &format!(
+            "30 25 0:26 / {mount_point} rw - cgroup2 cgroup2 rw\n\
+             35 31 0:32 / {mount_point} rw - cgroup cgroup rw,memory,cpu\n"
+        ),
+    );
+    tree.write(
+        "proc/self/cgroup",
+        &format!("4:memory,cpu:{0}\n0::{0}\n", "/a".repeat(2048)),
+    );
+    let (report, bytes) = tree.size();
+    assert_eq!(report["memory_mb"], 16384, "MemTotal: {report}");
+    let notes = report["notes"].as_array().expect("notes");
+    // At most 32 of the reading's own and a count of the rest, beside the formula's.
+    assert!(notes.len() <= 40, "{} notes", notes.len());
+    assert!(bytes < 64 * 1024, "{bytes} bytes of output");
+
+    // The same depth under an ordinary mount point: the deepest levels' paths are longer than
+    // PATH_MAX and cannot be opened, each worth a note.
+    let tree = Tree::new(
+        &format!("0::{}\n", "/a".repeat(2048)),
+        "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+    );
+    let (report, bytes) = tree.size();
+    assert_eq!(report["memory_mb"], 16384, "MemTotal: {report}");
+    let notes = report["notes"].as_array().expect("notes");
+    // At most 32 of the reading's own and a count of the rest, beside the formula's.
+    assert!(notes.len() <= 40, "{} notes", notes.len());
+    assert!(bytes < 64 * 1024, "{bytes} bytes of output");
+}
+
+#[test]
+fn finding_7_dot_dot_in_a_mount_point_and_links_out_of_the_tree_read_nothing_outside_root() {
+    // Beside the tree, a limit of 256 MB the tree must not reach, in both versions' names.
+    let outside = TempDir::new().expect("temp dir");
+    fs::write(outside.path().join("memory.max"), "268435456\n").expect("write");
+    fs::write(outside.path().join("memory.limit_in_bytes"), "268435456\n").expect("write");
+    fs::write(outside.path().join("meminfo"), "MemTotal: 1048576 kB\n").expect("write");
+    let up = "/..".repeat(Path::new("/").join(outside.path()).components().count() + 4);
+    let escape = format!("{up}{}", outside.path().display());
+    let cases = [
+        // `..` in the mount point of either version.
+        (
+            "0::/\n".to_owned(),
+            format!("30 25 0:26 / {escape} rw - cgroup2 cgroup2 rw\n"),
+            vec![],
+        ),
+        (
+            "4:memory:/\n".to_owned(),
+            format!("35 31 0:32 / {escape} rw - cgroup cgroup rw,memory\n"),
+            vec![],
+        ),
+        // `..` in the mount point's root, and a mount point that is a link out of the tree.
+        (
+            "0::/x\n".to_owned(),
+            "30 25 0:26 /.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n".to_owned(),
+            vec![("sys/fs/cgroup", outside.path().to_path_buf())],
+        ),
+        // Heroku's well-known v1 path as a relative link that climbs out.
+        (
+            "0::/\n".to_owned(),
+            String::new(),
+            vec![(
+                "sys/fs/cgroup/memory",
+                Path::new(&escape[1..]).to_path_buf(),
+            )],
+        ),
+    ];
+    for (cgroup, mountinfo, links) in cases {
+        let tree = Tree::new(&cgroup, &mountinfo);
+        for (link, target) in &links {
+            let link = tree.root().join(link);
+            fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+            std::os::unix::fs::symlink(target, link).expect("symlink");
+        }
+        let (report, _) = tree.size();
+        assert_eq!(
+            report["memory_mb"], 16384,
+            "{mountinfo} {links:?}: the tree's MemTotal, not the limit outside it: {report}"
+        );
+    }
+    // /proc/meminfo itself as a link out of the tree.
+    let tree = Tree::new("0::/\n", "");
+    fs::remove_file(tree.root().join("proc/meminfo")).expect("rm");
+    std::os::unix::fs::symlink(
+        outside.path().join("meminfo"),
+        tree.root().join("proc/meminfo"),
+    )
+    .expect("symlink");
+    let (report, _) = tree.size();
+    assert_eq!(report["memory_mb"], 512, "the last fallback: {report}");
+}
+
+#[test]
+fn finding_7_an_implausible_mem_total_does_not_drop_real_limits() {
+    for (meminfo, mountinfo, limit_file) in [
+        (
+            "MemTotal: 1 kB\n",
+            "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            "sys/fs/cgroup/memory.max",
+        ),
+        (
+            "MemTotal: 40000 kB\n",
+            "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ),
+        // Heroku's Cedar layout: no cgroup mount, the limit file at the well-known path.
+        (
+            "MemTotal: 0 kB\n",
+            "",
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ),
+    ] {
+        let tree = Tree::new("4:memory:/\n0::/\n", mountinfo);
+        tree.write("proc/meminfo", meminfo);
+        tree.write(limit_file, "536870912\n");
+        let (report, _) = tree.size();
+        assert_eq!(report["memory_mb"], 512, "{meminfo}: {report}");
+        assert_eq!(report["web_concurrency"], 2, "{meminfo}: {report}");
+        let notes = report["notes"].to_string();
+        assert!(notes.contains("MemTotal"), "{meminfo}: {notes}");
+        assert!(!notes.contains("more than the host"), "{meminfo}: {notes}");
+    }
+    // Without any limit, an implausible MemTotal is not the dyno's size either.
+    let tree = Tree::new("0::/\n", "");
+    tree.write("proc/meminfo", "MemTotal: 1 kB\n");
+    let (report, _) = tree.size();
+    assert_eq!(report["memory_mb"], 512, "{report}");
+    assert!(
+        report["memory_source"].to_string().contains("default"),
         "{report}"
     );
 }
