@@ -416,6 +416,15 @@ fn state_dir(tmp: &Path) -> PathBuf {
     tmp.join(format!("launcher-{uid}"))
 }
 
+/// The state file of the supervisor that is `pid` in the pid namespace of the process `host_pid`
+/// (the same process seen from here, unless it runs in a pid namespace of its own).
+fn state_file(tmp: &Path, pid: u32, host_pid: u32) -> PathBuf {
+    let namespace = fs::read_link(format!("/proc/{host_pid}/ns/pid")).expect("pid namespace");
+    let namespace = namespace.to_string_lossy();
+    let inode = namespace.trim_start_matches("pid:[").trim_end_matches(']');
+    state_dir(tmp).join(format!("{pid}.{inode}.json"))
+}
+
 fn running_pids(report: &serde_json::Value) -> Vec<u64> {
     let running = report["running"].as_array().expect("running");
     running.iter().filter_map(|s| s["pid"].as_u64()).collect()
@@ -427,7 +436,7 @@ fn the_state_file_is_kept_in_a_directory_of_the_users_own_and_read_back() {
     let run = Run::spawn(supervisor(tmp.path(), &[]));
     run.wait_event("worker_spawn", BOOT, |_| true);
     let dir = state_dir(tmp.path());
-    let state = dir.join(format!("{}.json", run.pid()));
+    let state = state_file(tmp.path(), run.pid(), run.pid());
     run.wait("the state file", secs(10), || state.exists().then_some(()));
     let mode = fs::metadata(&dir).expect("stat").mode() & 0o777;
     assert_eq!(mode, 0o700, "{}", dir.display());
@@ -437,7 +446,8 @@ fn the_state_file_is_kept_in_a_directory_of_the_users_own_and_read_back() {
         .expect("read dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec![format!("{}.json", run.pid())]);
+    let name = state.file_name().expect("name").to_string_lossy();
+    assert_eq!(names, vec![name.into_owned()]);
     drop(run);
 
     // A FIFO in its place would have hung launcher size.
@@ -472,8 +482,20 @@ fn a_state_directory_planted_by_another_user_is_not_used() {
     for name in ["launcher-0", "launcher"] {
         let dir = tmp.path().join(name);
         fs::create_dir(&dir).expect("mkdir");
+        let ours = state_file(tmp.path(), 0, std::process::id());
+        let namespace = ours
+            .to_string_lossy()
+            .rsplit('.')
+            .nth(1)
+            .expect("inode")
+            .to_owned();
         for pid in last..last + 3000 {
-            for file in [format!("{pid}.json"), format!(".{pid}.json.tmp")] {
+            let files = [
+                format!("{pid}.{namespace}.json"),
+                format!("{pid}.json"),
+                format!(".{pid}.json.tmp"),
+            ];
+            for file in files {
                 std::os::unix::fs::symlink(&target, dir.join(file)).expect("symlink");
             }
         }
@@ -523,9 +545,11 @@ fn a_non_root_supervisor_keeps_its_state_beside_roots() {
         };
         let run = Run::spawn(as_nobody(&["run", "--", "sleep", "60"]));
         run.wait_event("worker_spawn", BOOT, |_| true);
+        let state = state_file(tmp.path(), run.pid(), run.pid());
         let state = tmp
             .path()
-            .join(format!("launcher-65534/{}.json", run.pid()));
+            .join("launcher-65534")
+            .join(state.file_name().expect("name"));
         run.wait("nobody's state file", secs(10), || {
             state.exists().then_some(())
         });
@@ -551,7 +575,7 @@ fn launcher_size_shows_only_supervisors_of_its_own_cgroup_and_pid_namespace() {
         let cgroup = MemoryCgroup::create(&["launcher-test-scope"], 1 << 30)?;
         let run = Run::spawn(cgroup.wrap(&supervisor(tmp.path(), &[])));
         run.wait_event("worker_spawn", BOOT, |_| true);
-        let state = state_dir(tmp.path()).join(format!("{}.json", run.pid()));
+        let state = state_file(tmp.path(), run.pid(), run.pid());
         run.wait("the state file", secs(10), || state.exists().then_some(()));
         assert!(
             running_pids(&size(tmp.path())).is_empty(),
@@ -577,7 +601,8 @@ fn launcher_size_shows_only_supervisors_of_its_own_cgroup_and_pid_namespace() {
             .env("WEB_CONCURRENCY", "1");
         let contained = Run::spawn(unshared);
         contained.wait_event("worker_spawn", BOOT, |_| true);
-        let as_pid_1 = state_dir(tmp.path()).join("1.json");
+        let launcher = contained.wait_children(1, BOOT)[0];
+        let as_pid_1 = state_file(tmp.path(), 1, launcher);
         contained.wait("its state file", secs(10), || {
             as_pid_1.exists().then_some(())
         });
@@ -585,6 +610,87 @@ fn launcher_size_shows_only_supervisors_of_its_own_cgroup_and_pid_namespace() {
             running_pids(&size(tmp.path())).is_empty(),
             "another pid namespace's"
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn finding_8_two_pid_1_launchers_sharing_a_tmpdir_each_show_in_their_own_namespace() {
+    needs_machine(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root, for pid namespaces".to_owned());
+        }
+        let tmp = shared_tmp();
+        // Two containers' PID 1, told apart by their worker counts, with one TMPDIR.
+        let contained = |workers: &str| {
+            let mut unshared = Command::new("unshare");
+            unshared
+                .args(["--pid", "--fork", "--mount-proc", "--"])
+                .arg(LAUNCHER)
+                .args(["run", "--", "sleep", "60"])
+                .env_clear()
+                .env("PATH", SYSTEM_PATH)
+                .env("TMPDIR", tmp.path())
+                .env("WEB_CONCURRENCY", workers)
+                .env("LAUNCHER_SAMPLE_INTERVAL", "0");
+            let run = Run::spawn(unshared);
+            run.wait_events(
+                "worker_spawn",
+                workers.parse().expect("count"),
+                BOOT,
+                |_| true,
+            );
+            // unshare's one child is the launcher, PID 1 inside.
+            let launcher = run.wait_children(1, BOOT)[0];
+            (run, launcher)
+        };
+        let (one, one_pid) = contained("1");
+        let (two, two_pid) = contained("2");
+        // `launcher size` in the pid namespace (and its /proc) of `pid`: the workers of each
+        // supervisor it shows.
+        let seen_from = |pid: u32| {
+            let mut size = Command::new("nsenter");
+            size.args(["--target", &pid.to_string(), "--pid", "--mount", "--"])
+                .arg(LAUNCHER)
+                .args(["size", "--json"])
+                .env_clear()
+                .env("PATH", SYSTEM_PATH)
+                .env("TMPDIR", tmp.path());
+            let report = report(size);
+            let running = report["running"].as_array().expect("running").clone();
+            let seen: Vec<(u64, u64)> = running
+                .iter()
+                .map(|s| {
+                    (
+                        s["pid"].as_u64().unwrap_or(0),
+                        s["workers"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            seen
+        };
+        // Each sees its own, and only its own, in every read (they rewrite their files every
+        // 10 s: a file shared by name is the last writer's).
+        one.wait("each namespace to show its own", secs(15), || {
+            (seen_from(one_pid) == [(1, 1)] && seen_from(two_pid) == [(1, 2)]).then_some(())
+        });
+        for _ in 0..10 {
+            assert_eq!(seen_from(one_pid), [(1, 1)], "\n{}", one.log());
+            assert_eq!(seen_from(two_pid), [(1, 2)], "\n{}", two.log());
+        }
+        // Neither is seen from the machine's namespace, and each removes its own file at exit.
+        assert!(running_pids(&size(tmp.path())).is_empty());
+        for (run, pid) in [(one, one_pid), (two, two_pid)] {
+            support::procs::signal("TERM", &[pid]);
+            let mut run = run;
+            run.wait_exit(secs(30));
+        }
+        let left: Vec<_> = fs::read_dir(state_dir(tmp.path()))
+            .expect("state dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         Ok(())
     });
 }
@@ -615,7 +721,7 @@ fn a_relative_tmpdir_falls_back_to_tmp_with_one_line() {
     let mut run = run;
     run.wait_exit(secs(30));
     let dir = state_dir(Path::new("/tmp"));
-    let left = dir.join(format!("{}.json", run.pid()));
+    let left = state_file(Path::new("/tmp"), run.pid(), std::process::id());
     assert!(!left.exists(), "{} left behind", left.display());
     // The directory too, if this test made it (removing a directory fails while it has files).
     let _ = fs::remove_dir(&dir);
