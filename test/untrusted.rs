@@ -366,6 +366,76 @@ fn an_unreadable_limit_file_is_named_in_the_notes_for_a_non_root_user() {
     });
 }
 
+#[test]
+fn finding_9_the_exec_d_program_does_not_wait_on_a_full_fd_3_nobody_reads() {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    let layer = TempDir::new().expect("temp dir");
+    let program = layer.path().join("web-concurrency");
+    std::os::unix::fs::symlink(LAUNCHER, &program).expect("symlink");
+    // A pipe filled to the brim; this test holds its read end and reads nothing until the end.
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let (mut read_end, mut write_end) = (fs::File::from(read_end), fs::File::from(write_end));
+    let nonblocking = |file: &fs::File, on: bool| {
+        let flags = if on { libc::O_NONBLOCK } else { 0 };
+        // SAFETY: F_SETFL on a descriptor this test owns.
+        assert_eq!(
+            unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags) },
+            0
+        );
+    };
+    nonblocking(&write_end, true);
+    let mut filled = 0;
+    while let Ok(n) = write_end.write(&[b'x'; 4096]) {
+        filled += n;
+    }
+    // As the lifecycle hands it over: blocking.
+    nonblocking(&write_end, false);
+    let fd = OwnedFd::from(write_end);
+    let raw = fd.as_raw_fd();
+    let mut exec_d = Command::new(&program);
+    exec_d
+        .current_dir(layer.path())
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .env("DYNO", "web-12a34b56d-e78f9");
+    // SAFETY: dup2 is async-signal-safe; it leaves fd 3 open across exec (no FD_CLOEXEC).
+    unsafe {
+        exec_d.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = std::time::Instant::now();
+    let output = Run::output(exec_d, secs(10));
+    let took = started.elapsed();
+    drop(fd);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(took < secs(5), "{took:?}");
+    let stderr = text(&output.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("fd 3"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("launcher: WEB_CONCURRENCY="),
+        "the boot line is still written: {stderr}"
+    );
+    // Nothing was written into the pipe: no half of the output for the lifecycle to parse.
+    nonblocking(&read_end, true);
+    let mut held = Vec::new();
+    let _ = read_end.read_to_end(&mut held);
+    assert_eq!(held.len(), filled);
+    assert!(held.iter().all(|b| *b == b'x'));
+}
+
 /// A /tmp of the test's own: world-writable and sticky, as the machine's /tmp is.
 fn shared_tmp() -> TempDir {
     let tmp = TempDir::new().expect("temp dir");
