@@ -766,6 +766,54 @@ fn finding_8_two_pid_1_launchers_sharing_a_tmpdir_each_show_in_their_own_namespa
 }
 
 #[test]
+fn finding_10_a_tmpdir_in_a_cgroup_filesystem_gets_no_cgroup_made_in_it() {
+    needs_machine(|| {
+        let cgroup = MemoryCgroup::create(&["launcher-test-tmpdir"], 1 << 30)?;
+        let tmpdir = cgroup.dir().to_str().expect("utf-8").to_owned();
+        let made = state_dir(cgroup.dir());
+        let run = Run::spawn(supervisor(cgroup.dir(), &[]));
+        run.wait_event("worker_spawn", BOOT, |_| true);
+        // The state directory was chosen (and, before, made) before the first worker.
+        let made_there = made.exists();
+        if made_there {
+            let _ = fs::remove_dir(&made);
+        }
+        assert!(!made_there, "a cgroup was made: {}", made.display());
+        let line = run.wait_event("state", BOOT, |_| true);
+        let message = line.get("message");
+        assert!(message.contains(&tmpdir[..30]), "{}", line.line);
+        assert!(message.contains("cgroup"), "{}", line.line);
+        assert!(message.contains("/tmp"), "{}", line.line);
+        assert_eq!(run.events("state").len(), 1, "\n{}", run.log());
+        // launcher size, with the same TMPDIR, looks where the supervisor keeps its file.
+        let state = state_file(Path::new("/tmp"), run.pid(), run.pid());
+        run.wait("the state file in /tmp", secs(10), || {
+            state.exists().then_some(())
+        });
+        let report = size(cgroup.dir());
+        assert_eq!(
+            running_pids(&report),
+            vec![u64::from(run.pid())],
+            "{report}"
+        );
+        assert!(report["notes"].to_string().contains("cgroup"), "{report}");
+        support::procs::signal("TERM", &[run.pid()]);
+        let mut run = run;
+        run.wait_exit(secs(30));
+        assert!(!state.exists(), "{} left behind", state.display());
+        // Nothing under the cgroup but what the kernel made: no directory at all.
+        let dirs: Vec<_> = fs::read_dir(cgroup.dir())
+            .expect("cgroup")
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(dirs.is_empty(), "{dirs:?}");
+        Ok(())
+    });
+}
+
+#[test]
 fn a_relative_tmpdir_falls_back_to_tmp_with_one_line() {
     let run = Run::spawn(command(
         None,
