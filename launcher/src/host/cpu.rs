@@ -4,14 +4,14 @@
 use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
-use super::{procfs, smallest, Reading, Snapshot, PROC};
+use super::{procfs, smallest, Notes, Reading, Snapshot, PROC};
 
 /// The usable CPUs as a whole count (a fractional quota rounds up), and as the exact share the
 /// dyno may use (a quota of 0.9 CPU is 0.9), against which its CPU use is measured.
 pub(super) fn read(
     snapshot: &Snapshot,
     hierarchies: &[Hierarchy],
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> (Reading<u32>, f64) {
     let mut readings = Vec::new();
     let online = Path::new("/sys/devices/system/cpu/online");
@@ -30,7 +30,7 @@ pub(super) fn read(
     let mut exact: Option<f64> = None;
     for hierarchy in hierarchies {
         for dir in hierarchy.levels() {
-            if let Some((reading, cpus)) = quota(snapshot, &dir, hierarchy.version, notes) {
+            if let Some((reading, cpus)) = quota(snapshot, dir, hierarchy.version, notes) {
                 readings.push(reading);
                 exact = Some(exact.map_or(cpus, |e| e.min(cpus)));
             }
@@ -49,13 +49,14 @@ pub(super) fn read(
 /// mount no cgroup).
 pub(super) fn accounting(snapshot: &Snapshot, hierarchies: &[Hierarchy]) -> Option<CgroupDir> {
     hierarchies.iter().find_map(|h| {
-        snapshot
-            .path(&h.own_dir.join(h.version.cpu_time_file()))
-            .is_file()
-            .then(|| CgroupDir {
-                version: h.version,
-                path: h.own_dir.clone(),
-            })
+        let file = match h.version {
+            Version::V1 => "cpuacct.usage",
+            Version::V2 => "cpu.stat",
+        };
+        snapshot.is_file(&h.own_dir.join(file)).then(|| CgroupDir {
+            version: h.version,
+            path: h.own_dir.clone(),
+        })
     })
 }
 
@@ -74,7 +75,7 @@ fn quota(
     snapshot: &Snapshot,
     dir: &Path,
     version: Version,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Option<(Reading<u32>, f64)> {
     let (shown, quota, period) = match version {
         Version::V2 => {
@@ -83,13 +84,13 @@ fn quota(
             let mut fields = text.split_whitespace();
             let quota = fields.next()?.to_owned();
             let period = fields.next().unwrap_or("100000").to_owned();
-            (path.display().to_string(), quota, period)
+            (super::shown(&path), quota, period)
         }
         Version::V1 => {
             let path = dir.join("cpu.cfs_quota_us");
             let quota = snapshot.read_optional(&path, notes)?.trim().to_owned();
             let period = snapshot.read_optional(&dir.join("cpu.cfs_period_us"), notes)?;
-            (path.display().to_string(), quota, period.trim().to_owned())
+            (super::shown(&path), quota, period.trim().to_owned())
         }
     };
     if quota == "max" || quota == "-1" {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
-use super::{procfs, smallest, Reading, Snapshot, MIB, PROC};
+use super::{procfs, smallest, Notes, Reading, Snapshot, MIB, PROC};
 
 /// The fallback when nothing at all is readable.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
@@ -26,18 +26,19 @@ fn limit_files(version: Version) -> &'static [&'static str] {
     }
 }
 
+/// The smallest MemTotal believed. Less is no machine a web app runs on (a Linux kernel and a
+/// Python or Ruby server alone need more): a MemTotal under it is taken as unreadable, so it
+/// neither passes over a real cgroup limit as "more than the host has" nor sizes the dyno.
+pub const MIN_HOST_MEMORY_BYTES: u64 = 64 * MIB;
+
 /// The memory limit, and the cgroup directory of the file it was read from.
 pub(super) fn read(
     snapshot: &Snapshot,
     hierarchies: &[Hierarchy],
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> (Reading<u64>, Option<CgroupDir>) {
-    let host_total = snapshot
-        .read(&Snapshot::proc_file("meminfo"))
-        .ok()
-        .and_then(|text| procfs::meminfo_total_bytes(&text));
+    let host_total = host_total(snapshot, notes);
     let mut limits = Vec::new();
-    let mut read_already = Vec::new();
     for hierarchy in hierarchies {
         for dir in hierarchy.levels() {
             for file in limit_files(hierarchy.version) {
@@ -46,19 +47,24 @@ pub(super) fn read(
                     snapshot,
                     &path,
                     hierarchy.version,
-                    host_total,
+                    host_total.ok(),
                     notes,
                 ));
-                read_already.push(path);
             }
         }
     }
     if limits.is_empty() {
-        // On a v1 host the second well-known path is the mount's root, read already above.
         for (path, version) in WELL_KNOWN {
             let path = Path::new(path);
-            if !read_already.iter().any(|done| done == path) {
-                limits.extend(read_limit(snapshot, path, version, host_total, notes));
+            // On a v1 host the second well-known path is the mount's root, read already above.
+            let read_already = hierarchies.iter().any(|h| {
+                h.version == version
+                    && path
+                        .parent()
+                        .is_some_and(|parent| h.levels().any(|dir| dir == parent))
+            });
+            if !read_already {
+                limits.extend(read_limit(snapshot, path, version, host_total.ok(), notes));
             }
         }
     }
@@ -66,19 +72,43 @@ pub(super) fn read(
         return (limit, Some(dir));
     }
     let reading = match host_total {
-        Some(bytes) => Reading {
+        Ok(bytes) => Reading {
             value: bytes,
             source: format!("{PROC}/meminfo MemTotal (no cgroup memory limit)"),
         },
-        None => {
-            notes.push(format!("cannot read MemTotal from {PROC}/meminfo"));
+        Err(why) => {
+            if why == UNREADABLE {
+                notes.push(format!("cannot read MemTotal from {PROC}/meminfo"));
+            }
             Reading {
                 value: DEFAULT_MEMORY_BYTES,
-                source: "default 512 MB (no memory information readable)".to_owned(),
+                source: format!("default 512 MB ({why})"),
             }
         }
     };
     (reading, None)
+}
+
+const UNREADABLE: &str = "no memory information readable";
+
+/// MemTotal, if it can be read and is at least `MIN_HOST_MEMORY_BYTES`; else why not, for the
+/// fallback's source.
+fn host_total(snapshot: &Snapshot, notes: &mut Notes) -> Result<u64, &'static str> {
+    let total = snapshot
+        .read(&Snapshot::proc_file("meminfo"))
+        .ok()
+        .and_then(|text| procfs::meminfo_total_bytes(&text))
+        .ok_or(UNREADABLE)?;
+    if total < MIN_HOST_MEMORY_BYTES {
+        notes.push(format!(
+            "ignored {PROC}/meminfo MemTotal: {} kB is less than any machine that runs a web app \
+             ({} MB)",
+            total / 1024,
+            MIN_HOST_MEMORY_BYTES / MIB
+        ));
+        return Err("MemTotal not believed, no cgroup memory limit");
+    }
+    Ok(total)
 }
 
 /// One limit file. Missing files and "no limit" values are silent; values that are present but
@@ -88,11 +118,11 @@ fn read_limit(
     path: &Path,
     version: Version,
     host_total: Option<u64>,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Option<(Reading<u64>, CgroupDir)> {
     let text = snapshot.read_optional(path, notes)?;
     let text = text.trim();
-    let shown = path.display();
+    let shown = super::shown(path);
     if text == "max" {
         return None;
     }

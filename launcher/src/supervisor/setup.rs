@@ -248,7 +248,8 @@ fn control_config(
 /// control app (its backlog); other servers are followed by the accept queue.
 fn followed_threads(plan: &Plan) -> Option<u32> {
     let gthread = plan.server == crate::servers::Server::Gunicorn;
-    plan.threads.filter(|_| gthread || plan.puma_control.is_some())
+    plan.threads
+        .filter(|_| gthread || plan.puma_control.is_some())
 }
 
 /// The reader: where the dyno's memory and CPU time are read, the accept queue, and what adaptive

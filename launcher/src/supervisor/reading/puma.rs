@@ -76,9 +76,21 @@ mod tests {
             {"pid":2,"last_status":{"backlog":0,"running":5,"pool_capacity":2,"max_threads":5}},
             {"pid":3,"last_status":{}}]}"#;
         let stats = parse(body).expect("stats");
-        assert_eq!(stats, Stats { backlog: 3, busy_threads: 8 });
+        assert_eq!(
+            stats,
+            Stats {
+                backlog: 3,
+                busy_threads: 8
+            }
+        );
         let single = r#"{"backlog":1,"running":3,"pool_capacity":1,"max_threads":3}"#;
-        assert_eq!(parse(single), Some(Stats { backlog: 1, busy_threads: 2 }));
+        assert_eq!(
+            parse(single),
+            Some(Stats {
+                backlog: 1,
+                busy_threads: 2
+            })
+        );
         assert_eq!(parse("not json"), None);
     }
 }
