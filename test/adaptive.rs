@@ -387,15 +387,96 @@ fn uvicorn_is_refused_with_the_reason_from_the_behaviour_table() {
 }
 
 #[test]
-fn gunicorn_with_threads_is_refused_and_says_which_setting() {
+fn gunicorn_on_an_event_loop_is_refused_and_says_which_setting() {
     needs_machine(|| {
-        let args = ["--threads", "4"];
-        let (served, _) = gunicorn("launcher-test-adaptive-threads", &[], &args, STATIC)?;
+        let args = ["-k", "uvicorn.workers.UvicornWorker"];
+        let (served, _) = gunicorn("launcher-test-adaptive-loop", &[], &args, STATIC)?;
         let warning = refused(&served.run);
         assert!(
-            warning.get("message").contains("(--threads 4)"),
+            warning
+                .get("message")
+                .contains("(-k uvicorn.workers.UvicornWorker)"),
             "{}",
             warning.line
+        );
+        Ok(())
+    });
+}
+
+/// With the launcher's threads a gthread worker accepts only as many connections as it has
+/// threads, so what waits stays in the shared accept queue and an added worker takes from it;
+/// left at gunicorn's 1000, one worker took all 64 keep-alive clients and growth never came
+/// (issue 22).
+#[test]
+fn gunicorn_gthread_grows_on_what_waits_inside_its_workers_and_comes_back_down() {
+    needs_machine(|| {
+        let _serial = serial();
+        let extra = [("LAUNCHER_THREADS", "4"), ("BALLAST_MB", "20")];
+        let (served, master) = gunicorn("launcher-test-adaptive-gthread", &extra, &[], STATIC)?;
+        let Served { run, port, cgroup } = &served;
+        let start = run.wait_event("start", BOOT, |_| true);
+        assert_eq!(start.get("threads"), "4", "{}", start.line);
+        let memory = run.wait_event("memory", BOOT, |_| true);
+        assert_eq!(memory.get("sizing"), "adaptive", "{}", memory.line);
+        assert!(
+            run.stderr()
+                .iter()
+                .any(|l| l.contains("Using worker: gthread")),
+            "{}",
+            run.log()
+        );
+        assert!(
+            !run.stderr().iter().any(|l| l.contains("No keepalived")),
+            "{}",
+            run.log()
+        );
+        // 64 clients, 8 threads.
+        let load = Load::on(*port, CLIENTS, "/sleep", secs(120));
+        let (mut seen, mut changed_at) = (0, Instant::now());
+        let count = run.wait("gthread to grow and hold", secs(60), || {
+            let resizes = run.events("resize").len();
+            if resizes != seen {
+                (seen, changed_at) = (resizes, Instant::now());
+            }
+            let count = children(master).len();
+            (changed_at.elapsed() > secs(8) && count > STATIC + 2).then_some(count)
+        });
+        let grown = run.events("resize");
+        one_step_each(&grown, "queue", run);
+        let sample = run.wait_event("sample", secs(3), |e| {
+            e.index > grown[grown.len() - 1].index
+        });
+        assert_eq!(
+            sample.num::<usize>("sample#threads"),
+            4 * sample.num::<usize>("sample#workers"),
+            "{}",
+            sample.line
+        );
+        let tally = load.finish();
+        wait_for("the static count again", secs(40), || {
+            (children(master).len() == STATIC).then_some(())
+        });
+        eprintln!("gthread grew to {count} workers of 4 threads, then back to {STATIC}");
+        assert!(tally.failures.is_empty(), "{tally:?}\n{}", run.log());
+        assert_eq!(cgroup.oom_kills(), 0, "{}", run.log());
+        Ok(())
+    });
+}
+
+/// Threads change how an app runs: without LAUNCHER_THREADS a sync app keeps sync workers.
+#[test]
+fn a_sync_app_without_consent_keeps_sync_workers() {
+    needs_machine(|| {
+        let (served, _) = gunicorn("launcher-test-adaptive-sync", &[], &[], STATIC)?;
+        let start = served.run.wait_event("start", BOOT, |_| true);
+        assert_eq!(start.opt("threads"), None, "{}", start.line);
+        let run = &served.run;
+        assert!(
+            run.stderr()
+                .iter()
+                .any(|l| l.contains("Using worker: sync")),
+            "{}",
+            run.log()
         );
         Ok(())
     });
@@ -447,6 +528,36 @@ fn a_dyno_stopped_at_its_peak_stays_under_its_quota() {
         assert!(status.success(), "{status:?}\n{log}");
         assert_eq!(served.cgroup.oom_kills(), 0, "{count} workers\n{log}");
         assert!(served.run.events("oom_kill").is_empty(), "{log}");
+        Ok(())
+    });
+}
+
+/// Sync workers that mostly wait while requests queue get one `hint`: threads would serve more
+/// at once (issue 22).
+#[test]
+fn sync_workers_that_mostly_wait_get_the_threads_hint_once() {
+    needs_machine(|| {
+        let _serial = serial();
+        let extra = [("LAUNCHER_SIZING", "static")];
+        let (served, _) = gunicorn("launcher-test-adaptive-hint", &extra, &[], STATIC)?;
+        let Served { run, port, .. } = &served;
+        let load = Load::on(*port, CLIENTS, "/sleep", secs(60));
+        let hint = run.wait_event("hint", secs(50), |e| e.opt("setting").is_some());
+        let tally = load.finish();
+        assert_eq!(
+            hint.get("setting"),
+            "LAUNCHER_THREADS=auto",
+            "{}",
+            hint.line
+        );
+        assert!(hint.num::<f64>("cpu_busy") < 0.3, "{}", hint.line);
+        assert!(hint.num::<f64>("queued_share") >= 0.5, "{}", hint.line);
+        let hints = run.events("hint");
+        assert_eq!(
+            hints.iter().filter(|e| e.opt("setting").is_some()).count(),
+            1
+        );
+        assert!(tally.failures.is_empty(), "{tally:?}");
         Ok(())
     });
 }

@@ -121,6 +121,7 @@ fn json_has_exactly_the_documented_keys() {
             "running",
             "set_by",
             "settings",
+            "threads",
             "web",
             "web_concurrency",
             "web_memory_mb"
@@ -538,6 +539,31 @@ fn a_users_config_var_wins() {
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("json");
     assert_eq!(report["web_concurrency"], 3);
     assert_eq!(report["set_by"], serde_json::Value::Null);
+}
+
+/// The script adds gunicorn's thread options in bash; these are the cases of report.rs's
+/// `gunicorn_thread_args` unit test, which `launcher run` and the CNB exec.d use: both agree.
+#[test]
+fn threads_reach_gunicorn_through_the_profile_as_launcher_run_gives_them() {
+    let slug = Slug::new();
+    let cases = [
+        (None, "--threads 4 --worker-connections 4 --keep-alive 0"),
+        (
+            Some("--timeout 60 --access-logformat '%(h)s  %(r)s'"),
+            "--timeout 60 --access-logformat '%(h)s  %(r)s' --threads 4 --worker-connections 4 --keep-alive 0",
+        ),
+        (Some("--keep-alive=5"), "--keep-alive=5 --threads 4 --worker-connections 4"),
+        (Some("--worker-connections 50"), "--worker-connections 50 --threads 4 --keep-alive 0"),
+        (Some("--threads 8"), "--threads 8"),
+    ];
+    for (args, want) in cases {
+        let mut env = vec![("LAUNCHER_THREADS", "4")];
+        env.extend(args.map(|a| ("GUNICORN_CMD_ARGS", a)));
+        let output = slug.boot("set -eu", &env, "printf '%s' \"$GUNICORN_CMD_ARGS\"");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), want, "{args:?}");
+    }
+    let off = slug.boot("set -eu", &[], "printf '%s' \"${GUNICORN_CMD_ARGS-unset}\"");
+    assert_eq!(String::from_utf8_lossy(&off.stdout), "unset");
 }
 
 #[test]

@@ -248,6 +248,56 @@ fn puma_with_adaptive_sizing_grows_under_keep_alive_clients_and_comes_back_down(
     });
 }
 
+/// puma's workers run threads and take kept-alive connections into their reactor: the requests
+/// wait in puma's own backlog, which its control app tells (issue 22).
+#[test]
+fn puma_with_threads_grows_on_its_backlog_under_keep_alive_clients_and_comes_back_down() {
+    needs_machine(|| {
+        Ruby::Puma.installed()?;
+        let name = "launcher-test-puma-threads";
+        let cgroup = MemoryCgroup::create(&[name], 512 * MB)?.with_cpu_accounting(name)?;
+        let tmp = tempfile::TempDir::new().map_err(|e| e.to_string())?;
+        let tmpdir = tmp.path().to_str().expect("utf-8").to_owned();
+        let port = free_port();
+        let port_text = port.to_string();
+        let env = [
+            ("RAILS_MAX_THREADS", "4"),
+            ("LAUNCHER_SIZING", "adaptive"),
+            ("LAUNCHER_ADAPTIVE_GROW_WINDOW", "2"),
+            ("LAUNCHER_ADAPTIVE_STEP", "1"),
+            ("LAUNCHER_ADAPTIVE_SHRINK_AFTER", "4"),
+            ("LAUNCHER_SAMPLE_INTERVAL", "1"),
+            ("TMPDIR", tmpdir.as_str()),
+        ];
+        let pidfile = tmp.path().join("server.pid");
+        let launcher = ruby_launcher(Ruby::Puma, &port_text, &pidfile, &env);
+        let run = Run::spawn(cgroup.wrap(&launcher));
+        let start = run.wait_event("start", BOOT, |_| true);
+        assert_eq!(start.get("threads"), "4", "{}", start.line);
+        let sized = sized_in(&cgroup);
+        let master = run.wait_children(1, BOOT)[0];
+        workers(&run, master, sized, &[], "at start");
+        let load = Load::on(port, 64, "/slow?s=0.05", secs(60));
+        run.wait("puma to grow by two workers", secs(40), || {
+            (children(master).len() >= sized + 2).then_some(())
+        });
+        let waiting = run.events("sample").iter().any(|e| {
+            e.opt("sample#requests_waiting")
+                .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
+        });
+        let tally = load.finish();
+        assert!(waiting, "puma's backlog never seen\n{}", run.log());
+        run.wait("puma back at the static count", secs(40), || {
+            (children(master).len() == sized).then_some(())
+        });
+        assert!(tally.failures.is_empty(), "{tally:?}\n{}", run.log());
+        assert_eq!(cgroup.oom_kills(), 0, "{}", run.log());
+        // The control app's token is never logged.
+        assert!(!run.log().contains("--control-token"), "{}", run.log());
+        Ok(())
+    });
+}
+
 fn as_pid_1(server: Ruby) -> Result<(), String> {
     server.installed()?;
     let cgroup = MemoryCgroup::create(

@@ -40,10 +40,22 @@ if [ -x "${HOME:-}/.launcher/bin/launcher" ] &&
       "export RAILS_MAX_THREADS=$__launcher_value") export RAILS_MAX_THREADS="$__launcher_value" ;;
       "export LAUNCHER_WEB_THREADS=$__launcher_value")
         export LAUNCHER_WEB_THREADS="$__launcher_value"
-        # gunicorn's threads, unless GUNICORN_CMD_ARGS names them already.
+        # gunicorn's threads, unless GUNICORN_CMD_ARGS names them already; each worker then
+        # accepts only as many connections, and keeps none open unless told (report.rs,
+        # gunicorn_thread_args, says why).
         case " ${GUNICORN_CMD_ARGS:-} " in
-          *" --threads"*) ;;
-          *) export GUNICORN_CMD_ARGS="${GUNICORN_CMD_ARGS:+${GUNICORN_CMD_ARGS} }--threads ${__launcher_value}" ;;
+          *" --threads "* | *" --threads="*) ;;
+          *)
+            __launcher_line="--threads ${__launcher_value}"
+            case " ${GUNICORN_CMD_ARGS:-} " in
+              *" --worker-connections "* | *" --worker-connections="*) ;;
+              *) __launcher_line="${__launcher_line} --worker-connections ${__launcher_value}" ;;
+            esac
+            case " ${GUNICORN_CMD_ARGS:-} " in
+              *" --keep-alive "* | *" --keep-alive="*) ;;
+              *) __launcher_line="${__launcher_line} --keep-alive 0" ;;
+            esac
+            export GUNICORN_CMD_ARGS="${GUNICORN_CMD_ARGS:+${GUNICORN_CMD_ARGS} }${__launcher_line}" ;;
         esac ;;
     esac
   done

@@ -36,8 +36,8 @@ pub struct Report {
 
 /// How each server is told the threads per worker (docs/sizing.md#threads): puma's
 /// `RAILS_MAX_THREADS` unless it is the user's (one the launcher did not write:
-/// `LAUNCHER_WEB_THREADS` differs), gunicorn's `--threads` in `GUNICORN_CMD_ARGS` unless that
-/// names threads already; and `LAUNCHER_WEB_THREADS`, the count chosen.
+/// `LAUNCHER_WEB_THREADS` differs), gunicorn's options in `GUNICORN_CMD_ARGS`
+/// (`gunicorn_thread_args`); and `LAUNCHER_WEB_THREADS`, the count chosen.
 pub fn threads_exports(threads: Option<u32>, env: &Env) -> Vec<(&'static str, String)> {
     let Some(threads) = threads else {
         return Vec::new();
@@ -48,14 +48,44 @@ pub fn threads_exports(threads: Option<u32>, env: &Env) -> Vec<(&'static str, St
         exports.push(("RAILS_MAX_THREADS", threads.to_string()));
     }
     let args = env.get("GUNICORN_CMD_ARGS").unwrap_or_default();
-    if !args.split_whitespace().any(|a| a.starts_with("--threads")) {
-        let space = if args.trim().is_empty() { "" } else { " " };
-        exports.push((
-            "GUNICORN_CMD_ARGS",
-            format!("{}{space}--threads {threads}", args.trim()),
-        ));
+    if let Some(args) = gunicorn_thread_args(args, threads) {
+        exports.push(("GUNICORN_CMD_ARGS", args));
     }
     exports
+}
+
+/// `GUNICORN_CMD_ARGS` with `threads` added, or None when it names threads already (the user's
+/// tuning). With the threads, `--worker-connections` of as many: a gthread worker otherwise
+/// accepts up to 1000 connections, so under keep-alive one worker takes them all and queues
+/// them for its own threads while the others idle, and no added worker gets any; capped, a
+/// worker with every thread busy leaves connections in the shared accept queue, where a free
+/// worker takes them and the launcher sees them wait. And `--keep-alive 0` unless named: with no
+/// room to keep connections open gunicorn closes each after its response (as sync workers do)
+/// and, told so, does not warn about it. `bin/compile`'s `.profile.d` script does the same in bash.
+pub fn gunicorn_thread_args(args: &str, threads: u32) -> Option<String> {
+    let names = |option: &str| {
+        args.split_whitespace()
+            .any(|word| word == option || word.starts_with(&format!("{option}=")))
+    };
+    if names("--threads") {
+        return None;
+    }
+    // The user's text is kept as written: gunicorn splits it as a shell does (quotes included).
+    let mut out = args.trim().to_owned();
+    let mut add = |option: String| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&option);
+    };
+    add(format!("--threads {threads}"));
+    if !names("--worker-connections") {
+        add(format!("--worker-connections {threads}"));
+    }
+    if !names("--keep-alive") {
+        add("--keep-alive 0".to_owned());
+    }
+    Some(out)
 }
 
 impl Report {
@@ -265,7 +295,12 @@ impl Report {
             .thread_exports
             .iter()
             .filter(|(name, _)| *name != "LAUNCHER_WEB_THREADS")
-            .map(|(name, value)| format!("{name}={}", crate::text::shown(value)))
+            .map(|(name, value)| match value.rfind("--threads ") {
+                // The options added, after the user's text (`gunicorn_thread_args`).
+                Some(at) if *name == "GUNICORN_CMD_ARGS" => format!("{name} += {}", &value[at..]),
+                // Ours: digits.
+                _ => format!("{name}={value}"),
+            })
             .collect();
         match told.is_empty() {
             true => "the servers' own settings name theirs (kept)".to_owned(),
@@ -354,8 +389,55 @@ fn running_line(state: &State) -> String {
     if let (Some(busy), Some(cpus)) = (state.cpu_busy, state.cpu_capacity) {
         line += &format!("; CPU {:.0}% of {cpus}", busy * 100.0);
     }
-    line + &format!(
+    if let Some(threads) = state.threads {
+        let waiting = state.requests_waiting.unwrap_or(0);
+        line += &format!("; {threads} threads each, {waiting} requests waiting inside");
+    }
+    line += &format!(
         "; {} recycled, {} OOM kills\n",
         state.memory_recycles, state.oom_kills
-    )
+    );
+    match &state.hint {
+        Some(hint) => line + &format!("hint: {hint}\n"),
+        None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gunicorn_gets_threads_capped_connections_and_no_keep_alive_around_the_users_text() {
+        let cases = [
+            ("", Some("--threads 4 --worker-connections 4 --keep-alive 0")),
+            (
+                "--timeout 60 --access-logformat '%(h)s  %(r)s'",
+                Some("--timeout 60 --access-logformat '%(h)s  %(r)s' --threads 4 --worker-connections 4 --keep-alive 0"),
+            ),
+            ("--keep-alive=5", Some("--keep-alive=5 --threads 4 --worker-connections 4")),
+            ("--worker-connections 50", Some("--worker-connections 50 --threads 4 --keep-alive 0")),
+            ("--threads 8", None),
+            ("--threads=8 --timeout 5", None),
+        ];
+        for (args, want) in cases {
+            assert_eq!(gunicorn_thread_args(args, 4).as_deref(), want, "{args}");
+        }
+    }
+
+    #[test]
+    fn rails_max_threads_is_written_unless_it_is_the_users() {
+        let names = |env: &Env| -> Vec<&str> {
+            threads_exports(Some(4), env)
+                .iter()
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        let ours = Env::from_pairs([("RAILS_MAX_THREADS", "4"), ("LAUNCHER_WEB_THREADS", "4")]);
+        let users = Env::from_pairs([("RAILS_MAX_THREADS", "3")]);
+        assert!(names(&Env::from_pairs(Vec::<(&str, &str)>::new())).contains(&"RAILS_MAX_THREADS"));
+        assert!(names(&ours).contains(&"RAILS_MAX_THREADS"));
+        assert!(!names(&users).contains(&"RAILS_MAX_THREADS"));
+        assert!(threads_exports(None, &users).is_empty());
+    }
 }

@@ -56,8 +56,8 @@ pub const TABLE: [Behaviour; 7] = [
         },
         notifies: true,
         workers: Workers::Children,
-        // Its sync workers; the plan refuses adaptive sizing for the others
-        // (`concurrent_workers`).
+        // Its sync and gthread workers (the plan follows gthread's threads, `served_how`);
+        // adaptive sizing is refused for its event-loop workers (`gunicorn_workers`).
         accepts: Accepts::WhenFree,
         config: Some(ConfigFile {
             flags: &["-c", "--config"],

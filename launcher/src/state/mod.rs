@@ -54,6 +54,15 @@ pub struct State {
     pub cpu_busy: Option<f64>,
     #[serde(default)]
     pub cpu_capacity: Option<f64>,
+    /// Threads per worker, where the server runs threads; the requests waiting inside the
+    /// workers at the last look.
+    #[serde(default)]
+    pub threads: Option<u32>,
+    #[serde(default)]
+    pub requests_waiting: Option<u32>,
+    /// The threads hint, once the supervisor has said it.
+    #[serde(default)]
+    pub hint: Option<String>,
     /// Seconds since the Unix epoch.
     pub updated_at: u64,
     /// Where the supervisor runs: `launcher size` shows only its own container's.
@@ -234,6 +243,9 @@ mod tests {
             listen_backlog: Some(2048),
             cpu_busy: Some(0.31),
             cpu_capacity: Some(2.0),
+            threads: None,
+            requests_waiting: None,
+            hint: None,
             updated_at: unix_now(),
             scope: Scope::own(&Snapshot::live()),
         }

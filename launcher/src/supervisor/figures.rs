@@ -31,6 +31,8 @@ pub struct Figures<'a> {
     pub threads: Option<u32>,
     pub waiting: Option<u32>,
     pub threads_busy: Option<u32>,
+    /// The threads hint, once said.
+    pub hint: Option<&'a str>,
 }
 
 /// The `sample#` line: workers, restarts, the accept queue, the dyno's CPU and memory, and the
@@ -143,6 +145,9 @@ pub fn state(
         listen_backlog: load.queue.map(|q| q.backlog),
         cpu_busy: load.cpu_busy.map(|b| (b * 100.0).round() / 100.0),
         cpu_capacity: Some(cpu_capacity),
+        threads: figures.threads,
+        requests_waiting: figures.waiting,
+        hint: figures.hint.map(str::to_owned),
         updated_at: state::unix_now(),
         scope: scope.clone(),
     }

@@ -8,6 +8,7 @@ mod backoff;
 mod decide;
 mod event_loop;
 mod figures;
+mod hint;
 mod kill;
 mod log;
 mod memory;

@@ -116,7 +116,8 @@ impl Plan {
         let follows_puma = found.server == servers::Server::Puma
             && mode == Mode::Delegate
             && settings.sizing == crate::sizing::Sizing::Adaptive
-            && threads.is_some_and(|t| t > 1);
+            && threads.is_some_and(|t| t > 1)
+            && !puma_has_control(&words, config.as_deref());
         let puma_control = state_dir.filter(|_| follows_puma).map(puma_control);
         let mut argv = rewrite.argv.clone();
         if let Some(control) = &puma_control {
@@ -365,6 +366,13 @@ fn served_how(
     }
 }
 
+/// The app's own puma control app, which the launcher's would replace (puma's command line wins
+/// over its config): its busy threads are then read from /proc instead.
+fn puma_has_control(words: &[&str], config: Option<&str>) -> bool {
+    let flag = |w: &&str| *w == "--control-url" || w.starts_with("--control-url=");
+    words.iter().any(flag) || config.is_some_and(|c| c.contains("activate_control_app"))
+}
+
 /// puma's control app at `<state dir>/puma-<pid>.sock`, which only this user can reach, with a
 /// token of 16 random bytes besides.
 fn puma_control(state_dir: &Path) -> crate::supervisor::reading::puma::Control {
@@ -379,5 +387,26 @@ fn puma_control(state_dir: &Path) -> crate::supervisor::reading::puma::Control {
     crate::supervisor::reading::puma::Control {
         socket: state_dir.join(format!("puma-{}.sock", std::process::id())),
         token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::puma_has_control;
+
+    #[test]
+    fn the_apps_own_puma_control_app_is_kept() {
+        let words = ["puma", "-C", "config/puma.rb"];
+        assert!(!puma_has_control(&words, None));
+        assert!(!puma_has_control(&words, Some("threads 5, 5\n")));
+        assert!(puma_has_control(
+            &words,
+            Some("activate_control_app 'tcp://127.0.0.1:9293'\n")
+        ));
+        assert!(puma_has_control(
+            &["puma", "--control-url", "unix:///tmp/c"],
+            None
+        ));
+        assert!(puma_has_control(&["puma", "--control-url=auto"], None));
     }
 }

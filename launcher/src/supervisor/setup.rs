@@ -44,6 +44,9 @@ pub struct Setup {
     pub sample_interval: Option<Duration>,
     /// Where the state file is kept; None when it cannot be (said once at start).
     pub state_dir: Option<PathBuf>,
+    /// Whether to look for workers that wait more than they compute (`hint`): one thread each,
+    /// threads not asked for.
+    pub threads_hint: bool,
 }
 
 /// The facts of this run: the settings, the host, what the environment says of the platform.
@@ -134,6 +137,7 @@ impl Setup {
                 .max_workers
                 .unwrap_or(MAX_WEB_CONCURRENCY)
                 .min(MAX_WEB_CONCURRENCY),
+            threads_hint: threads_would_help(&plan, report, port),
             listener,
             notify,
             command,
@@ -243,6 +247,17 @@ fn control_config(
     }
 }
 
+/// Whether threads could serve more at once than the workers do: gunicorn's sync workers, or a
+/// puma of one thread per worker, with `LAUNCHER_THREADS` off and a socket to see the queue of.
+fn threads_would_help(plan: &Plan, report: &Report, port: Option<u16>) -> bool {
+    let one_thread = match plan.server {
+        crate::servers::Server::Gunicorn => plan.threads.is_none() && plan.queue_blind.is_none(),
+        crate::servers::Server::Puma => plan.threads == Some(1),
+        _ => false,
+    };
+    one_thread && report.threads.is_none() && port.is_some()
+}
+
 /// Threads per worker where adaptive sizing follows what waits inside the workers, at each
 /// check: gunicorn's gthread workers (their connections' unread requests) and a puma with its
 /// control app (its backlog); other servers are followed by the accept queue.
@@ -267,10 +282,11 @@ fn reader(
     let cpu = CpuMeter::for_host(&report.host, &meter, me);
     let capacity = report.host.cpu_capacity;
     let load = Load::new(settings.queue_read_interval, cpu, capacity, Instant::now());
-    let cpu_window = control
-        .adaptive
-        .as_ref()
-        .map(|a| a.step.max(Duration::from_secs(1)));
+    // Adaptive sizing's CPU rule reads the CPU at each check; so does the threads hint.
+    let cpu_window = match &control.adaptive {
+        Some(a) => Some(a.step.max(Duration::from_secs(1))),
+        None => threads_would_help(plan, report, port).then_some(Duration::from_secs(10)),
+    };
     let config = reading::Config {
         mode: plan.mode,
         ready_grace: settings.ready_grace,

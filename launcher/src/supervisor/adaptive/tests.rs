@@ -236,3 +236,100 @@ fn a_shrink_the_queue_undoes_makes_the_next_one_wait_longer() {
     assert_eq!(adaptive.target(), 3);
     assert_eq!(adaptive.shrink_wait(), 120 * SECOND);
 }
+
+/// A threaded app (issue 22) under a constant load of `clients` keep-alive clients, as the
+/// controller is fed for threaded workers (decide.rs): a read counts as waiting when a request
+/// waits for a thread, in the accept queue or inside a worker, and busy is busy threads over
+/// threads per worker. Each request spends `cpu_share` of its time on a CPU; a worker's threads
+/// share its GIL, so a worker uses one CPU at most, and the dyno has `cpus`.
+struct Threaded {
+    clients: f64,
+    threads: f64,
+    cpu_share: f64,
+    cpus: f64,
+}
+
+impl Threaded {
+    /// The counts over `minutes` from `start_with` workers, a decision every 0.5 s.
+    fn run(&self, start_with: u32, minutes: u64) -> Vec<u32> {
+        let start = Instant::now();
+        let mut adaptive = Adaptive::new(config(), start_with, start);
+        let mut counts = vec![adaptive.target()];
+        let mut now = start;
+        for tick in 0..minutes * 600 {
+            now += Duration::from_millis(100);
+            let workers = f64::from(adaptive.target());
+            let in_flight = self.clients.min(workers * self.threads);
+            let per_worker = in_flight / workers * self.cpu_share;
+            let gil_bound = per_worker >= 1.0;
+            let cpu = (per_worker.min(1.0) * workers).min(self.cpus) / self.cpus;
+            adaptive.queue_read(now, self.clients > workers * self.threads || gil_bound);
+            if tick % 5 == 4 {
+                adaptive.busy_sample(now, in_flight / self.threads);
+                if let Some(step) = adaptive.decide(now, true, Some(cpu), Some(100.0)) {
+                    counts.push(step.to);
+                }
+            }
+        }
+        counts
+    }
+}
+
+fn turns(counts: &[u32]) -> usize {
+    counts
+        .windows(3)
+        .filter(|w| (w[1] > w[0]) != (w[2] > w[1]))
+        .count()
+}
+
+/// Threads per worker are held; the unit that relieves waiting is a worker of the same threads.
+/// Clients, threads, CPU share of a request, CPUs -> where the count settles from 2.
+#[test]
+fn threaded_workers_grow_while_waiting_and_not_past_what_the_cpus_carry() {
+    let table: [(f64, f64, f64, f64, u32); 5] = [
+        // I/O-bound: requests wait for a thread until 64 clients have 64 threads.
+        (64.0, 4.0, 0.01, 2.0, 16),
+        (64.0, 16.0, 0.01, 2.0, 4),
+        // GIL-bound with CPUs to spare: a worker more, not threads, until the CPUs are near full.
+        (64.0, 16.0, 0.3, 4.0, 3),
+        // CPU-bound: two GIL-bound workers fill 2 CPUs; nothing grows.
+        (64.0, 16.0, 1.0, 2.0, 2),
+        // No load: the floor.
+        (0.0, 16.0, 0.5, 2.0, 2),
+    ];
+    for (clients, threads, cpu_share, cpus, settles) in table {
+        let app = Threaded {
+            clients,
+            threads,
+            cpu_share,
+            cpus,
+        };
+        let counts = app.run(2, 10);
+        let row = format!("{clients} clients, {threads} threads, cpu {cpu_share}, {cpus} CPUs");
+        assert_eq!(counts.last(), Some(&settles), "{row}: {counts:?}");
+        assert_eq!(turns(&counts), 0, "{row}: {counts:?}");
+        if cpu_share >= 0.5 {
+            let most = counts.iter().max().copied().unwrap_or(0);
+            assert!(most <= 2 * cpus as u32 + 1, "{row}: {counts:?}");
+        }
+    }
+}
+
+/// Started above what a constant threaded load needs, the count comes down to it and holds.
+#[test]
+fn a_constant_threaded_load_comes_down_one_way_and_holds() {
+    let app = Threaded {
+        clients: 64.0,
+        threads: 16.0,
+        cpu_share: 0.01,
+        cpus: 2.0,
+    };
+    for start_with in [4, 8, 12] {
+        let counts = app.run(start_with, 20);
+        assert_eq!(turns(&counts), 0, "from {start_with}: {counts:?}");
+        assert!(
+            counts.last().is_some_and(|last| (4..=5).contains(last)),
+            "from {start_with}: {counts:?}"
+        );
+    }
+}

@@ -39,6 +39,7 @@ impl Loop {
             threads: self.reader.config.threads,
             waiting: self.reader.inside_last.0,
             threads_busy: self.reader.inside_last.1,
+            hint: self.hint_said.as_deref(),
         }
     }
 

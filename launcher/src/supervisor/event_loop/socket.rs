@@ -17,7 +17,12 @@ impl Loop {
             return;
         };
         match self.reader.load.read_queue(listener, now) {
-            Some(Ok(read)) => self.control.queue_read(now, read.queued > 0),
+            Some(Ok(read)) => {
+                self.control.queue_read(now, read.queued > 0);
+                if let Some(hint) = &mut self.waiting_hint {
+                    hint.queue_read(now, read.queued > 0);
+                }
+            }
             Some(Err(state)) => self.listener_lost(state, now),
             None => {}
         }

@@ -208,7 +208,10 @@ impl Reader {
         if wants.busy {
             reading.busy = self.count_busy(&reading.workers);
         }
-        if wants.serving {
+        // Threaded workers are not asked: a gthread worker left at gunicorn's 1000 connections
+        // (the user's own `--threads`) takes every keep-alive connection while another serves
+        // none, and waiting for that one would hold growth for good; ready is booted then.
+        if wants.serving && self.config.threads.is_none() {
             reading.not_serving = self.not_serving(&reading.workers);
         }
         if wants.inside && self.config.threads.is_some() {

@@ -1,8 +1,10 @@
 //! How many of the workers' threads serve a request now, from /proc: a thread that runs, or waits
 //! in a system call other than a lock's or an event loop's (`futex`, `epoll_wait`), is busy: it
 //! computes, sleeps, or waits on a database or an API for its request. An idle pool thread waits
-//! in `futex` for work; so does a Python thread that waits for the GIL, which is why a worker near
-//! a full core of CPU is taken as GIL-bound, not as idle (docs/architecture.md, "Adaptive sizing").
+//! in `futex` for work; so does a Python thread that waits for the GIL, so a GIL-bound worker
+//! shows few busy threads while requests wait for it: the waiting, not the busy count, grows the
+//! workers, and the CPU rule stops them where the CPUs are full (docs/architecture.md, "Adaptive
+//! sizing").
 
 use std::path::Path;
 
