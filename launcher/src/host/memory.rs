@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
-use super::{procfs, smallest, Reading, Snapshot, MIB, PROC};
+use super::limits::LimitFile;
+use super::{smallest, Reading, Snapshot, MIB, PROC};
 
 /// The fallback when nothing at all is readable.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
@@ -26,42 +27,60 @@ fn limit_files(version: Version) -> &'static [&'static str] {
     }
 }
 
-/// The memory limit, and the cgroup directory of the file it was read from.
+/// The memory limit, the cgroup directory of the file it was read from, and the limit files that
+/// could be read (`LimitFiles` reads them again while the app runs).
 pub(super) fn read(
     snapshot: &Snapshot,
     hierarchies: &[Hierarchy],
+    host_total: Option<u64>,
     notes: &mut Vec<String>,
-) -> (Reading<u64>, Option<CgroupDir>) {
-    let host_total = snapshot
-        .read(&Snapshot::proc_file("meminfo"))
-        .ok()
-        .and_then(|text| procfs::meminfo_total_bytes(&text));
+) -> (Reading<u64>, Option<CgroupDir>, Vec<LimitFile>) {
+    let mut found = Vec::new();
     let mut limits = Vec::new();
     let mut read_already = Vec::new();
     for hierarchy in hierarchies {
         for dir in hierarchy.levels() {
             for file in limit_files(hierarchy.version) {
-                let path = dir.join(file);
-                limits.extend(read_limit(
-                    snapshot,
-                    &path,
-                    hierarchy.version,
-                    host_total,
-                    notes,
-                ));
-                read_already.push(path);
+                let file = LimitFile {
+                    path: dir.join(file),
+                    version: hierarchy.version,
+                    well_known: false,
+                };
+                if let Some(text) = snapshot.read_optional(&file.path, notes) {
+                    limits.extend(parse_limit(&text, &file, host_total, notes));
+                    found.push(file.clone());
+                }
+                read_already.push(file.path);
             }
         }
     }
     if limits.is_empty() {
         // On a v1 host the second well-known path is the mount's root, read already above.
         for (path, version) in WELL_KNOWN {
-            let path = Path::new(path);
-            if !read_already.iter().any(|done| done == path) {
-                limits.extend(read_limit(snapshot, path, version, host_total, notes));
+            let file = LimitFile {
+                path: Path::new(path).to_path_buf(),
+                version,
+                well_known: true,
+            };
+            if read_already.contains(&file.path) {
+                continue;
+            }
+            if let Some(text) = snapshot.read_optional(&file.path, notes) {
+                limits.extend(parse_limit(&text, &file, host_total, notes));
+                found.push(file);
             }
         }
     }
+    let (limit, dir) = choose(limits, host_total, notes);
+    (limit, dir, found)
+}
+
+/// The smallest of the limits found, else MemTotal, else the default.
+pub(super) fn choose(
+    limits: Vec<(Reading<u64>, CgroupDir)>,
+    host_total: Option<u64>,
+    notes: &mut Vec<String>,
+) -> (Reading<u64>, Option<CgroupDir>) {
     if let Some((limit, dir)) = smallest(limits, |(reading, _)| reading.value) {
         return (limit, Some(dir));
     }
@@ -81,16 +100,15 @@ pub(super) fn read(
     (reading, None)
 }
 
-/// One limit file. Missing files and "no limit" values are silent; values that are present but
-/// unusable are noted, so `launcher size` can say why they were passed over.
-fn read_limit(
-    snapshot: &Snapshot,
-    path: &Path,
-    version: Version,
+/// One limit file's text. "No limit" values are silent; values that are present but unusable
+/// are noted, so `launcher size` can say why they were passed over.
+pub(super) fn parse_limit(
+    text: &str,
+    file: &LimitFile,
     host_total: Option<u64>,
     notes: &mut Vec<String>,
 ) -> Option<(Reading<u64>, CgroupDir)> {
-    let text = snapshot.read_optional(path, notes)?;
+    let (path, version) = (file.path.as_path(), file.version);
     let text = text.trim();
     let shown = path.display();
     if text == "max" {

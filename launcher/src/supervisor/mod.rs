@@ -9,6 +9,7 @@ mod decide;
 mod event_loop;
 mod figures;
 mod kill;
+mod limits;
 mod log;
 mod memory;
 mod net;
