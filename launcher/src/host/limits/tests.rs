@@ -138,3 +138,30 @@ fn without_any_limit_file_the_figures_stay_the_boots() {
         Some(boot.size())
     );
 }
+
+/// What reading the limits again costs on this machine, against the whole boot's `read`: by
+/// hand, in the cgroups to measure (docs/architecture.md, "Limits that change"):
+/// `cargo test --release --bin launcher -- --ignored --nocapture reading_the_limits_again`.
+#[test]
+#[ignore = "a measurement, run by hand in a release build"]
+fn reading_the_limits_again_costs_a_fraction_of_the_boots_read() {
+    let root = std::path::Path::new("/");
+    let files = super::super::read(root).limit_files;
+    let snapshot = Snapshot::live();
+    let rounds = 20_000;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        assert!(files.read(&snapshot).is_some(), "{files:?}");
+    }
+    let again = started.elapsed() / rounds;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds / 100 {
+        std::hint::black_box(super::super::read(root));
+    }
+    let boot = started.elapsed() / (rounds / 100);
+    eprintln!(
+        "{} files read again in {again:?}; a whole host::read in {boot:?}",
+        files.count()
+    );
+    assert!(again < boot, "{again:?} against {boot:?}");
+}
