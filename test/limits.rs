@@ -197,6 +197,8 @@ fn halving_a_running_dynos_memory_sheds_to_a_fresh_boots_count_and_doubling_grow
         assert!(tally.failures.is_empty(), "{tally:?}\n{}", run.log());
         assert_eq!(cgroup.oom_kills(), 0, "{}", run.log());
         assert!(run.events("oom_kill").is_empty(), "{}", run.log());
+        // Shed, not recycled: the guard waited for the two workers stopped to exit.
+        assert!(run.events("memory_recycle").is_empty(), "{}", run.log());
         // The sample line and the state file's quota follow too.
         let last = run.stdout().len();
         let sample = run.wait_event("sample", secs(5), |e| e.index >= last);
