@@ -129,11 +129,12 @@ fn halving_a_running_dynos_memory_sheds_to_a_fresh_boots_count_and_doubling_grow
         let cgroup = MemoryCgroup::create(&["launcher-test-limits-memory"], 1024 * MB)?;
         let port = free_port();
         let port_text = port.to_string();
-        // Workers of about 100 MB: 4 of them are over 512 MB's soft limit (435.2 MB) and under
-        // its quota, so the lowered limit is met by shedding, not by the kernel's OOM killer.
+        // 4 workers of about 110 MB (453 to 456 MB in all, measured): over 512 MB's soft limit
+        // (435.2 MB) and under its quota, so the lowered limit is met by shedding, and not by
+        // the kernel's OOM killer.
         let env = [
             ("PORT", port_text.as_str()),
-            ("BALLAST_MB", "90"),
+            ("BALLAST_MB", "95"),
             ("LAUNCHER_SAMPLE_INTERVAL", "1"),
         ];
         let args = ["run", "--", "gunicorn", "app:app"];
@@ -155,6 +156,7 @@ fn halving_a_running_dynos_memory_sheds_to_a_fresh_boots_count_and_doubling_grow
             full.line
         );
 
+        eprintln!("4 workers: {}", full.get("sample#memory_total"));
         let before = run.stdout().len();
         let halved = set_memory(&cgroup, 512 * MB);
         let want = fresh_boot(|c| cgroup.wrap(c));
