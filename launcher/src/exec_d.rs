@@ -5,14 +5,20 @@
 //! writes there (TOML `NAME = "value"`) over the environment. It applies the profile's rules
 //! (`Report`, `profile::exports`), so a user's value is never written back and stays. An exec.d
 //! error aborts the process start, so this program never fails: it always exits 0, and on a
-//! problem of its own it writes nothing to fd 3 and one warning line on stderr.
+//! problem of its own it writes nothing to fd 3 and one warning line on stderr. Nor does it
+//! hold the start up: fd 3 with no room that nobody drains (a full pipe) is given up on after
+//! `WRITE_TIMEOUT`.
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, FromRawFd};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::env::Env;
 use crate::files;
@@ -24,6 +30,10 @@ pub const PROGRAM: &str = "web-concurrency";
 
 /// Where the CNB launcher reads the output from (the spec's "third open file descriptor").
 const OUTPUT_FD: i32 = 3;
+
+/// How long the output may wait for room in fd 3. The lifecycle reads it as the program runs,
+/// so a write waits only when nobody does.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether the binary was started as the exec.d program, from its `argv[0]`.
 pub fn invoked_as(argv0: Option<&OsStr>) -> bool {
@@ -51,11 +61,51 @@ pub fn run() -> ExitCode {
     let report = Report::for_app(Path::new("/"), &env, None);
     profile::log(&report, &env);
     let text = profile::render_toml(&profile::exports(&report));
-    // Well under PIPE_BUF: one write, whole or not at all.
-    if let Err(err) = output.write_all(text.as_bytes()) {
+    // Well under PIPE_BUF: one write to a pipe, whole or not at all.
+    if let Err(err) = write_within(&mut output, text.as_bytes(), WRITE_TIMEOUT) {
         warn(&format!("cannot write to fd 3: {err}"));
     }
     ExitCode::SUCCESS
+}
+
+/// Writes `bytes` to `file` without blocking for more than `timeout` in all: the descriptor is
+/// made non-blocking for the write and given back its flags after (another process may share
+/// it).
+fn write_within(file: &mut File, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(file.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(file.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    let written = write_until(file, bytes, timeout);
+    let restored = fcntl(file.as_fd(), FcntlArg::F_SETFL(flags));
+    written.and(restored.map(drop).map_err(io::Error::from))
+}
+
+fn write_until(file: &mut File, mut bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("it stayed full for {timeout:?}, nobody reading it"),
+                    ));
+                }
+                // Rounded up: a poll that wakes a little early is followed by another.
+                let millis = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+                let mut ready = [PollFd::new(file.as_fd(), PollFlags::POLLOUT)];
+                match poll(&mut ready, PollTimeout::from(millis)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(errno) => return Err(errno.into()),
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// The environment the CNB launcher, this program's parent, was started with: the platform's,
@@ -257,5 +307,34 @@ mod tests {
     #[test]
     fn disabled_writes_nothing() {
         assert!(output(&[("LAUNCHER_DISABLE", "1")]).is_empty());
+    }
+
+    #[test]
+    fn the_output_waits_for_room_in_fd_3_a_bounded_time_and_leaves_its_flags() {
+        use std::io::Read;
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let (mut read_end, mut write_end) = (File::from(read_end), File::from(write_end));
+        write_within(&mut write_end, b"A = \"1\"\n", Duration::from_secs(1)).expect("room");
+        let mut got = [0u8; 8];
+        read_end.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"A = \"1\"\n");
+        // Filled to the brim: the write gives up after its time, writes nothing, and the
+        // descriptor is blocking again.
+        let page = [b'x'; 4096];
+        let filled =
+            std::iter::from_fn(|| write_within(&mut write_end, &page, Duration::ZERO).ok()).count();
+        assert!(filled > 0);
+        let started = Instant::now();
+        let err = write_within(&mut write_end, b"B = \"2\"\n", Duration::from_millis(200))
+            .expect_err("full");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let flags = fcntl(write_end.as_fd(), FcntlArg::F_GETFL).expect("flags");
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        let mut rest = Vec::new();
+        drop(write_end);
+        read_end.read_to_end(&mut rest).expect("read");
+        assert_eq!(rest.len(), filled * 4096, "no part of the second output");
     }
 }

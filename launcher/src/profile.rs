@@ -13,7 +13,7 @@ use crate::sizing::{Outcome, SET_BY};
 /// The `.profile.d` script `bin/compile` installs as `zzz-launcher.sh` (sorting after language
 /// buildpacks' `WEB_CONCURRENCY.sh` in C and en_US collation). Sourced by bash at every dyno boot, so:
 /// no `exit`, no `set -e`, no `eval`; a line of the binary's output is applied only if it exports one
-/// of our four names with an integer or `launcher`; if the binary is missing or fails, only PATH has changed.
+/// of our names with an integer or `launcher`; if the binary is missing or fails, only PATH has changed.
 pub const SCRIPT: &str = r#"# Written by the launcher buildpack: sets WEB_CONCURRENCY from this dyno's real size.
 # Sourced at every dyno boot. Run `launcher size` on the dyno to see every number and its source.
 case ":${PATH:-}:" in
@@ -22,7 +22,7 @@ case ":${PATH:-}:" in
 esac
 if [ -x "${HOME:-}/.launcher/bin/launcher" ] &&
   __launcher_exports="$("${HOME:-}/.launcher/bin/launcher" profile --app-dir "${HOME:-.}")"; then
-  # Apply only our four names, each with a whole number or `launcher`: no eval, nothing else.
+  # Apply only our names, each with a whole number or `launcher`: no eval, nothing else.
   __launcher_exports="${__launcher_exports}"$'\n'
   while [ -n "$__launcher_exports" ]; do
     __launcher_line="${__launcher_exports%%$'\n'*}"
@@ -37,14 +37,28 @@ if [ -x "${HOME:-}/.launcher/bin/launcher" ] &&
       "export WEB_CONCURRENCY_SET_BY=$__launcher_value") export WEB_CONCURRENCY_SET_BY="$__launcher_value" ;;
       "export LAUNCHER_WEB_CONCURRENCY=$__launcher_value") export LAUNCHER_WEB_CONCURRENCY="$__launcher_value" ;;
       "export DYNO_RAM=$__launcher_value") export DYNO_RAM="$__launcher_value" ;;
+      "export RAILS_MAX_THREADS=$__launcher_value") export RAILS_MAX_THREADS="$__launcher_value" ;;
+      "export LAUNCHER_WEB_THREADS=$__launcher_value")
+        export LAUNCHER_WEB_THREADS="$__launcher_value"
+        # gunicorn's threads, unless GUNICORN_CMD_ARGS names them already.
+        case " ${GUNICORN_CMD_ARGS:-} " in
+          *" --threads"*) ;;
+          *) export GUNICORN_CMD_ARGS="${GUNICORN_CMD_ARGS:+${GUNICORN_CMD_ARGS} }--threads ${__launcher_value}" ;;
+        esac ;;
     esac
   done
 fi
 unset __launcher_exports __launcher_line __launcher_value
 "#;
 
-/// The variables to export, in order.
+/// The variables to export, in order: the worker count's, then the threads' (`thread_exports`).
 pub fn exports(report: &Report) -> Vec<(&'static str, String)> {
+    let mut exports = worker_exports(report);
+    exports.extend(report.thread_exports.iter().cloned());
+    exports
+}
+
+fn worker_exports(report: &Report) -> Vec<(&'static str, String)> {
     let computed = report.formula.value.to_string();
     let dyno_ram = ("DYNO_RAM", report.host.memory_mb().to_string());
     match &report.decision.outcome {
@@ -67,20 +81,40 @@ pub fn exports(report: &Report) -> Vec<(&'static str, String)> {
     }
 }
 
+/// The `export` lines the `.profile.d` script applies: integers and tokens only, so the script can
+/// check each; `GUNICORN_CMD_ARGS` is not one, the script derives it from
+/// `LAUNCHER_WEB_THREADS` itself.
 pub fn render(exports: &[(&'static str, String)]) -> String {
     exports
         .iter()
+        .filter(|(name, _)| *name != "GUNICORN_CMD_ARGS")
         .map(|(name, value)| format!("export {name}={value}\n"))
         .collect()
 }
 
 /// The same exports as a CNB exec.d program's output: TOML `NAME = "value"` lines. Every value is
-/// an integer or `launcher` (see `exports`), so none needs escaping.
+/// an integer or a token but `GUNICORN_CMD_ARGS`, which holds the user's text (`toml_string`).
 pub fn render_toml(exports: &[(&'static str, String)]) -> String {
     exports
         .iter()
-        .map(|(name, value)| format!("{name} = \"{value}\"\n"))
+        .map(|(name, value)| format!("{name} = {}\n", toml_string(value)))
         .collect()
+}
+
+/// A TOML basic string: `GUNICORN_CMD_ARGS` carries the user's text, quoted and escaped.
+fn toml_string(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// Logs what the boot does on stderr: a warning line per setting or value that was replaced (a

@@ -28,6 +28,34 @@ pub struct Report {
     pub app_dir: Option<PathBuf>,
     /// Where the app pins its worker count (`launcher size`; the boot of a web dyno).
     pub pins: Vec<Finding>,
+    /// Threads per worker, when `LAUNCHER_THREADS` asks for them (`sizing::threads_per_worker`).
+    pub threads: Option<u32>,
+    /// How the servers are told `threads` (`threads_exports`).
+    pub thread_exports: Vec<(&'static str, String)>,
+}
+
+/// How each server is told the threads per worker (docs/sizing.md#threads): puma's
+/// `RAILS_MAX_THREADS` unless it is the user's (one the launcher did not write:
+/// `LAUNCHER_WEB_THREADS` differs), gunicorn's `--threads` in `GUNICORN_CMD_ARGS` unless that
+/// names threads already; and `LAUNCHER_WEB_THREADS`, the count chosen.
+pub fn threads_exports(threads: Option<u32>, env: &Env) -> Vec<(&'static str, String)> {
+    let Some(threads) = threads else {
+        return Vec::new();
+    };
+    let mut exports = vec![("LAUNCHER_WEB_THREADS", threads.to_string())];
+    let rails = env.get("RAILS_MAX_THREADS");
+    if rails.is_none() || rails == env.get("LAUNCHER_WEB_THREADS") {
+        exports.push(("RAILS_MAX_THREADS", threads.to_string()));
+    }
+    let args = env.get("GUNICORN_CMD_ARGS").unwrap_or_default();
+    if !args.split_whitespace().any(|a| a.starts_with("--threads")) {
+        let space = if args.trim().is_empty() { "" } else { " " };
+        exports.push((
+            "GUNICORN_CMD_ARGS",
+            format!("{}{space}--threads {threads}", args.trim()),
+        ));
+    }
+    exports
 }
 
 impl Report {
@@ -49,7 +77,16 @@ impl Report {
             platform_value: env.platform_value(),
         };
         let decision = sizing::decide(incoming, &formula, settings.switch(&settings::DISABLE));
+        let threads = match decision.outcome {
+            sizing::Outcome::Disabled { .. } => None,
+            _ => {
+                let workers = decision.outcome.web_concurrency().unwrap_or(formula.value);
+                sizing::threads_per_worker(settings.threads(), host.memory_mb(), workers)
+            }
+        };
         Report {
+            thread_exports: threads_exports(threads, env),
+            threads,
             host,
             settings,
             formula,
@@ -143,6 +180,7 @@ impl Report {
             cpus_source: &self.host.cpus_source,
             web_memory_mb: self.formula.web_memory_mb,
             web_concurrency: self.decision.outcome.web_concurrency(),
+            threads: self.threads,
             set_by: self.decision.outcome.set_by(),
             notes: self.notes(),
             settings,
@@ -175,6 +213,13 @@ impl Report {
             value,
             self.decision.reason,
         );
+        if let Some(threads) = self.threads {
+            text.push_str(&format!(
+                "threads          {threads:>7}     per worker ({}): {}\n",
+                self.threads_reason(),
+                self.threads_exported()
+            ));
+        }
         text.push_str(&self.settings_line());
         if let Some(web) = &self.web {
             let workers = self.decision.outcome.web_concurrency().unwrap_or(1);
@@ -197,6 +242,35 @@ impl Report {
             text.push_str(&format!("note: {note}\n"));
         }
         text
+    }
+
+    /// Why `threads`: the setting, and `auto`'s formula.
+    fn threads_reason(&self) -> String {
+        match self.settings.threads() {
+            sizing::ThreadsSetting::Auto => format!(
+                "LAUNCHER_THREADS=auto: {} MB / {} MB per request in flight, shared among the \
+                 workers, between {} and {}",
+                self.host.memory_mb(),
+                sizing::REQUEST_MEMORY_MB,
+                sizing::AUTO_THREADS.0,
+                sizing::AUTO_THREADS.1
+            ),
+            _ => "LAUNCHER_THREADS".to_owned(),
+        }
+    }
+
+    /// How the servers are told the threads.
+    fn threads_exported(&self) -> String {
+        let told: Vec<String> = self
+            .thread_exports
+            .iter()
+            .filter(|(name, _)| *name != "LAUNCHER_WEB_THREADS")
+            .map(|(name, value)| format!("{name}={}", crate::text::shown(value)))
+            .collect();
+        match told.is_empty() {
+            true => "the servers' own settings name theirs (kept)".to_owned(),
+            false => told.join(", "),
+        }
     }
 
     /// The settings that are not at their default, with where each came from.
@@ -237,6 +311,8 @@ struct Json<'a> {
     cpus_source: &'a str,
     web_memory_mb: u64,
     web_concurrency: Option<u32>,
+    /// Threads per worker, when `LAUNCHER_THREADS` asks for them.
+    threads: Option<u32>,
     set_by: Option<&'a str>,
     notes: Vec<String>,
     /// Every setting the launcher reads: its value and where it came from.

@@ -7,6 +7,38 @@ pub const MAX_WEB_CONCURRENCY: u32 = 1024;
 /// Our `WEB_CONCURRENCY_SET_BY` value, and the buildpack's id.
 pub const SET_BY: &str = "launcher";
 
+/// Threads per worker as asked (`LAUNCHER_THREADS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadsSetting {
+    /// The server's own (none exported).
+    Off,
+    /// Chosen with the worker count (`threads_per_worker`).
+    Auto,
+    Fixed(u32),
+}
+
+/// What one request in flight is taken to hold, in MB, for `auto` threads: the dyno's memory over
+/// it is how many requests it serves at once (64 on a 512 MB dyno).
+pub const REQUEST_MEMORY_MB: u64 = 8;
+/// The fewest and most threads per worker `auto` chooses.
+pub const AUTO_THREADS: (u32, u32) = (2, 32);
+
+/// Threads per worker, chosen with the worker count (docs/sizing.md#threads): `auto` shares the
+/// requests the dyno's memory serves at once (`memory_mb / REQUEST_MEMORY_MB`) among the
+/// `workers`, rounded up, between 2 and 32; a number as given; off: none.
+pub fn threads_per_worker(setting: ThreadsSetting, memory_mb: u64, workers: u32) -> Option<u32> {
+    match setting {
+        ThreadsSetting::Off => None,
+        ThreadsSetting::Fixed(n) => Some(n),
+        ThreadsSetting::Auto => {
+            let requests = memory_mb / REQUEST_MEMORY_MB;
+            let each = requests.div_ceil(u64::from(workers.max(1)));
+            let (fewest, most) = AUTO_THREADS;
+            Some(each.clamp(u64::from(fewest), u64::from(most)) as u32)
+        }
+    }
+}
+
 /// How `launcher run` sizes the worker count (`LAUNCHER_SIZING`): the one place its words are
 /// written; the settings table, the CLI help, the log lines and the state file take them here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +335,28 @@ fn users(value: &str, formula: &Formula, restore: bool) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_are_chosen_with_the_worker_count() {
+        // (setting, memory MB, workers) -> threads per worker: the dynos of the table and a few.
+        let rows = [
+            (ThreadsSetting::Auto, 512, 2, Some(32)),
+            (ThreadsSetting::Auto, 512, 4, Some(16)),
+            (ThreadsSetting::Auto, 1024, 4, Some(32)),
+            (ThreadsSetting::Auto, 2560, 5, Some(32)),
+            (ThreadsSetting::Auto, 512, 64, Some(2)),
+            (ThreadsSetting::Auto, 64, 1, Some(8)),
+            (ThreadsSetting::Fixed(5), 512, 2, Some(5)),
+            (ThreadsSetting::Off, 512, 2, None),
+        ];
+        for (setting, memory_mb, workers, threads) in rows {
+            assert_eq!(
+                threads_per_worker(setting, memory_mb, workers),
+                threads,
+                "{setting:?} {memory_mb} MB {workers} workers"
+            );
+        }
+    }
     use crate::dynos::DYNOS;
 
     fn formula() -> Formula {

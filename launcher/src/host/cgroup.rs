@@ -48,12 +48,10 @@ pub struct Hierarchy {
 impl Hierarchy {
     /// The process's own directory, then each parent up to and including the mount point: a limit
     /// set on any ancestor applies to us too.
-    pub fn levels(&self) -> Vec<PathBuf> {
+    pub fn levels(&self) -> impl Iterator<Item = &Path> {
         self.own_dir
             .ancestors()
             .take_while(|dir| dir.starts_with(&self.mount_point))
-            .map(Path::to_path_buf)
-            .collect()
     }
 }
 
@@ -137,11 +135,11 @@ mod tests {
         assert_eq!(found[0].version, Version::V1);
         assert_eq!(found[0].own_dir, Path::new("/sys/fs/cgroup/memory/app/web"));
         assert_eq!(
-            found[0].levels(),
-            vec![
-                PathBuf::from("/sys/fs/cgroup/memory/app/web"),
-                PathBuf::from("/sys/fs/cgroup/memory/app"),
-                PathBuf::from("/sys/fs/cgroup/memory"),
+            found[0].levels().collect::<Vec<_>>(),
+            [
+                Path::new("/sys/fs/cgroup/memory/app/web"),
+                Path::new("/sys/fs/cgroup/memory/app"),
+                Path::new("/sys/fs/cgroup/memory"),
             ]
         );
         assert_eq!(found[1].own_dir, Path::new("/sys/fs/cgroup/unified"));
@@ -163,7 +161,7 @@ mod tests {
         let membership = parse_cgroup_membership("4:memory:/docker/abc\n");
         let found = hierarchies(&membership, &mounts, "memory");
         assert_eq!(found[0].own_dir, Path::new("/sys/fs/cgroup/memory"));
-        assert_eq!(found[0].levels().len(), 1);
+        assert_eq!(found[0].levels().count(), 1);
     }
 
     #[test]

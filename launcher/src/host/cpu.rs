@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
 use super::limits::QuotaDir;
-use super::{procfs, smallest, Reading, Snapshot, PROC};
+use super::{procfs, smallest, Notes, Reading, Snapshot, PROC};
 
 /// The usable CPUs as a whole count (a fractional quota rounds up), and as the exact share the
 /// dyno may use (a quota of 0.9 CPU is 0.9), against which its CPU use is measured; with what
@@ -14,7 +14,7 @@ use super::{procfs, smallest, Reading, Snapshot, PROC};
 pub(super) fn read(
     snapshot: &Snapshot,
     hierarchies: &[Hierarchy],
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> (Reading<u32>, f64, Vec<Reading<u32>>, Vec<QuotaDir>) {
     let mut fixed = Vec::new();
     let online = Path::new("/sys/devices/system/cpu/online");
@@ -35,7 +35,7 @@ pub(super) fn read(
     for hierarchy in hierarchies {
         for dir in hierarchy.levels() {
             let dir = QuotaDir {
-                path: dir,
+                path: dir.to_path_buf(),
                 version: hierarchy.version,
             };
             let Some(texts) = quota_texts(snapshot, &dir, notes) else {
@@ -70,13 +70,14 @@ pub(super) fn choose(
 /// mount no cgroup).
 pub(super) fn accounting(snapshot: &Snapshot, hierarchies: &[Hierarchy]) -> Option<CgroupDir> {
     hierarchies.iter().find_map(|h| {
-        snapshot
-            .path(&h.own_dir.join(h.version.cpu_time_file()))
-            .is_file()
-            .then(|| CgroupDir {
-                version: h.version,
-                path: h.own_dir.clone(),
-            })
+        let file = match h.version {
+            Version::V1 => "cpuacct.usage",
+            Version::V2 => "cpu.stat",
+        };
+        snapshot.is_file(&h.own_dir.join(file)).then(|| CgroupDir {
+            version: h.version,
+            path: h.own_dir.clone(),
+        })
     })
 }
 
@@ -102,7 +103,7 @@ pub(super) struct QuotaTexts {
 pub(super) fn quota_texts(
     snapshot: &Snapshot,
     dir: &QuotaDir,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Option<QuotaTexts> {
     match dir.version {
         Version::V2 => {
@@ -111,7 +112,7 @@ pub(super) fn quota_texts(
             let mut fields = text.split_whitespace();
             let quota = fields.next()?.to_owned();
             let period = fields.next().unwrap_or("100000").to_owned();
-            let shown = path.display().to_string();
+            let shown = super::shown(&path);
             Some(QuotaTexts {
                 shown,
                 quota,
@@ -123,7 +124,7 @@ pub(super) fn quota_texts(
             let quota = snapshot.read_optional(&path, notes)?.trim().to_owned();
             let period = snapshot.read_optional(&dir.path.join("cpu.cfs_period_us"), notes)?;
             Some(QuotaTexts {
-                shown: path.display().to_string(),
+                shown: super::shown(&path),
                 quota,
                 period: period.trim().to_owned(),
             })
@@ -135,7 +136,7 @@ pub(super) fn quota_texts(
 pub(super) fn parse_quota(
     texts: &QuotaTexts,
     version: Version,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Option<(Reading<u32>, f64)> {
     let QuotaTexts {
         shown,

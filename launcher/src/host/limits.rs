@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use super::cgroup::Version;
-use super::{cpu, memory, Reading, Snapshot};
+use super::memory::HostTotal;
+use super::{cpu, memory, Notes, Reading, Snapshot};
 
 /// What the limits give, each figure with its source: the inputs of the formula that change.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +48,7 @@ pub struct QuotaDir {
 pub struct LimitFiles {
     pub(super) memory: Vec<LimitFile>,
     /// MemTotal at boot: the memory when no file gives a limit, and what a limit may not exceed.
-    pub(super) host_total: Option<u64>,
+    pub(super) host_total: HostTotal,
     pub(super) cpu: Vec<QuotaDir>,
     /// The CPU counts that a resize does not change: the online CPUs, the affinity mask.
     pub(super) cpus_fixed: Vec<Reading<u32>>,
@@ -67,12 +68,12 @@ impl LimitFiles {
     /// The limits now, by the rules of the boot (`host::read`), from the files found then. None
     /// when one of them cannot be read now: a limit is never taken from part of its files.
     pub fn read(&self, snapshot: &Snapshot) -> Option<Size> {
-        let mut notes = Vec::new();
+        let mut notes = Notes::default();
         let mut by_hierarchy = Vec::new();
         let mut well_known = Vec::new();
         for file in &self.memory {
             let text = snapshot.read(&file.path).ok()?;
-            let limit = memory::parse_limit(&text, file, self.host_total, &mut notes);
+            let limit = memory::parse_limit(&text, file, self.host_total.ok(), &mut notes);
             match file.well_known {
                 false => by_hierarchy.extend(limit),
                 true => well_known.extend(limit),
@@ -86,9 +87,9 @@ impl LimitFiles {
         let (memory, _) = memory::choose(limits, self.host_total, &mut notes);
         let mut quotas = Vec::new();
         for dir in &self.cpu {
-            let mut unread = Vec::new();
+            let mut unread = Notes::default();
             let texts = cpu::quota_texts(snapshot, dir, &mut unread);
-            if !unread.is_empty() || texts.is_none() {
+            if !unread.into_vec().is_empty() || texts.is_none() {
                 return None;
             }
             quotas.extend(texts.and_then(|t| cpu::parse_quota(&t, dir.version, &mut notes)));

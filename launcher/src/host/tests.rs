@@ -239,6 +239,79 @@ fn huge_values_are_no_limit_and_more_than_the_host_is_rejected() {
 }
 
 #[test]
+fn a_mem_total_under_64_mb_is_not_believed_over_a_limit() {
+    for (kib, believed) in [(1, false), (65535, false), (65536, true), (262_144, true)] {
+        let host = FakeHost::new();
+        host.cgroup_v2("/")
+            .write("/proc/meminfo", &format!("MemTotal: {kib} kB\n"))
+            .write("/sys/fs/cgroup/memory.max", &bytes(512 * MIB));
+        let read = host.read();
+        let notes = read.notes.join("\n");
+        if believed {
+            // The machine is smaller than the limit: the machine's size, as before.
+            assert_eq!(read.memory_bytes, kib * 1024, "{kib} kB: {notes}");
+            assert!(notes.contains("more than the host's"), "{kib} kB: {notes}");
+        } else {
+            assert_eq!(read.memory_mb(), 512, "{kib} kB: {notes}");
+            assert!(notes.contains("ignored /proc/meminfo MemTotal"), "{notes}");
+        }
+    }
+    let host = FakeHost::new();
+    host.write("/proc/meminfo", "MemTotal: 1 kB\n");
+    let read = host.read();
+    assert_eq!(read.memory_mb(), 512);
+    assert_eq!(
+        read.memory_source,
+        "default 512 MB (MemTotal not believed, no cgroup memory limit)"
+    );
+}
+
+#[test]
+fn notes_are_bounded_in_number_and_length() {
+    let host = FakeHost::new();
+    // 40 levels of a name near NAME_MAX, each level's limit file garbage: 40 notes' worth.
+    let name = "n".repeat(100);
+    let path: String = (0..40).map(|_| format!("/{name}")).collect();
+    host.cgroup_v2(&path);
+    let mut dir = String::from("/sys/fs/cgroup");
+    for _ in 0..40 {
+        dir = format!("{dir}/{name}");
+        host.write(&format!("{dir}/memory.max"), "lots\n");
+    }
+    let read = host.read();
+    assert_eq!(read.notes.len(), 33, "{:?}", read.notes);
+    assert_eq!(
+        read.notes.last().map(String::as_str),
+        Some("8 more notes like these were left out")
+    );
+    assert!(read.notes.iter().all(|n| n.len() < 400), "{:?}", read.notes);
+    assert!(read.notes[0].contains("...(4"), "{}", read.notes[0]);
+}
+
+#[test]
+fn dot_dot_in_a_mount_point_is_not_followed_out_of_the_snapshot() {
+    let host = FakeHost::new();
+    // A directory beside the tree, named after it.
+    let name = host.root().file_name().expect("name").to_string_lossy();
+    let beside = format!("{name}-outside");
+    host.write("/proc/self/cgroup", "0::/\n").write(
+        "/proc/self/mountinfo",
+        &format!("30 25 0:26 / /sys/../../{beside} rw - cgroup2 cgroup2 rw\n"),
+    );
+    let outside = host.root().with_file_name(&beside);
+    std::fs::create_dir(&outside).expect("mkdir");
+    std::fs::write(outside.join("memory.max"), bytes(256 * MIB)).expect("write");
+    let read = host.read();
+    std::fs::remove_dir_all(&outside).expect("clean up");
+    assert_eq!(read.memory_bytes, 16 * GIB, "{:?}", read.notes);
+    assert!(
+        read.notes.iter().any(|n| n.contains("not a plain")),
+        "{:?}",
+        read.notes
+    );
+}
+
+#[test]
 fn fractional_cpu_max_rounds_up() {
     let host = FakeHost::new();
     host.cgroup_v2("/")
@@ -338,17 +411,21 @@ fn devices_fifos_and_huge_paths_in_a_snapshot_are_noted_not_read() {
     host.cgroup_v2("/");
     let root = host.root();
     std::fs::create_dir_all(root.join("sys/fs/cgroup")).expect("mkdir");
+    // A link out of the snapshot resolves inside it: to the snapshot's own /dev/zero, a FIFO.
     std::os::unix::fs::symlink("/dev/zero", root.join("sys/fs/cgroup/memory.max")).expect("link");
+    std::fs::create_dir(root.join("dev")).expect("mkdir");
     let meminfo = root.join("proc/meminfo");
     std::fs::remove_file(&meminfo).expect("remove");
-    let c_path = std::ffi::CString::new(meminfo.to_str().expect("utf-8")).expect("cstring");
-    // SAFETY: mkfifo reads a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    for fifo in [meminfo, root.join("dev/zero")] {
+        let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("cstring");
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    }
     let read = host.read();
     assert_eq!(read.memory_bytes, 512 * MIB, "the last fallback");
     let notes = read.notes.join("\n");
     assert!(
-        notes.contains("memory.max: not a regular file (a device)"),
+        notes.contains("memory.max: not a regular file (a FIFO)"),
         "{notes}"
     );
     assert!(notes.contains("/proc/meminfo"), "{notes}");

@@ -1,17 +1,24 @@
 //! gunicorn's worker class, from its command line, `GUNICORN_CMD_ARGS` and its config file. Only
 //! its sync workers accept a connection when they are free to serve it; the others (gthread,
 //! gevent, eventlet, uvicorn's) accept at once and hold the wait inside the worker, where the
-//! accept queue cannot show it (docs/architecture.md, "Adaptive sizing").
+//! accept queue cannot show it. gthread's wait can be seen all the same: a request waiting for
+//! one of its threads is unread in its connection's receive queue (docs/architecture.md,
+//! "Adaptive sizing").
 
-/// What makes gunicorn's workers accept at once, as written (`-k gevent`, `--threads 4`,
-/// `worker_class = "gthread"`), or None for sync workers. `args` are gunicorn's own arguments;
-/// the command line wins over `GUNICORN_CMD_ARGS`, which wins over the config file, as in
-/// gunicorn.
-pub fn concurrent_workers(
-    args: &[&str],
-    cmd_args: Option<&str>,
-    config: Option<&str>,
-) -> Option<String> {
+/// How gunicorn's workers serve, as its settings say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workers {
+    /// One request at a time; they accept when free.
+    Sync,
+    /// gthread (`-k gthread`, or sync with more than one thread): `threads` each, as written.
+    Threads { threads: u32, written: String },
+    /// gevent, eventlet, uvicorn's...: an event loop, as written.
+    Other(String),
+}
+
+/// gunicorn's workers, from its arguments, `GUNICORN_CMD_ARGS` and its config file (the command
+/// line wins over the variable, which wins over the file, as in gunicorn).
+pub fn workers(args: &[&str], cmd_args: Option<&str>, config: Option<&str>) -> Workers {
     let env: Vec<&str> = cmd_args.map_or(Vec::new(), |a| a.split_whitespace().collect());
     let class = flag(args, &["-k", "--worker-class"])
         .or_else(|| flag(&env, &["-k", "--worker-class"]))
@@ -21,12 +28,28 @@ pub fn concurrent_workers(
         .or_else(|| flag(&env, &["--threads"]))
         .map(|(written, value)| (written, value.to_owned()))
         .or_else(|| config.and_then(|c| assigned(c, "threads")));
+    let count = threads
+        .as_ref()
+        .and_then(|(_, n)| n.parse::<u32>().ok())
+        .unwrap_or(1);
+    let gthread = |class: &str| {
+        let class = class.to_ascii_lowercase();
+        class == "gthread" || class.ends_with("threadworker")
+    };
     match class {
-        Some((written, value)) if !is_sync(&value) => Some(written),
+        Some((written, value)) if gthread(&value) => Workers::Threads {
+            threads: count,
+            written,
+        },
+        Some((written, value)) if !is_sync(&value) => Workers::Other(written),
         // gunicorn runs sync workers with more than one thread as gthread.
-        _ => threads
-            .filter(|(_, n)| n.parse::<u32>().is_ok_and(|n| n > 1))
-            .map(|(written, _)| written),
+        _ => match threads.filter(|_| count > 1) {
+            Some((written, _)) => Workers::Threads {
+                threads: count,
+                written,
+            },
+            None => Workers::Sync,
+        },
     }
 }
 
@@ -76,6 +99,18 @@ mod tests {
         line.split_whitespace().collect()
     }
 
+    /// What makes the workers accept at once, as written; None for sync workers.
+    fn concurrent_workers(
+        args: &[&str],
+        cmd_args: Option<&str>,
+        config: Option<&str>,
+    ) -> Option<String> {
+        match workers(args, cmd_args, config) {
+            Workers::Sync => None,
+            Workers::Threads { written, .. } | Workers::Other(written) => Some(written),
+        }
+    }
+
     #[test]
     fn sync_workers_accept_when_free() {
         for args in [
@@ -118,6 +153,36 @@ mod tests {
             None,
             "not a literal: not known"
         );
+    }
+
+    #[test]
+    fn threaded_workers_are_told_from_event_loops() {
+        let threads = |n: u32, written: &str| Workers::Threads {
+            threads: n,
+            written: written.to_owned(),
+        };
+        let cases = [
+            ("app:app", None, Workers::Sync),
+            ("--threads 16 app:app", None, threads(16, "--threads 16")),
+            ("-k gthread app:app", None, threads(1, "-k gthread")),
+            (
+                "-k gthread --threads 8 app:app",
+                None,
+                threads(8, "-k gthread"),
+            ),
+            ("app:app", Some("--threads 32"), threads(32, "--threads 32")),
+            (
+                "-k gevent app:app",
+                None,
+                Workers::Other("-k gevent".to_owned()),
+            ),
+        ];
+        for (args, env, want) in cases {
+            assert_eq!(workers(&words(args), env, None), want, "{args} {env:?}");
+        }
+        let config = "worker_class = 'gthread'\nthreads = 4\n";
+        let got = workers(&["app:app"], None, Some(config));
+        assert_eq!(got, threads(4, "worker_class = 'gthread'"));
     }
 
     #[test]

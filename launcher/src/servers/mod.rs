@@ -19,7 +19,7 @@ use std::fmt;
 
 use nix::sys::signal::Signal;
 
-pub use gunicorn::concurrent_workers;
+pub use gunicorn::{workers as gunicorn_workers, Workers as GunicornWorkers};
 #[cfg(test)]
 pub use ruby::UnicornConfig;
 pub use ruby::{puma_restart, puma_threads, unicorn_config};

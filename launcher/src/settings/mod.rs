@@ -21,3 +21,15 @@ impl Settings {
         crate::servers::ModeChoice::parse(word).unwrap_or(crate::servers::ModeChoice::Auto)
     }
 }
+
+impl Settings {
+    /// `LAUNCHER_THREADS` / `launcher.toml`'s `threads` as the reader took it.
+    pub fn threads(&self) -> crate::sizing::ThreadsSetting {
+        use crate::sizing::ThreadsSetting;
+        match (self.choice(&THREADS), self.whole(&THREADS)) {
+            ("auto", _) => ThreadsSetting::Auto,
+            (_, Some(n)) => ThreadsSetting::Fixed(n as u32),
+            _ => ThreadsSetting::Off,
+        }
+    }
+}

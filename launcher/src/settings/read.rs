@@ -319,6 +319,14 @@ fn parse_text(spec: &Spec, text: &str) -> Option<Value> {
             _ => interval(whole_number(text, max)?),
         },
         Kind::Choice(words) => words.iter().find(|w| **w == text).map(|w| Value::Choice(w)),
+        Kind::ChoiceOrWhole {
+            words, min, max, ..
+        } => match words.iter().find(|w| **w == text) {
+            Some(word) => Some(Value::Choice(word)),
+            None => whole_number(text, max)
+                .filter(|n| *n >= min)
+                .map(|n| Value::Whole(Some(n))),
+        },
         Kind::WorkerCount | Kind::BuildText { .. } => None,
     }
 }
@@ -362,6 +370,11 @@ fn parse_toml(spec: &Spec, value: &toml::Value) -> Option<Value> {
             .filter(|n| *n <= max)
             .and_then(interval),
         (Kind::Switch | Kind::Choice(_), toml::Value::String(text)) => parse_text(spec, text),
+        (Kind::ChoiceOrWhole { .. }, toml::Value::String(text)) => parse_text(spec, text),
+        (Kind::ChoiceOrWhole { min, max, .. }, toml::Value::Integer(n)) => u64::try_from(*n)
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .map(|n| Value::Whole(Some(n))),
         _ => None,
     }
 }

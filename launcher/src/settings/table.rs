@@ -25,6 +25,13 @@ pub enum Kind {
     Interval { max: u64 },
     /// One of these words.
     Choice(&'static [&'static str]),
+    /// One of these words, or a whole number from `min` to `max` in `unit`.
+    ChoiceOrWhole {
+        words: &'static [&'static str],
+        min: u64,
+        max: u64,
+        unit: &'static str,
+    },
     /// `WEB_CONCURRENCY`: read by the precedence rules (`sizing::decide`), not by the reader.
     WorkerCount,
     /// Read by `bin/compile` (bash) before the binary exists: documented here, read there.
@@ -253,6 +260,26 @@ pub const SIZING: Spec = Spec {
           (both only when `WEB_CONCURRENCY` is the launcher's own)",
 };
 
+/// The most threads per worker taken, from `LAUNCHER_THREADS` or chosen.
+pub const MAX_THREADS: u64 = 128;
+
+pub const THREADS: Spec = Spec {
+    var: "LAUNCHER_THREADS",
+    key: Some("threads"),
+    kind: Kind::ChoiceOrWhole {
+        words: &["off", "auto"],
+        min: 1,
+        max: MAX_THREADS,
+        unit: "threads per worker",
+    },
+    default: "off",
+    when: SIZE,
+    doc: "threads per worker, for an app that is thread-safe: `auto` chooses them with the \
+          worker count from the dyno's memory and CPUs, a number fixes them; exported as \
+          gunicorn's `--threads` (its sync workers become gthread) and puma's \
+          `RAILS_MAX_THREADS`. Off: each server's own (see docs/sizing.md#threads)",
+};
+
 pub const SIZING_WARMUP: Spec = Spec {
     var: "LAUNCHER_SIZING_WARMUP",
     key: Some("sizing_warmup"),
@@ -377,7 +404,7 @@ pub const RUSTUP_INIT_URL: Spec = Spec {
 };
 
 /// Every setting, in the order of docs/settings.md.
-pub const ALL: [&Spec; 25] = [
+pub const ALL: [&Spec; 26] = [
     &WEB_CONCURRENCY,
     &WEB_MEMORY,
     &MAX_WORKERS,
@@ -393,6 +420,7 @@ pub const ALL: [&Spec; 25] = [
     &WORKER_MEMORY_MAX,
     &MEMORY_COOLDOWN,
     &SIZING,
+    &THREADS,
     &SIZING_WARMUP,
     &QUEUE_READ_INTERVAL,
     &ADAPTIVE_GROW_WINDOW,
@@ -421,6 +449,9 @@ impl Spec {
                 format!("0 (off) or a whole number of seconds from 1 to {max}")
             }
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
+            Kind::ChoiceOrWhole {
+                words, min, max, ..
+            } => format!("{} or a whole number from {min} to {max}", words.join(", ")),
             Kind::WorkerCount => format!("a whole number from 1 to {MAX_WEB_CONCURRENCY}"),
             Kind::BuildText { values } => values.to_owned(),
         }
@@ -449,6 +480,15 @@ pub fn markdown() -> String {
             Kind::Choice(words) => {
                 let words: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
                 words.join(", ")
+            }
+            Kind::ChoiceOrWhole {
+                words,
+                min,
+                max,
+                unit,
+            } => {
+                let words: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
+                format!("{}, or {unit}, {min}-{max}", words.join(", "))
             }
             Kind::WorkerCount => format!("whole number, 1-{MAX_WEB_CONCURRENCY}"),
             Kind::BuildText { values } => values.to_owned(),

@@ -79,7 +79,7 @@ fn every_key_is_taken_from_the_file_by_every_command() {
         .filter(|s| s.key.is_some_and(|k| !overridden.contains(&k)));
     for spec in keys {
         let value = match spec.kind {
-            Kind::Choice(_) => format!("{:?}", spec.default),
+            Kind::Choice(_) | Kind::ChoiceOrWhole { .. } => format!("{:?}", spec.default),
             Kind::Switch => (spec.default == "on").to_string(),
             _ => spec.default.to_owned(),
         };

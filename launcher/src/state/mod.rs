@@ -1,9 +1,9 @@
 //! The state file: what a running `launcher run` measured, for `launcher size` in the same dyno or
 //! container (`heroku ps:exec`, `docker exec`). One JSON file per supervisor,
-//! `<place>/<pid>.json` (see `place.rs`), created new (never through a name an attacker could
-//! have planted), renamed into place at each update, and removed at exit. `launcher size` reads
-//! only regular files of bounded size, of supervisors of the same user in the same cgroup and
-//! pid namespace.
+//! `<place>/<pid>.<pid namespace>.json` (see `place.rs`; two containers' PID 1 may share a
+//! TMPDIR), created new (never through a name an attacker could have planted), renamed into
+//! place at each update, and removed at exit. `launcher size` reads only regular files of
+//! bounded size, of supervisors of the same user in the same cgroup and pid namespace.
 
 mod place;
 
@@ -71,27 +71,46 @@ pub struct Scope {
 impl Scope {
     /// This process's, as `snapshot` shows it.
     pub fn own(snapshot: &Snapshot) -> Scope {
-        let namespace = std::fs::read_link(snapshot.path(&Snapshot::proc_file("self/ns/pid"))).ok();
         let cgroup = snapshot.read(&Snapshot::proc_file("self/cgroup"));
         Scope {
-            pid_namespace: namespace.map_or_else(String::new, |p| p.display().to_string()),
+            pid_namespace: own_pid_namespace(snapshot),
             cgroup: cgroup.map(|t| t.trim().to_owned()).unwrap_or_default(),
         }
     }
 }
 
+/// This process's pid namespace as its link reads (`pid:[4026531836]`), or empty.
+fn own_pid_namespace(snapshot: &Snapshot) -> String {
+    let link = snapshot.path(&Snapshot::proc_file("self/ns/pid"));
+    let namespace = std::fs::read_link(link).ok();
+    namespace.map_or_else(String::new, |p| p.display().to_string())
+}
+
+/// The name of the state file of the supervisor `pid` in the pid namespace `pid_namespace`:
+/// `<pid>.<the namespace's inode>.json`. A pid alone names one process per namespace only, and
+/// two containers' PID 1 sharing a TMPDIR would write one file in turn.
+fn file_name(pid: u32, pid_namespace: &str) -> String {
+    let inode = pid_namespace
+        .strip_prefix("pid:[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or("0");
+    format!("{pid}.{inode}.json")
+}
+
 /// The largest state file read.
 const MAX_STATE_BYTES: u64 = 64 * 1024;
 
-/// Writes `state` to `<dir>/<pid>.json` through a file created new next to it (exclusive, not
-/// following a symlink), renamed into place, so a reader never sees half and a name planted
-/// beforehand is never written through.
+/// Writes `state` to `<dir>/<pid>.<pid namespace>.json` through a file created new next to it
+/// (exclusive, not following a symlink), renamed into place, so a reader never sees half and a
+/// name planted beforehand is never written through.
 pub fn write(dir: &Path, state: &State) -> io::Result<()> {
-    let path = dir.join(format!("{}.json", state.pid));
+    let name = file_name(state.pid, &state.scope.pid_namespace);
+    let path = dir.join(&name);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let temporary = dir.join(format!(".{}.{nanos}.tmp", state.pid));
+    let temporary = dir.join(format!(".{name}.{nanos}.tmp"));
     let text = serde_json::to_string_pretty(state).map_err(io::Error::other)? + "\n";
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -135,8 +154,9 @@ pub fn sweep(dir: &Path, now: u64) {
     }
 }
 
+/// Removes the state file of this process's supervisor `pid` (its own, in its pid namespace).
 pub fn remove(dir: &Path, pid: u32) {
-    let _ = std::fs::remove_file(dir.join(format!("{pid}.json")));
+    let _ = std::fs::remove_file(dir.join(file_name(pid, &own_pid_namespace(&Snapshot::live()))));
 }
 
 /// A state file not rewritten for this long is taken as left behind (the launcher was killed and
@@ -163,17 +183,16 @@ pub fn read_live(dir: &Path, uid: u32, scope: &Scope) -> Result<Vec<State>, Stri
     let mut states: Vec<State> = entries
         .filter_map(|entry| {
             let path = entry.ok()?.path();
-            let pid: u32 = path
-                .file_name()?
-                .to_str()?
-                .strip_suffix(".json")?
-                .parse()
-                .ok()?;
+            let name = path.file_name()?.to_str()?;
+            if !name.ends_with(".json") {
+                return None;
+            }
             let text = crate::files::read_own_text(&path, MAX_STATE_BYTES).ok()?;
             let state: State = serde_json::from_str(&text).ok()?;
+            let named = name == file_name(state.pid, &state.scope.pid_namespace);
             let fresh = now.saturating_sub(state.updated_at) <= STALE_AFTER_SECS;
             let here = state.scope == *scope;
-            (state.pid == pid && fresh && here && alive(pid)).then_some(state)
+            (named && fresh && here && alive(state.pid)).then_some(state)
         })
         .collect();
     states.sort_by_key(|s| s.pid);
@@ -239,7 +258,9 @@ mod tests {
         };
         assert_eq!(read(dir.path()), vec![state(me)]);
         write(dir.path(), &elsewhere).expect("write");
-        assert!(read(dir.path()).is_empty(), "another pid namespace's");
+        assert_eq!(read(dir.path()), vec![state(me)], "not another namespace's");
+        remove(dir.path(), me);
+        assert!(read(dir.path()).is_empty(), "another pid namespace's alone");
         write(dir.path(), &state(me)).expect("write");
         // No process has pid 2^22 + 1 (above the kernel's pid_max).
         write(dir.path(), &state(4_194_305)).expect("write");
@@ -258,6 +279,50 @@ mod tests {
         remove(dir.path(), me);
         assert!(read(dir.path()).is_empty());
         assert!(read(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn supervisors_with_one_pid_in_two_pid_namespaces_keep_a_file_each() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let me = std::process::id();
+        let elsewhere = State {
+            workers: 7,
+            scope: Scope {
+                pid_namespace: "pid:[1]".to_owned(),
+                ..Scope::own(&Snapshot::live())
+            },
+            ..state(me)
+        };
+        write(dir.path(), &state(me)).expect("write");
+        write(dir.path(), &elsewhere).expect("write");
+        assert_eq!(
+            read(dir.path()),
+            vec![state(me)],
+            "ours, not the last written"
+        );
+        let own = read_live(
+            dir.path(),
+            nix::unistd::geteuid().as_raw(),
+            &elsewhere.scope,
+        );
+        assert_eq!(
+            own.expect("read"),
+            vec![elsewhere.clone()],
+            "theirs, to them"
+        );
+        // A file renamed to the other namespace's name is not believed.
+        let ours = dir
+            .path()
+            .join(file_name(me, &Scope::own(&Snapshot::live()).pid_namespace));
+        std::fs::rename(&ours, dir.path().join(format!("{me}.json"))).expect("rename");
+        assert!(read(dir.path()).is_empty());
+        remove(dir.path(), me);
+        assert!(
+            dir.path().join(file_name(me, "pid:[1]")).exists(),
+            "theirs stays"
+        );
+        assert_eq!(file_name(1, "pid:[4026531836]"), "1.4026531836.json");
+        assert_eq!(file_name(1, "garbage/../x"), "1.0.json");
     }
 
     #[test]
@@ -290,12 +355,15 @@ mod tests {
         let me = std::process::id();
         let target = dir.path().join("target");
         std::fs::write(&target, "precious").expect("write");
-        std::os::unix::fs::symlink(&target, dir.path().join(format!("{me}.json"))).expect("ln");
+        let name = file_name(me, &Scope::own(&Snapshot::live()).pid_namespace);
+        std::os::unix::fs::symlink(&target, dir.path().join(name)).expect("ln");
         assert!(read(dir.path()).is_empty(), "a symlink is not read");
         write(dir.path(), &state(me)).expect("write");
         assert_eq!(std::fs::read_to_string(&target).expect("read"), "precious");
         assert_eq!(read(dir.path()), vec![state(me)], "the link was replaced");
-        let fifo = dir.path().join("4.json");
+        let fifo = dir
+            .path()
+            .join(file_name(4, &Scope::own(&Snapshot::live()).pid_namespace));
         let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("cstring");
         // SAFETY: mkfifo reads a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);

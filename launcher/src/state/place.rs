@@ -1,11 +1,15 @@
 //! Where the state files live: `${TMPDIR:-/tmp}/launcher-<uid>/`, a directory of the user's own.
 //! It depends only on the uid and `TMPDIR`, so that a shell in the same dyno or container
 //! (`heroku ps:exec`, `docker exec`) finds it; it is created 0700, and its owner and mode are
-//! checked before every use, since `/tmp` is shared with every user of the machine.
+//! checked before every use, since `/tmp` is shared with every user of the machine. It is never
+//! made in a kernel file system (cgroupfs, procfs, sysfs and their kin), where `mkdir` makes a
+//! cgroup or is refused: a `TMPDIR` there is passed over for `/tmp`.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::sys::statfs::{self, FsType};
 
 /// The state directory, and why it is not under `TMPDIR` when it is not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,14 +39,51 @@ pub fn place(tmpdir: Option<&OsStr>, uid: u32) -> Place {
     if !path.is_dir() {
         return fallback(format!("={shown} is not a directory"));
     }
+    if let Some(kind) = kernel_file_system(path) {
+        return fallback(format!(
+            "={shown} is in a {kind} file system, where a directory made is not a plain one"
+        ));
+    }
     Place {
         dir: path.join(name),
         note: None,
     }
 }
 
-/// Creates the directory (0700) if it is missing, then checks it as `check` does.
+/// The kernel file systems where `mkdir` is no plain directory: cgroupfs makes a cgroup (which
+/// nothing would remove), tracefs a tracing instance, configfs and resctrl kernel objects;
+/// procfs, sysfs and the rest refuse it.
+const KERNEL_FILE_SYSTEMS: [(FsType, &str); 10] = [
+    (statfs::CGROUP_SUPER_MAGIC, "cgroup"),
+    (statfs::CGROUP2_SUPER_MAGIC, "cgroup2"),
+    (statfs::PROC_SUPER_MAGIC, "proc"),
+    (statfs::SYSFS_MAGIC, "sysfs"),
+    (statfs::TRACEFS_MAGIC, "tracefs"),
+    (statfs::DEBUGFS_MAGIC, "debugfs"),
+    (statfs::SECURITYFS_MAGIC, "securityfs"),
+    (statfs::BPF_FS_MAGIC, "bpf"),
+    (FsType(0x6265_6570), "configfs"),
+    (FsType(0x0765_5821), "resctrl"),
+];
+
+/// The kernel file system `path` is in, if it is one of `KERNEL_FILE_SYSTEMS`.
+fn kernel_file_system(path: &Path) -> Option<&'static str> {
+    let found = statfs::statfs(path).ok()?.filesystem_type();
+    KERNEL_FILE_SYSTEMS
+        .iter()
+        .find(|(magic, _)| *magic == found)
+        .map(|(_, kind)| *kind)
+}
+
+/// Creates the directory (0700) if it is missing, then checks it as `check` does. Its parent in
+/// a kernel file system is refused, whatever `place` chose.
 pub fn prepare(dir: &Path, uid: u32) -> Result<(), String> {
+    if let Some(kind) = dir.parent().and_then(kernel_file_system) {
+        return Err(format!(
+            "{} is in a {kind} file system, where a directory made is not a plain one",
+            dir.display()
+        ));
+    }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -94,6 +135,30 @@ mod tests {
             assert_eq!(fallback.dir, Path::new("/tmp/launcher-7"), "{bad}");
             assert!(fallback.note.expect("note").contains(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn no_directory_is_made_in_a_kernel_file_system() {
+        // procfs and sysfs are mounted wherever this runs; cgroupfs where the machine has it.
+        for tmpdir in ["/proc", "/proc/self", "/sys", "/sys/fs/cgroup/memory"] {
+            if !Path::new(tmpdir).is_dir() {
+                continue;
+            }
+            let fallback = place(Some(OsStr::new(tmpdir)), 7);
+            assert_eq!(fallback.dir, Path::new("/tmp/launcher-7"), "{tmpdir}");
+            let note = fallback.note.expect("note");
+            assert!(note.contains("file system"), "{tmpdir}: {note}");
+            // Not tried in cgroupfs: were the check broken, the test would leave a cgroup.
+            if tmpdir.starts_with("/sys/fs/cgroup") {
+                continue;
+            }
+            let refused = prepare(&Path::new(tmpdir).join("launcher-7"), 7).expect_err(tmpdir);
+            assert!(refused.contains("file system"), "{tmpdir}: {refused}");
+        }
+        assert_eq!(kernel_file_system(Path::new("/proc")), Some("proc"));
+        assert_eq!(kernel_file_system(Path::new("/sys")), Some("sysfs"));
+        let plain = tempfile::TempDir::new().expect("temp dir");
+        assert_eq!(kernel_file_system(plain.path()), None);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Config {
     pub adaptive: Option<AdaptiveConfig>,
     /// The worker count the sizers start from.
     pub workers: u32,
+    /// Threads per worker, where the server runs threads: adaptive sizing follows the requests
+    /// waiting inside the workers and their busy threads, read at each check.
+    pub threads: Option<u32>,
 }
 
 pub struct Control {
@@ -123,8 +126,12 @@ impl Control {
         std::mem::take(&mut self.events)
     }
 
-    /// One read of the accept queue: whether connections were waiting.
+    /// One read of the accept queue: whether connections were waiting. Threaded workers accept
+    /// at once, so for them the checks feed adaptive sizing instead (`decide`).
     pub fn queue_read(&mut self, now: Instant, queued: bool) {
+        if self.config.threads.is_some() {
+            return;
+        }
         if let Some(adaptive) = &mut self.adaptive {
             adaptive.controller.queue_read(now, queued);
         }
@@ -167,9 +174,11 @@ impl Control {
             self.next_busy =
                 now + shrink_after.map_or(BUSY_INTERVAL, |s| (s / 12).min(BUSY_INTERVAL));
         }
+        let threaded = self.config.threads.is_some();
         Wants {
-            busy,
+            busy: busy && !threaded,
             serving: adaptive.is_some_and(|a| a.wants_serving(reading, now)),
+            inside: threaded && (adaptive.is_some() || all_figures),
         }
     }
 
@@ -207,6 +216,7 @@ impl Control {
                 adaptive.busy(busy, now);
             }
         }
+        self.inside(reading, now);
         let mut decisions: Vec<Decision> = match self.shedding(reading, now) {
             true => Vec::new(),
             false => self.guard(reading, now).into_iter().collect(),
@@ -226,6 +236,23 @@ impl Control {
             decisions.extend(self.adaptive(reading, now));
         }
         decisions
+    }
+
+    /// Threaded workers: a check counts as a read of the wait (requests waiting inside a worker,
+    /// or connections in the accept queue), and their busy threads as busy workers' worth
+    /// (threads busy / threads per worker), for the shrink rule.
+    fn inside(&mut self, reading: &Reading, now: Instant) {
+        let (Some(threads), Some(adaptive)) = (self.config.threads, self.adaptive.as_mut()) else {
+            return;
+        };
+        if let Some(waiting) = reading.waiting {
+            let queued = waiting > 0 || reading.queued.is_some_and(|q| q > 0);
+            adaptive.controller.queue_read(now, queued);
+        }
+        if let Some(busy) = reading.threads_busy {
+            let workers = f64::from(busy) / f64::from(threads.max(1));
+            adaptive.controller.busy_sample(now, workers);
+        }
     }
 
     fn guard(&mut self, reading: &Reading, now: Instant) -> Option<Decision> {

@@ -26,6 +26,11 @@ pub struct Figures<'a> {
     pub guard: bool,
     pub recycles: u64,
     pub oom_kills: u64,
+    /// Threads per worker, where the server runs threads; what waits inside the workers and
+    /// their busy threads, at the last look.
+    pub threads: Option<u32>,
+    pub waiting: Option<u32>,
+    pub threads_busy: Option<u32>,
 }
 
 /// The `sample#` line: workers, restarts, the accept queue, the dyno's CPU and memory, and the
@@ -48,6 +53,15 @@ pub fn sample(
         .with("sample#restarts", restarts);
     if let Some(busy) = figures.busy {
         event = event.with("sample#workers_busy", busy);
+    }
+    if let Some(threads) = figures.threads {
+        event = event.with("sample#threads", threads as usize * workers);
+    }
+    if let Some(busy) = figures.threads_busy {
+        event = event.with("sample#threads_busy", busy);
+    }
+    if let Some(waiting) = figures.waiting {
+        event = event.with("sample#requests_waiting", waiting);
     }
     if let Some(queue) = load.queue {
         event = event

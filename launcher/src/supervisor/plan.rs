@@ -39,6 +39,12 @@ pub struct Plan {
     pub mode_reason: String,
     pub server: servers::Server,
     pub workers: u32,
+    /// A delegated puma's control app, added for adaptive sizing to read what waits in its
+    /// workers (`reading::puma`); never logged, its socket in the launcher's own directory.
+    pub puma_control: Option<crate::supervisor::reading::puma::Control>,
+    /// Threads per worker, where the server runs threads (gunicorn's gthread, puma): the requests
+    /// each worker serves at once.
+    pub threads: Option<u32>,
     /// What pins a delegated server's count in its command, config var or config file: it runs
     /// that many, whatever `WEB_CONCURRENCY` says.
     pub pinned: Option<pinning::Finding>,
@@ -65,7 +71,7 @@ impl Plan {
         report: &Report,
         env: &Env,
         listen: Option<&str>,
-        app_dir: &Path,
+        (app_dir, state_dir): (&Path, Option<&Path>),
     ) -> Plan {
         let found = servers::identify(&request.command);
         let (mode, mode_reason) = servers::choose_mode(request.mode, settings.mode, found.server);
@@ -105,31 +111,29 @@ impl Plan {
             }
             _ => {}
         }
-        let queue_blind = match servers::behaviour(found.server).accepts {
-            servers::Accepts::AtOnce(why) => Some(why.to_owned()),
-            servers::Accepts::WhenFree if found.server == servers::Server::Gunicorn => {
-                let args: Vec<&str> = argv
-                    .iter()
-                    .skip(found.args_from)
-                    .filter_map(|a| a.to_str())
-                    .collect();
-                let count = servers::behaviour(found.server).count;
-                let cmd_args = count.args_var.and_then(|var| env.get(var));
-                servers::concurrent_workers(&args, cmd_args, config.as_deref()).map(|how| {
-                    format!(
-                        "its workers ({how}) accept every connection at once and hold the \
-                             wait inside the worker, not in the accept queue; only gunicorn's \
-                             sync workers accept when free"
-                    )
-                })
-            }
-            servers::Accepts::WhenFree => None,
-        };
+        let (threads, queue_blind) =
+            served_how(found.server, &words, report, env, config.as_deref());
+        let follows_puma = found.server == servers::Server::Puma
+            && mode == Mode::Delegate
+            && settings.sizing == crate::sizing::Sizing::Adaptive
+            && threads.is_some_and(|t| t > 1);
+        let puma_control = state_dir.filter(|_| follows_puma).map(puma_control);
+        let mut argv = rewrite.argv.clone();
+        if let Some(control) = &puma_control {
+            let url = format!("unix://{}", control.socket.display());
+            argv.extend([
+                "--control-url".into(),
+                url.into(),
+                "--control-token".into(),
+                control.token.clone().into(),
+            ]);
+        }
         Plan {
             mode,
             mode_reason,
             server: found.server,
             workers,
+            threads,
             pinned,
             sized,
             // `none`: sizing is disabled and nothing set WEB_CONCURRENCY, so 1 worker.
@@ -138,7 +142,8 @@ impl Plan {
                 Some(_) => report.decision.outcome.set_by().unwrap_or("user"),
             }
             .to_owned(),
-            argv: rewrite.argv.clone(),
+            argv,
+            puma_control,
             rewrite,
             signals,
             restart_reason,
@@ -155,6 +160,9 @@ impl Plan {
             .with("set_by", &self.set_by);
         if let Some(pin) = &self.pinned {
             start = start.with("pinned", &pin.setting);
+        }
+        if let Some(threads) = self.threads {
+            start = start.with("threads", threads);
         }
         start = start
             .with("mode_reason", &self.mode_reason)
@@ -315,5 +323,61 @@ impl Plan {
             .collect();
         env.extend(set.into_iter().map(|(k, v)| (k.into(), v.into())));
         env
+    }
+}
+
+/// How the server's workers serve: the threads each runs (gunicorn's gthread, puma), and why the
+/// requests waiting for them cannot be seen, if they cannot (an event loop holds them). gunicorn
+/// reads the `GUNICORN_CMD_ARGS` the children get (the launcher's threads in it, where
+/// `LAUNCHER_THREADS` asks), puma the `RAILS_MAX_THREADS` they get.
+fn served_how(
+    server: servers::Server,
+    words: &[&str],
+    report: &Report,
+    env: &Env,
+    config: Option<&str>,
+) -> (Option<u32>, Option<String>) {
+    let exported = |name: &str| {
+        let ours = report.thread_exports.iter().find(|(n, _)| *n == name);
+        ours.map(|(_, v)| v.as_str()).or_else(|| env.get(name))
+    };
+    match (server, servers::behaviour(server).accepts) {
+        (servers::Server::Gunicorn, _) => {
+            match servers::gunicorn_workers(words, exported("GUNICORN_CMD_ARGS"), config) {
+                servers::GunicornWorkers::Sync => (None, None),
+                servers::GunicornWorkers::Threads { threads, .. } => (Some(threads), None),
+                servers::GunicornWorkers::Other(how) => (
+                    None,
+                    Some(format!(
+                        "its workers ({how}) accept every connection at once on an event loop \
+                         and hold the wait inside the worker, where it cannot be seen; gunicorn's \
+                         sync and gthread workers can be followed"
+                    )),
+                ),
+            }
+        }
+        (servers::Server::Puma, _) => {
+            let (threads, _) = servers::puma_threads(config, exported("RAILS_MAX_THREADS"));
+            (Some(threads), None)
+        }
+        (_, servers::Accepts::AtOnce(why)) => (None, Some(why.to_owned())),
+        (_, servers::Accepts::WhenFree) => (None, None),
+    }
+}
+
+/// puma's control app at `<state dir>/puma-<pid>.sock`, which only this user can reach, with a
+/// token of 16 random bytes besides.
+fn puma_control(state_dir: &Path) -> crate::supervisor::reading::puma::Control {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got < 0 {
+        // Without randomness the directory's permissions still keep others out.
+        bytes.copy_from_slice(&u128::from(std::process::id()).to_le_bytes());
+    }
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::supervisor::reading::puma::Control {
+        socket: state_dir.join(format!("puma-{}.sock", std::process::id())),
+        token,
     }
 }

@@ -104,18 +104,13 @@ impl Setup {
             Event::warn("config").with("message", warning).emit();
         }
         become_subreaper();
+        let state_dir = state_dir();
         // Bound before the plan: a server told its address on the command line (puma) is told
         // this.
         let listener = port.map(net::listen).transpose().map_err(fatal(1))?;
         let address = listener.as_ref().map(|l| l.address.as_str());
-        let plan = Plan::new(
-            request,
-            settings,
-            report,
-            &facts.env,
-            address,
-            &facts.app_dir,
-        );
+        let dirs = (facts.app_dir.as_path(), state_dir.as_deref());
+        let plan = Plan::new(request, settings, report, &facts.env, address, dirs);
         let notify = Notify::bind()
             .inspect_err(|err| {
                 let message =
@@ -151,7 +146,7 @@ impl Setup {
             notify,
             command,
             sample_interval: settings.sample_interval,
-            state_dir: state_dir(),
+            state_dir,
         })
     }
 }
@@ -227,6 +222,7 @@ fn control_config(
         warmup: settings.sizing_warmup,
     });
     let follows_queue = port.is_some() && plan.queue_blind.is_none();
+    let inside = followed_threads(plan).is_some();
     let adaptive = (sizes(Sizing::Adaptive) && follows_queue).then(|| {
         let a = settings.adaptive;
         AdaptiveConfig {
@@ -238,7 +234,11 @@ fn control_config(
             cpu_max: a.cpu_max,
             shrink_after: a.shrink_after,
             step: a.step,
-            read_interval: settings.queue_read_interval,
+            // Threaded workers are followed at each check, not at each read of the queue.
+            read_interval: match inside {
+                true => super::memory::CHECK_INTERVAL,
+                false => settings.queue_read_interval,
+            },
         }
     });
     decide::Config {
@@ -247,7 +247,17 @@ fn control_config(
         sizer,
         adaptive,
         workers: plan.workers,
+        threads: followed_threads(plan),
     }
+}
+
+/// Threads per worker where adaptive sizing follows what waits inside the workers, at each
+/// check: gunicorn's gthread workers (their connections' unread requests) and a puma with its
+/// control app (its backlog); other servers are followed by the accept queue.
+fn followed_threads(plan: &Plan) -> Option<u32> {
+    let gthread = plan.server == crate::servers::Server::Gunicorn;
+    plan.threads
+        .filter(|_| gthread || plan.puma_control.is_some())
 }
 
 /// The reader: where the dyno's memory and CPU time are read, the accept queue, and what adaptive
@@ -277,6 +287,8 @@ fn reader(
         cpu_capacity: capacity,
         cpu_window,
         limit_files: report.host.limit_files.clone(),
+        threads: plan.threads,
+        puma: plan.puma_control.clone(),
     };
     Reader::new(snapshot, meter, load, config)
 }

@@ -85,6 +85,7 @@ fn control(
         sizer,
         adaptive,
         workers: 2,
+        threads: None,
     };
     Control::new(config, Some(0), now)
 }
@@ -247,4 +248,49 @@ fn oom_kills_of_a_delegated_servers_workers_are_claimed_when_they_vanish() {
         .expect("a line");
     assert_eq!(line.get("unattributed"), Some("1"));
     assert_eq!(control.oom_total(), 2);
+}
+
+#[test]
+fn threaded_workers_grow_on_the_requests_waiting_inside_them() {
+    let t0 = Instant::now();
+    let config = Config {
+        limits: limits(),
+        guard: guard(),
+        sizer: None,
+        adaptive: adaptive().map(|a| AdaptiveConfig {
+            read_interval: SECOND / 2,
+            ..a
+        }),
+        workers: 2,
+        threads: Some(16),
+    };
+    let mut control = Control::new(config, Some(0), t0);
+    // gthread accepts at once: the accept queue's reads say nothing, and are not counted.
+    for i in 1..=100 {
+        control.queue_read(t0 + SECOND / 10 * i, false);
+    }
+    // Ten seconds of checks that find requests waiting inside the workers, 32 threads busy.
+    let mut last = Vec::new();
+    for i in 1..=20 {
+        let now = t0 + SECOND / 2 * i;
+        let mut reading = reading(2, 30, 2);
+        reading.waiting = Some(12);
+        reading.threads_busy = Some(32);
+        reading.not_serving = Some(vec![]);
+        let wants = control.wants(&reading, now, false);
+        assert!(wants.inside && !wants.busy, "{wants:?}");
+        control.wants_memory(&reading, now, false);
+        last = control.decide(&reading, now);
+        if !last.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(last, vec![Decision::Resize { to: 3 }]);
+    let line = control.take_events().pop().expect("a resize line");
+    assert_eq!(line.get("reason"), Some("queue"), "{line:?}");
+    assert_eq!(
+        line.get("workers_busy_mean"),
+        Some("2.00"),
+        "32 busy threads of 16 each"
+    );
 }

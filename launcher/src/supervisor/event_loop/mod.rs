@@ -43,8 +43,6 @@ const ADOPTED_NAMED: usize = 10;
 /// as long after each look, up to `SERVING_MOST`.
 const SERVING_FIRST: Duration = Duration::from_millis(100);
 const SERVING_MOST: Duration = Duration::from_secs(1);
-/// A worker's memory is taken as what it costs once it has been up this long (TTIN's cap).
-const TTIN_WARM: Duration = Duration::from_secs(5);
 
 pub struct Loop {
     pool: Pool,
@@ -161,6 +159,10 @@ impl Loop {
         if let Some(dir) = &self.state_dir {
             state::remove(dir, std::process::id());
         }
+        if let Some(control) = &self.reader.config.puma {
+            // puma's control socket, which puma leaves behind when it is killed.
+            let _ = std::fs::remove_file(&control.socket);
+        }
         Some(code)
     }
 
@@ -224,7 +226,7 @@ impl Loop {
         let soft_limit = self.control.config.limits.soft_limit_bytes;
         let fit = self.reader.now(&self.pool, now).and_then(|mut reading| {
             self.reader.measure(&mut reading);
-            Fit::measure_warm(&reading, soft_limit, TTIN_WARM)
+            Fit::measure(&reading, soft_limit)
         });
         let wanted = self.pool.wanted();
         let workers = ttin_cap(fit.map(|f| f.workers), self.max_workers, wanted);
@@ -232,7 +234,7 @@ impl Loop {
             _ if workers >= self.max_workers && self.max_workers < MAX_WEB_CONCURRENCY => {
                 "LAUNCHER_MAX_WORKERS"
             }
-            None => "no worker has run long enough to be measured: its memory is not known",
+            None => "the workers' memory cannot be read",
             Some(_) if workers < self.max_workers => "one more worker does not fit in memory",
             Some(_) => Cap::default().why,
         };

@@ -36,6 +36,9 @@ impl Loop {
             guard: self.control.config.guard.is_some(),
             recycles: self.control.recycles,
             oom_kills: self.control.oom_total(),
+            threads: self.reader.config.threads,
+            waiting: self.reader.inside_last.0,
+            threads_busy: self.reader.inside_last.1,
         }
     }
 

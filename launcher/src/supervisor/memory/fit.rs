@@ -2,8 +2,6 @@
 //! the dyno's usage and each worker's own memory. Measured sizing steps towards it; adaptive
 //! sizing never grows past it; `TTIN` is capped by it.
 
-use std::time::Duration;
-
 use crate::supervisor::reading::Reading;
 
 /// How far above the next whole worker the fit must be before one is added: a quarter of a
@@ -25,27 +23,6 @@ pub struct Fit {
 }
 
 impl Fit {
-    /// The fit with a worker's cost taken from the workers up for at least `warm` only: a worker
-    /// that is still importing its app holds a fraction of what it will (two gunicorn workers
-    /// measured a second after they appeared cost 22 MB each, and 34 MB once booted). None when
-    /// no worker is warm yet.
-    pub fn measure_warm(reading: &Reading, soft_limit_bytes: u64, warm: Duration) -> Option<Fit> {
-        let warm_cost = reading
-            .workers
-            .iter()
-            .filter(|w| w.ready && w.age >= warm)
-            .map(|w| w.uss_bytes + w.shared_dirty_bytes)
-            .max()?;
-        let fit = Fit::measure(reading, soft_limit_bytes)?;
-        let worker_bytes = fit.worker_bytes.max(warm_cost);
-        let room = soft_limit_bytes.saturating_sub(fit.base_bytes);
-        Some(Fit {
-            worker_bytes,
-            workers: room as f64 / worker_bytes as f64,
-            ..fit
-        })
-    }
-
     pub fn measure(reading: &Reading, soft_limit_bytes: u64) -> Option<Fit> {
         let costs = reading
             .workers

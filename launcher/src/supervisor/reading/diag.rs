@@ -4,7 +4,7 @@
 //! TIME_WAIT socket too: with clients that reconnect for each request (gunicorn's sync workers
 //! close every connection) that is megabytes of text every read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -24,6 +24,13 @@ const STATES: u32 =
 /// The inodes of the TCP connections whose local port is `port`: those accepted from the
 /// launcher's socket, in its network namespace.
 pub fn accepted_sockets(port: u16) -> io::Result<HashSet<u64>> {
+    Ok(accepted(port)?.into_keys().collect())
+}
+
+/// The connections accepted from the launcher's socket, by inode, with the bytes the kernel holds
+/// for each that its process has not read (`idiag_rqueue`): a request that waits inside a worker
+/// for one of its threads (gunicorn's gthread reads a request in the thread that serves it).
+pub fn accepted(port: u16) -> io::Result<HashMap<u64, u32>> {
     // SAFETY: socket(2) with constant arguments; the fd is owned at once.
     let fd = unsafe {
         libc::socket(
@@ -37,14 +44,14 @@ pub fn accepted_sockets(port: u16) -> io::Result<HashSet<u64>> {
     }
     // SAFETY: a new fd that nothing else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut found = HashSet::new();
+    let mut found = HashMap::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         dump(&socket, family as u8, port, &mut found)?;
     }
     Ok(found)
 }
 
-fn dump(socket: &OwnedFd, family: u8, port: u16, found: &mut HashSet<u64>) -> io::Result<()> {
+fn dump(socket: &OwnedFd, family: u8, port: u16, found: &mut HashMap<u64, u32>) -> io::Result<()> {
     let mut request = [0u8; HEADER + REQUEST];
     request[0..4].copy_from_slice(&((HEADER + REQUEST) as u32).to_ne_bytes());
     request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -90,7 +97,7 @@ fn dump(socket: &OwnedFd, family: u8, port: u16, found: &mut HashSet<u64>) -> io
 }
 
 /// The netlink messages of one datagram; true at the end of the dump.
-fn parse(mut data: &[u8], port: u16, found: &mut HashSet<u64>) -> io::Result<bool> {
+fn parse(mut data: &[u8], port: u16, found: &mut HashMap<u64, u32>) -> io::Result<bool> {
     let field = |bytes: &[u8], at: usize| -> u32 {
         let mut word = [0u8; 4];
         word.copy_from_slice(&bytes[at..at + 4]);
@@ -122,9 +129,10 @@ fn parse(mut data: &[u8], port: u16, found: &mut HashSet<u64>) -> io::Result<boo
             SOCK_DIAG_BY_FAMILY if body.len() >= MESSAGE => {
                 // The id starts at 4; its source port is big-endian.
                 let local_port = u16::from_be_bytes([body[4], body[5]]);
+                let unread = field(body, 56);
                 let inode = u64::from(field(body, 68));
                 if local_port == port && inode != 0 {
-                    found.insert(inode);
+                    found.insert(inode, unread);
                 }
             }
             _ => {}
@@ -171,13 +179,31 @@ mod tests {
     }
 
     #[test]
+    fn a_request_the_server_has_not_read_is_counted_as_waiting() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let mut client = TcpStream::connect(listener.local_addr().expect("address")).expect("c");
+        let (served, _) = listener.accept().expect("accept");
+        assert_eq!(accepted(port).expect("dump").get(&inode(&served)), Some(&0));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        let unread = (0..100).find_map(|_| {
+            let found = accepted(port).expect("dump").get(&inode(&served)).copied();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found.filter(|n| *n > 0)
+        });
+        assert_eq!(unread, Some(18), "the request's bytes, unread");
+        drop(served);
+    }
+
+    #[test]
     fn an_error_message_ends_the_dump_with_its_code() {
         let mut message = vec![0u8; HEADER + 4];
         message[0..4].copy_from_slice(&((HEADER + 4) as u32).to_ne_bytes());
         message[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
         message[HEADER..].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
-        let err = parse(&message, 80, &mut HashSet::new()).expect_err("an error");
+        let err = parse(&message, 80, &mut HashMap::new()).expect_err("an error");
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
-        assert!(parse(&message[..10], 80, &mut HashSet::new()).is_ok_and(|done| !done));
+        assert!(parse(&message[..10], 80, &mut HashMap::new()).is_ok_and(|done| !done));
     }
 }

@@ -10,7 +10,9 @@ pub mod busy;
 pub mod diag;
 pub mod limits;
 pub mod load;
+pub mod puma;
 pub mod serving;
+pub mod threads;
 mod workers;
 
 use std::collections::HashSet;
@@ -73,6 +75,12 @@ pub struct Reading {
     pub not_serving: Option<Vec<i32>>,
     /// The dyno's limits, when this check read them again (`limits::INTERVAL`).
     pub limits: Option<Size>,
+    /// Threaded servers, when asked for: requests waiting inside the workers for a thread (their
+    /// connections' unread bytes), and the workers' busy threads (`threads`).
+    pub waiting: Option<u32>,
+    pub threads_busy: Option<u32>,
+    /// Connections in the accept queue at its last read.
+    pub queued: Option<u32>,
 }
 
 /// What a check's policies want read besides what every check reads (each worker's memory is
@@ -83,6 +91,8 @@ pub struct Wants {
     pub busy: bool,
     /// Which workers have not been seen serving yet.
     pub serving: bool,
+    /// The requests waiting inside threaded workers, and their busy threads.
+    pub inside: bool,
 }
 
 /// What the reader is set up with, once.
@@ -100,6 +110,10 @@ pub struct Config {
     pub cpu_window: Option<Duration>,
     /// The files the limits were read from at boot, read again while running.
     pub limit_files: LimitFiles,
+    /// Threads per worker, where the server runs threads: what waits inside them is read.
+    pub threads: Option<u32>,
+    /// A delegated puma's control app, where the plan added one: its own figures.
+    pub puma: Option<puma::Control>,
 }
 
 pub struct Reader {
@@ -116,6 +130,8 @@ pub struct Reader {
     /// The workers of the last check (delegate mode: to see which vanished).
     last_workers: Vec<i32>,
     limits: limits::Limits,
+    /// Requests waiting inside threaded workers, and their busy threads, at the last look.
+    pub inside_last: (Option<u32>, Option<u32>),
 }
 
 impl Reader {
@@ -132,6 +148,7 @@ impl Reader {
             serving: HashSet::new(),
             busy: None,
             last_workers: Vec::new(),
+            inside_last: (None, None),
         }
     }
 
@@ -180,6 +197,7 @@ impl Reader {
         }
         reading.cpu = self.cpu(now);
         reading.oom_kills = self.oom_kills();
+        reading.queued = self.load.last.map(|read| read.queued);
         Some(reading)
     }
 
@@ -207,6 +225,26 @@ impl Reader {
         if wants.serving {
             reading.not_serving = self.not_serving(&reading.workers);
         }
+        if wants.inside && self.config.threads.is_some() {
+            self.inside(reading);
+        }
+    }
+
+    /// What threaded workers hold: the requests waiting for one of their threads, and their busy
+    /// threads. The last figures are kept for the `sample#` line.
+    fn inside(&mut self, reading: &mut Reading) {
+        if let Some(control) = &self.config.puma {
+            let stats = control.stats();
+            reading.waiting = stats.map(|s| s.backlog);
+            reading.threads_busy = stats.map(|s| s.busy_threads);
+        } else if let Some(port) = self.config.port {
+            let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
+            reading.waiting = diag::accepted(port)
+                .ok()
+                .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
+            reading.threads_busy = Some(threads::busy(&self.proc_dir(), &pids));
+        }
+        self.inside_last = (reading.waiting, reading.threads_busy);
     }
 
     /// Each worker's memory (`smaps_rollup`: a walk of its page tables, so only when asked).

@@ -45,6 +45,7 @@ fn control(count: Count, measured: bool, now: Instant) -> Control {
         }),
         adaptive: None,
         workers: 4,
+        threads: None,
     };
     let mut control = Control::new(config, Some(0), now);
     let rules = Rules {
