@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::cgroup::{CgroupDir, Hierarchy, Version};
+use super::limits::LimitFile;
 use super::{procfs, smallest, Notes, Reading, Snapshot, MIB, PROC};
 
 /// The fallback when nothing at all is readable.
@@ -31,25 +32,31 @@ fn limit_files(version: Version) -> &'static [&'static str] {
 /// neither passes over a real cgroup limit as "more than the host has" nor sizes the dyno.
 pub const MIN_HOST_MEMORY_BYTES: u64 = 64 * MIB;
 
-/// The memory limit, and the cgroup directory of the file it was read from.
+/// MemTotal as `read` took it: the bytes, or why there are none (the fallback's source).
+pub type HostTotal = Result<u64, &'static str>;
+
+/// The memory limit, the cgroup directory of the file it was read from, and what `LimitFiles`
+/// reads again while the app runs: the limit files that could be read, and MemTotal.
 pub(super) fn read(
     snapshot: &Snapshot,
     hierarchies: &[Hierarchy],
     notes: &mut Notes,
-) -> (Reading<u64>, Option<CgroupDir>) {
+) -> (Reading<u64>, Option<CgroupDir>, Vec<LimitFile>, HostTotal) {
     let host_total = host_total(snapshot, notes);
+    let mut found = Vec::new();
     let mut limits = Vec::new();
     for hierarchy in hierarchies {
         for dir in hierarchy.levels() {
             for file in limit_files(hierarchy.version) {
-                let path = dir.join(file);
-                limits.extend(read_limit(
-                    snapshot,
-                    &path,
-                    hierarchy.version,
-                    host_total.ok(),
-                    notes,
-                ));
+                let file = LimitFile {
+                    path: dir.join(file),
+                    version: hierarchy.version,
+                    well_known: false,
+                };
+                if let Some(text) = snapshot.read_optional(&file.path, notes) {
+                    limits.extend(parse_limit(&text, &file, host_total.ok(), notes));
+                    found.push(file);
+                }
             }
         }
     }
@@ -63,11 +70,30 @@ pub(super) fn read(
                         .parent()
                         .is_some_and(|parent| h.levels().any(|dir| dir == parent))
             });
-            if !read_already {
-                limits.extend(read_limit(snapshot, path, version, host_total.ok(), notes));
+            if read_already {
+                continue;
+            }
+            let file = LimitFile {
+                path: path.to_path_buf(),
+                version,
+                well_known: true,
+            };
+            if let Some(text) = snapshot.read_optional(&file.path, notes) {
+                limits.extend(parse_limit(&text, &file, host_total.ok(), notes));
+                found.push(file);
             }
         }
     }
+    let (limit, dir) = choose(limits, host_total, notes);
+    (limit, dir, found, host_total)
+}
+
+/// The smallest of the limits found, else MemTotal, else the default.
+pub(super) fn choose(
+    limits: Vec<(Reading<u64>, CgroupDir)>,
+    host_total: HostTotal,
+    notes: &mut Notes,
+) -> (Reading<u64>, Option<CgroupDir>) {
     if let Some((limit, dir)) = smallest(limits, |(reading, _)| reading.value) {
         return (limit, Some(dir));
     }
@@ -111,16 +137,15 @@ fn host_total(snapshot: &Snapshot, notes: &mut Notes) -> Result<u64, &'static st
     Ok(total)
 }
 
-/// One limit file. Missing files and "no limit" values are silent; values that are present but
-/// unusable are noted, so `launcher size` can say why they were passed over.
-fn read_limit(
-    snapshot: &Snapshot,
-    path: &Path,
-    version: Version,
+/// One limit file's text. "No limit" values are silent; values that are present but unusable
+/// are noted, so `launcher size` can say why they were passed over.
+pub(super) fn parse_limit(
+    text: &str,
+    file: &LimitFile,
     host_total: Option<u64>,
     notes: &mut Notes,
 ) -> Option<(Reading<u64>, CgroupDir)> {
-    let text = snapshot.read_optional(path, notes)?;
+    let (path, version) = (file.path.as_path(), file.version);
     let text = text.trim();
     let shown = super::shown(path);
     if text == "max" {

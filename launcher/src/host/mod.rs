@@ -5,10 +5,12 @@
 
 mod cgroup;
 mod cpu;
+mod limits;
 mod memory;
 mod procfs;
 
 pub use cgroup::{CgroupDir, Version};
+pub use limits::{LimitFiles, Size};
 pub use procfs::kib_field_bytes;
 
 use std::io;
@@ -39,12 +41,25 @@ pub struct Host {
     pub memory_cgroup: Option<CgroupDir>,
     /// Values that were present but ignored, and files that could not be read, for `launcher size`.
     pub notes: Vec<String>,
+    /// The files the limits were read from, for reading them again while running.
+    pub limit_files: LimitFiles,
 }
 
 impl Host {
     /// Memory in MiB, rounded down.
     pub fn memory_mb(&self) -> u64 {
         crate::units::whole_mb(self.memory_bytes)
+    }
+
+    /// The figures the limits gave.
+    pub fn size(&self) -> Size {
+        Size {
+            memory_bytes: self.memory_bytes,
+            memory_source: self.memory_source.clone(),
+            cpus: self.cpus,
+            cpus_source: self.cpus_source.clone(),
+            cpu_capacity: self.cpu_capacity,
+        }
     }
 }
 
@@ -173,9 +188,11 @@ pub fn read(root: &Path) -> Host {
         ));
     }
     let memory_hierarchies = cgroup::hierarchies(&membership, &mounts, "memory");
-    let (memory, memory_cgroup) = memory::read(&snapshot, &memory_hierarchies, &mut notes);
+    let (memory, memory_cgroup, memory_files, host_total) =
+        memory::read(&snapshot, &memory_hierarchies, &mut notes);
     let cpu_hierarchies = cgroup::hierarchies(&membership, &mounts, "cpu");
-    let (cpus, cpu_capacity) = cpu::read(&snapshot, &cpu_hierarchies, &mut notes);
+    let (cpus, cpu_capacity, cpus_fixed, quota_dirs) =
+        cpu::read(&snapshot, &cpu_hierarchies, &mut notes);
     let cpuacct_hierarchies = cgroup::hierarchies(&membership, &mounts, "cpuacct");
     let cpu_cgroup = cpu::accounting(&snapshot, &cpuacct_hierarchies);
     Host {
@@ -187,6 +204,12 @@ pub fn read(root: &Path) -> Host {
         cpu_cgroup,
         memory_cgroup,
         notes: notes.into_vec(),
+        limit_files: LimitFiles {
+            memory: memory_files,
+            host_total,
+            cpu: quota_dirs,
+            cpus_fixed,
+        },
     }
 }
 

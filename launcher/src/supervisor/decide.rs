@@ -14,6 +14,8 @@ use super::memory::{self, Guard, GuardAction, GuardConfig, Limits, Sizer, SizerC
 use super::reading::{Reading, Wants};
 use crate::sizing::Sizing;
 
+mod follow;
+
 /// How often adaptive sizing counts the busy workers at most, for the mean its shrink rule takes
 /// over the shrink wait (a minute: every 5 s): asking the kernel for the connections walks its
 /// whole TCP table, TIME_WAIT sockets included (about 1 ms with 30,000 of them).
@@ -61,6 +63,12 @@ pub struct Control {
     busy: Option<u32>,
     pub recycles: u64,
     events: Vec<Event>,
+    /// The limits followed and the rules they are turned into (`follow`); None: not followed.
+    following: Option<follow::Following>,
+    /// This check moved the count to new limits: the sizers decide from the next one.
+    limits_resized: bool,
+    /// Workers shed for lowered limits are stopping: the guard waits for them until then.
+    shedding: Option<Instant>,
 }
 
 impl Control {
@@ -83,6 +91,9 @@ impl Control {
             busy: None,
             recycles: 0,
             events: Vec::new(),
+            following: None,
+            limits_resized: false,
+            shedding: None,
         }
     }
 
@@ -206,10 +217,14 @@ impl Control {
             }
         }
         self.inside(reading, now);
-        let mut decisions: Vec<Decision> = self.guard(reading, now).into_iter().collect();
+        let mut decisions: Vec<Decision> = match self.shedding(reading, now) {
+            true => Vec::new(),
+            false => self.guard(reading, now).into_iter().collect(),
+        };
         let recycling = self.guard.as_ref().is_some_and(|g| g.recycling().is_some());
         let settled = reading.stopping.is_empty();
-        let free = decisions.is_empty() && !recycling && settled;
+        let resized = std::mem::take(&mut self.limits_resized);
+        let free = decisions.is_empty() && !recycling && settled && !resized;
         if self.sizer_due && free {
             self.next_sizing = now + memory::SIZING_INTERVAL;
             decisions.extend(self.measured(reading));

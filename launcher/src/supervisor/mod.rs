@@ -10,6 +10,7 @@ mod event_loop;
 mod figures;
 mod hint;
 mod kill;
+mod limits;
 mod log;
 mod memory;
 mod net;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::adaptive::AdaptiveConfig;
 use super::decide;
+use super::limits::{Count, Rules};
 use super::log::Event;
 use super::memory::{GuardConfig, Limits, SizerConfig};
 use super::net::{self, Listener, Notify};
@@ -20,7 +21,7 @@ use super::settings::RunSettings;
 use super::spawn;
 use super::{fatal, Fatal, Request};
 use crate::env::Env;
-use crate::host::Snapshot;
+use crate::host::{Size, Snapshot};
 use crate::report::Report;
 use crate::servers::Mode;
 use crate::settings::Settings;
@@ -35,6 +36,8 @@ pub struct Setup {
     pub mode: Mode,
     pub pool: pool::Config,
     pub control: decide::Config,
+    /// What follows a change of the dyno's limits, and the limits at start.
+    pub follow: (Rules, Size),
     pub reader: Reader,
     /// `LAUNCHER_MAX_WORKERS`, else the largest count taken: what TTIN never goes past.
     pub max_workers: u32,
@@ -127,10 +130,15 @@ impl Setup {
         let control = control_config(settings, report, &plan, port);
         let reader = reader(&control, settings, report, &plan, port);
         log_start(&control, &reader, settings, report, &plan);
+        let follow = (
+            follow_rules(&control, settings, report, &plan),
+            report.host.size(),
+        );
         Ok(Setup {
             mode: plan.mode,
             pool: pool_config(settings, &plan, port, facts.on_cedar),
             control,
+            follow,
             reader,
             max_workers: report
                 .formula
@@ -294,10 +302,46 @@ fn reader(
         busy_known: plan.queue_blind.is_none(),
         cpu_capacity: capacity,
         cpu_window,
+        limit_files: report.host.limit_files.clone(),
         threads: plan.threads,
         puma: plan.puma_control.clone(),
     };
     Reader::new(snapshot, meter, load, config)
+}
+
+/// What follows a change of the dyno's limits: the soft limit always; the worker count where it is
+/// the launcher's, in the sizing that runs (docs/architecture.md, "Limits that change").
+fn follow_rules(
+    control: &decide::Config,
+    settings: &RunSettings,
+    report: &Report,
+    plan: &Plan,
+) -> Rules {
+    let count = match &report.decision.outcome {
+        _ if plan.pinned.is_some() => {
+            let pin = plan.pinned.as_ref().map_or("", |p| p.setting.as_str());
+            Count::Kept(format!("the command pins the worker count ({pin})"))
+        }
+        Outcome::Disabled { .. } => Count::Kept("sizing is off (LAUNCHER_DISABLE)".to_owned()),
+        Outcome::Users(_) => Count::Kept("WEB_CONCURRENCY is the user's".to_owned()),
+        Outcome::Ours(_) if plan.mode == Mode::Delegate && plan.signals.scale.is_none() => {
+            Count::Kept(format!(
+                "{} has no signals to add or remove a worker with",
+                plan.server
+            ))
+        }
+        Outcome::Ours(_) => Count::Sized(match (&control.sizer, &control.adaptive) {
+            (Some(_), _) => Sizing::Measured,
+            (None, Some(_)) => Sizing::Adaptive,
+            (None, None) => Sizing::Static,
+        }),
+    };
+    Rules {
+        soft_limit_percent: settings.soft_limit_percent,
+        web_memory_mb: report.formula.web_memory_mb,
+        max_workers: report.formula.max_workers,
+        count,
+    }
 }
 
 /// Why the sizing asked for does not run, for a `config` warning; None when it runs or none was

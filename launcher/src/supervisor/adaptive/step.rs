@@ -56,6 +56,14 @@ impl Sizing {
         }
     }
 
+    /// The dyno's limits changed: a new floor (the static count) and soft limit, and the fit
+    /// measured again at once.
+    pub fn rebound(&mut self, floor: u32, soft_limit_bytes: u64, now: Instant) {
+        self.controller.config.floor = floor;
+        self.soft_limit_bytes = soft_limit_bytes;
+        self.next_fit = now;
+    }
+
     pub fn busy(&mut self, busy: Busy, now: Instant) {
         match busy {
             Busy::Count(n) => self.controller.busy_sample(now, f64::from(n)),

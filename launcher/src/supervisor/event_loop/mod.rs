@@ -85,9 +85,12 @@ impl Loop {
     pub fn new(setup: Setup, signals: SignalFd) -> Loop {
         let now = Instant::now();
         let oom_counted = setup.reader.oom_kills();
+        let mut control = Control::new(setup.control, oom_counted, now);
+        let (rules, size) = setup.follow;
+        control.follow(rules, size);
         Loop {
             pool: Pool::new(setup.pool, now, seed()),
-            control: Control::new(setup.control, oom_counted, now),
+            control,
             reader: setup.reader,
             max_workers: setup.max_workers,
             command: setup.command,
@@ -367,12 +370,14 @@ impl Loop {
                 self.pool
                     .server_workers_seen(one_ready, reading.workers.is_empty(), now);
             }
+            // Limits that changed come first: the soft limit the wants below compare with.
+            let mut decisions = self.control.follow_limits(&reading, now);
             let wants = self.control.wants(&reading, now, all_figures);
             self.reader.complete(&mut reading, wants);
             if self.control.wants_memory(&reading, now, all_figures) {
                 self.reader.measure(&mut reading);
             }
-            let decisions = self.control.decide(&reading, now);
+            decisions.extend(self.control.decide(&reading, now));
             self.apply(decisions, now);
             let workers = self.pool.wanted();
             let hint = self.waiting_hint.as_mut();

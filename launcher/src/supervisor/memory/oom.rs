@@ -34,6 +34,11 @@ impl Attribution {
         }
     }
 
+    /// The dyno's limits changed: the lines show the new ones.
+    pub fn set_limits(&mut self, soft_limit_bytes: u64, quota_bytes: u64) {
+        (self.soft_limit_bytes, self.quota_bytes) = (soft_limit_bytes, quota_bytes);
+    }
+
     /// Every kill counted since the launcher started.
     pub fn total(&self) -> u64 {
         self.ledger.total

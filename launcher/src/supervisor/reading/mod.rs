@@ -8,6 +8,7 @@
 
 pub mod busy;
 pub mod diag;
+pub mod limits;
 pub mod load;
 pub mod puma;
 pub mod serving;
@@ -18,7 +19,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::host::Snapshot;
+use crate::host::{LimitFiles, Size, Snapshot};
 use crate::servers::Mode;
 use crate::supervisor::pool::Pool;
 use crate::usage::cpu::Demand;
@@ -72,6 +73,8 @@ pub struct Reading {
     /// Workers not seen holding a connection since they started, when asked for; None: not
     /// asked, or the kernel cannot be asked (then ready is taken as booted).
     pub not_serving: Option<Vec<i32>>,
+    /// The dyno's limits, when this check read them again (`limits::INTERVAL`).
+    pub limits: Option<Size>,
     /// Threaded servers, when asked for: requests waiting inside the workers for a thread (their
     /// connections' unread bytes), and the workers' busy threads (`threads`).
     pub waiting: Option<u32>,
@@ -105,6 +108,8 @@ pub struct Config {
     pub cpu_capacity: f64,
     /// Adaptive sizing reads the CPU at every check over this window; None: only for samples.
     pub cpu_window: Option<Duration>,
+    /// The files the limits were read from at boot, read again while running.
+    pub limit_files: LimitFiles,
     /// Threads per worker, where the server runs threads: what waits inside them is read.
     pub threads: Option<u32>,
     /// A delegated puma's control app, where the plan added one: its own figures.
@@ -124,13 +129,16 @@ pub struct Reader {
     pub busy: Option<u32>,
     /// The workers of the last check (delegate mode: to see which vanished).
     last_workers: Vec<i32>,
+    limits: limits::Limits,
     /// Requests waiting inside threaded workers, and their busy threads, at the last look.
     pub inside_last: (Option<u32>, Option<u32>),
 }
 
 impl Reader {
     pub fn new(snapshot: Snapshot, meter: Meter, load: Load, config: Config) -> Reader {
+        let limits = limits::Limits::new(config.limit_files.clone(), Instant::now());
         Reader {
+            limits,
             snapshot,
             meter,
             load,
@@ -181,6 +189,12 @@ impl Reader {
         reading.vanished = vanished.filter(|pid| !pids.contains(pid)).collect();
         self.last_workers = pids;
         self.serving.retain(|pid| self.last_workers.contains(pid));
+        reading.limits = self.limits.due(&self.snapshot, now);
+        if let Some(size) = &reading.limits {
+            // CPU use is measured against the CPUs the dyno may use now.
+            self.config.cpu_capacity = size.cpu_capacity;
+            self.load.capacity = size.cpu_capacity;
+        }
         reading.cpu = self.cpu(now);
         reading.oom_kills = self.oom_kills();
         reading.queued = self.load.last.map(|read| read.queued);
