@@ -48,7 +48,8 @@ impl Cgroup2 {
 
     pub fn write(&self, file: &str, value: &str) -> Result<(), String> {
         let path = self.dir.join(file);
-        fs::write(&path, value).map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
+        fs::write(&path, value)
+            .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
     }
 
     pub fn read(&self, file: &str) -> String {

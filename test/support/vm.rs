@@ -84,7 +84,7 @@ fn report(name: &str) {
         Ok(lane) => lane,
         Err(Cannot::Boot(why)) => {
             let ci = std::env::var("CI").as_deref() == Ok("true");
-            match skip(&why, ci, "") {
+            match skip(why, ci, "") {
                 Ok(message) => return eprintln!("SKIPPED: {message}"),
                 Err(message) => panic!("{message}"),
             }
@@ -94,7 +94,10 @@ fn report(name: &str) {
     let dir = test_dir(&lane.share, name);
     let read = |file: &str| fs::read_to_string(dir.join(file)).ok();
     if let Some(host) = lane.host_failures.iter().find(|(n, _)| n == name) {
-        panic!("the host step failed; the guest step was not run\n{}", host.1);
+        panic!(
+            "the host step failed; the guest step was not run\n{}",
+            host.1
+        );
     }
     let output = read("output").unwrap_or_default();
     match read("status").map(|s| s.trim().to_owned()).as_deref() {

@@ -391,10 +391,13 @@ impl Watch {
                 }
                 self.server = server.or(self.server);
                 let proc_dir = Path::new("/proc");
+                // A worker that has ended is no worker, zombie or not: its kill is claimed now,
+                // not when the server gets round to reaping it (docs/architecture.md, "OOM kills").
                 let mut children: Vec<i32> = pool
                     .worker_pids()
                     .into_iter()
                     .flat_map(|server| procs::children(proc_dir, server))
+                    .filter(|pid| !procs::has_ended(proc_dir, *pid))
                     .collect();
                 children.sort_unstable();
                 self.seen.retain(|pid, _| children.contains(pid));
