@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use support::cgroup2::Cgroup2;
 use support::harness::{launcher, secs, Run, LAUNCHER};
 use support::http::get;
-use support::procs::signal;
+use support::procs::{children, signal};
 use support::{free_port, venv, vm};
 
 const MB: u64 = 1024 * 1024;
@@ -217,4 +217,204 @@ impl Drop for Resume {
             .args(["-CONT", &self.0.to_string()])
             .status();
     }
+}
+
+/// `launcher run -- gunicorn app:app` serving flask-memory in a cgroup with `files`, with the
+/// `extra` settings: the cgroup, the run, its port and the master's pid, once `workers` workers
+/// run and the app answers.
+fn gunicorn(
+    name: &str,
+    files: &[(&str, &str)],
+    extra: &[(&str, &str)],
+    workers: usize,
+) -> Result<(Cgroup2, Run, u16, u32), String> {
+    let venv = venv(&["gunicorn"])?;
+    let cgroup = Cgroup2::create(name, files)?;
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut env = vec![
+        ("PORT", port_text.as_str()),
+        ("LAUNCHER_SAMPLE_INTERVAL", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let args = ["run", "--", "gunicorn", "app:app"];
+    let run = Run::spawn(cgroup.wrap(&launcher(&venv, "flask-memory", &env, &args)));
+    let master = run.wait_children(1, GUEST_BOOT)[0];
+    run.wait_grandchildren(master, workers, GUEST_BOOT);
+    run.wait("the app to answer", GUEST_BOOT, || {
+        get(port, "/", secs(30)).ok()
+    });
+    Ok((cgroup, run, port, master))
+}
+
+#[test]
+fn the_memory_guard_recycles_a_leaking_worker_by_memory_stat_before_the_kernel_kills() {
+    vm::guest(|_| {
+        let limit = (256 * MB).to_string();
+        let files = [("memory.max", limit.as_str())];
+        let leak = [("LEAK_MB", "8"), ("WEB_CONCURRENCY", "2")];
+        let (cgroup, run, port, master) = gunicorn("guard", &files, &leak, 2)?;
+        let memory = run.wait_event("memory", secs(5), |_| true);
+        let stat = format!("cgroup v2 {}/memory.stat", cgroup.dir().display());
+        assert_eq!(memory.get("meter"), stat, "{}", memory.line);
+        assert_eq!(memory.get("soft_limit"), "217.6MB", "{}", memory.line);
+        // 8 MB a call on one connection at a time: over the soft limit (85%) after some 25.
+        let deadline = Instant::now() + secs(120);
+        while run.events("memory_recycle").is_empty() && Instant::now() < deadline {
+            let _ = get(port, "/leak", secs(30));
+        }
+        let recycle = run.wait_event("memory_recycle", secs(5), |_| true);
+        assert_eq!(recycle.get("reason"), "dyno_soft_limit", "{}", recycle.line);
+        assert!(
+            recycle.megabytes("memory_total") > 217.6,
+            "{}",
+            recycle.line
+        );
+        assert!(
+            recycle.megabytes("memory_total") < 256.0,
+            "{}",
+            recycle.line
+        );
+        // The worker that held the leak was the one stopped, and gunicorn replaced it.
+        assert!(recycle.megabytes("worker_uss") > 100.0, "{}", recycle.line);
+        let recycled = recycle.pid();
+        run.wait("the recycled worker to be replaced", GUEST_BOOT, || {
+            let workers = children(master);
+            (workers.len() == 2 && !workers.contains(&recycled)).then_some(())
+        });
+        assert_eq!(
+            cgroup.oom_kills(),
+            0,
+            "{}\n{}",
+            cgroup.read("memory.events"),
+            run.log()
+        );
+        assert!(run.events("oom_kill").is_empty(), "{}", run.log());
+        // The sample's usage is memory.stat's anonymous memory (no swap in the guest): read
+        // here just before and just after a sample, once the replacement has booted.
+        run.wait("both workers to answer", GUEST_BOOT, || {
+            let pids: std::collections::HashSet<u64> = (0..8)
+                .filter_map(|_| support::http::get_json(port, "/")["pid"].as_u64())
+                .collect();
+            (pids.len() == 2).then_some(())
+        });
+        let anon = || cgroup.field("memory.stat", "anon") as f64 / MB as f64;
+        let last = run.events("sample").last().map_or(0, |e| e.index);
+        let before = anon();
+        let sample = run.wait_event("sample", secs(5), |e| e.index > last);
+        let after = anon();
+        let sampled = sample.megabytes("sample#memory_total");
+        let (low, high) = (before.min(after) - 8.0, before.max(after) + 8.0);
+        assert!(
+            (low..high).contains(&sampled),
+            "memory.stat anon {before:.1} MB, then {after:.1} MB\n{}",
+            sample.line
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn measured_sizing_fits_workers_under_memory_max_from_memory_stat() {
+    vm::guest(|_| {
+        let limit = (512 * MB).to_string();
+        // 2 workers by the formula (512 MB / 256 MB); with 100 MB each, a third fits in the
+        // soft limit's 435 MB and a fourth does not.
+        let files = [("memory.max", limit.as_str())];
+        let measured = [
+            ("BALLAST_MB", "100"),
+            ("LAUNCHER_SIZING", "measured"),
+            // The workers import Flask for some 20 s in the guest before their ballast is in.
+            ("LAUNCHER_SIZING_WARMUP", "40"),
+        ];
+        let (_cgroup, run, _port, master) = gunicorn("measured", &files, &measured, 2)?;
+        let resize = run.wait_event("resize", GUEST_BOOT, |_| true);
+        assert_eq!(
+            (resize.get("from"), resize.get("to")),
+            ("2", "3"),
+            "{}",
+            resize.line
+        );
+        assert_eq!(resize.get("sizing"), "measured", "{}", resize.line);
+        let fit: f64 = resize.num("fit");
+        let (cost, base) = (resize.megabytes("worker_cost"), resize.megabytes("base"));
+        assert!(
+            (3.25..4.25).contains(&fit),
+            "{}\n{}",
+            resize.line,
+            run.log()
+        );
+        assert!((100.0..140.0).contains(&cost), "{}", resize.line);
+        // The fit is the soft limit less the base, over one worker's cost.
+        assert!(
+            ((435.2 - base) / cost - fit).abs() < 0.05,
+            "{}",
+            resize.line
+        );
+        run.wait_grandchildren(master, 3, GUEST_BOOT);
+        Ok(())
+    });
+}
+
+#[test]
+fn the_cpu_meter_reads_cpu_stat_against_a_fractional_cpu_max() {
+    vm::guest(|_| {
+        // Half a CPU for the copies of a busy loop (3: 2 * 1 CPU + 1): the dyno's CPUs are all
+        // used.
+        let cgroup = Cgroup2::create("cpu", &[("cpu.max", "50000 100000")])?;
+        let port = free_port().to_string();
+        let env = [
+            ("PORT", port.as_str()),
+            ("LAUNCHER_SIZING", "adaptive"),
+            ("LAUNCHER_SAMPLE_INTERVAL", "2"),
+        ];
+        let args = ["run", "--", "sh", "-c", "while :; do :; done"];
+        let mut command = support::harness::command(None, "asgi", &env, LAUNCHER, &args);
+        let state_dir = tempfile::TempDir::new().map_err(|e| e.to_string())?;
+        command.env("TMPDIR", state_dir.path());
+        let run = Run::spawn(cgroup.wrap(&command));
+        let memory = run.wait_event("memory", secs(10), |_| true);
+        let meter = format!("cgroup v2 {}/cpu.stat", cgroup.dir().display());
+        assert_eq!(memory.get("cpu_meter"), meter, "{}", memory.line);
+        assert_eq!(memory.get("cpus"), "0.5", "{}", memory.line);
+        assert_eq!(memory.get("sizing"), "adaptive", "{}", memory.line);
+        // The test's own reading of cpu.stat over the launcher's next two samples.
+        let first = run.wait_event("sample", secs(20), |e| e.opt("sample#cpu_busy").is_some());
+        let (usage, at) = (cgroup.field("cpu.stat", "usage_usec"), Instant::now());
+        let later = run.wait_events("sample", 2, secs(20), |e| e.index > first.index);
+        let used = (cgroup.field("cpu.stat", "usage_usec") - usage) as f64 / 1e6;
+        let own = used / at.elapsed().as_secs_f64() / 0.5;
+        // The two samples cover the same 4 s, each its 2 s.
+        let sampled = later
+            .iter()
+            .map(|e| e.num::<f64>("sample#cpu_busy"))
+            .sum::<f64>()
+            / 2.0;
+        assert!((0.8..1.15).contains(&own), "own reading {own:.2}");
+        let lines = [&later[0].line, &later[1].line];
+        assert!((sampled - own).abs() < 0.15, "own {own:.2}\n{lines:#?}");
+        assert!(
+            cgroup.field("cpu.stat", "nr_throttled") > 0,
+            "{}",
+            cgroup.read("cpu.stat")
+        );
+        // launcher size, in the same cgroup, shows the exact quota the figure is measured by.
+        let mut size = Command::new(LAUNCHER);
+        size.args(["size", "--json"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", state_dir.path());
+        let running = run.wait(
+            "launcher size to show the running launcher",
+            secs(20),
+            || {
+                let output = cgroup.wrap(&size).output().ok()?;
+                let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+                let running = report["running"][0].clone();
+                running["cpu_busy"].is_number().then_some(running)
+            },
+        );
+        assert_eq!(running["cpu_capacity"], 0.5, "{running:#}");
+        Ok(())
+    });
 }

@@ -100,8 +100,12 @@ fn report(name: &str) {
         );
     }
     let output = read("output").unwrap_or_default();
+    let seconds = read("seconds").unwrap_or_default();
     match read("status").map(|s| s.trim().to_owned()).as_deref() {
-        Some("0") => eprintln!("passed in the cgroup v2 guest:\n{output}"),
+        Some("0") => eprintln!(
+            "passed in the cgroup v2 guest in {} s:\n{output}",
+            seconds.trim()
+        ),
         Some("124") | Some("137") => panic!(
             "the guest step ran past {TEST_TIMEOUT:?} and was killed\n--- output\n{output}"
         ),
@@ -227,7 +231,7 @@ fn guest_script(exe: &Path, share: &Path, tests: &[String]) -> String {
     for name in tests {
         let dir = quoted(&test_dir(share, name));
         script += &format!(
-            "echo \"lane: {name}\"\ntimeout -k 5 {} {} --exact {name} --nocapture --test-threads=1 >{dir}/output 2>&1\necho $? >{dir}/status\n",
+            "echo \"lane: {name}\"\nstart=$(date +%s)\ntimeout -k 5 {} {} --exact {name} --nocapture --test-threads=1 >{dir}/output 2>&1\necho $? >{dir}/status\necho $(($(date +%s) - start)) >{dir}/seconds\n",
             TEST_TIMEOUT.as_secs(),
             quoted(exe),
         );
