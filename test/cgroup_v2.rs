@@ -176,12 +176,24 @@ fn assert_attributed(cgroup: &Cgroup2, run: &Run, pid: u32) {
 #[test]
 fn an_oom_kill_of_a_fan_out_worker_is_counted_from_memory_events_and_attributed() {
     vm::guest(|_| {
-        let (cgroup, run, port) = unguarded("oom-fanout", 128, "asgi", "uvicorn", &[OOM_LEAK])?;
+        let sample = ("LAUNCHER_SAMPLE_INTERVAL", "1");
+        let (cgroup, run, port) =
+            unguarded("oom-fanout", 128, "asgi", "uvicorn", &[OOM_LEAK, sample])?;
         let worker = run.wait_children(1, secs(5))[0];
         leak_until_oom(port, &cgroup, &run);
         assert_attributed(&cgroup, &run, worker);
         let exit = run.wait_event("worker_exit", secs(10), |e| e.pid() == worker);
         assert_eq!(exit.opt("cause"), Some("oom_kill"), "{}", exit.line);
+        // Before it killed, the kernel reclaimed what it could while the worker waited: memory
+        // pressure (PSI), which the sample line shows.
+        let sample = run.wait_event("sample", secs(10), |e| e.index > exit.index);
+        let pressure: f64 = sample.num("sample#memory_pressure_some");
+        assert!(
+            pressure > 0.0,
+            "{}\n{}",
+            sample.line,
+            cgroup.read("memory.pressure")
+        );
         Ok(())
     });
 }
@@ -361,7 +373,9 @@ fn the_cpu_meter_reads_cpu_stat_against_a_fractional_cpu_max() {
     vm::guest(|_| {
         // Half a CPU for the copies of a busy loop (3: 2 * 1 CPU + 1): the dyno's CPUs are all
         // used.
-        let cgroup = Cgroup2::create("cpu", &[("cpu.max", "50000 100000")])?;
+        let memory = (1024 * MB).to_string();
+        let files = [("cpu.max", "50000 100000"), ("memory.max", memory.as_str())];
+        let cgroup = Cgroup2::create("cpu", &files)?;
         let port = free_port().to_string();
         let env = [
             ("PORT", port.as_str()),
@@ -415,6 +429,31 @@ fn the_cpu_meter_reads_cpu_stat_against_a_fractional_cpu_max() {
             },
         );
         assert_eq!(running["cpu_capacity"], 0.5, "{running:#}");
+        // Three busy loops take turns on half a CPU: CPU pressure (PSI), in the sample line and
+        // in launcher size.
+        let cpu_pressure: f64 = later[1].num("sample#cpu_pressure_some");
+        assert!(cpu_pressure > 10.0, "{}", later[1].line);
+        let mut text_size = Command::new(LAUNCHER);
+        text_size
+            .arg("size")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        let text = support::text(
+            &cgroup
+                .wrap(&text_size)
+                .output()
+                .map_err(|e| e.to_string())?
+                .stdout,
+        );
+        let files = format!(
+            "cgroup v2 {}/{{memory,cpu}}.pressure",
+            cgroup.dir().display()
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("pressure "))
+            .unwrap_or_default();
+        assert!(line.contains(&files) && line.contains("% some"), "{text}");
         Ok(())
     });
 }

@@ -9,6 +9,7 @@ use crate::host::{self, Host};
 use crate::settings::{self, Settings, Source};
 use crate::sizing::{self, Decision, Formula, Incoming};
 use crate::state::State;
+use crate::usage::pressure::Pressure;
 use crate::web::WebProcess;
 
 /// Everything the sizing looked at and decided, for one environment on one host.
@@ -23,6 +24,8 @@ pub struct Report {
     pub running_notes: Vec<String>,
     /// The app's web process (`launcher size` in an app's directory; never at boot).
     pub web: Option<WebProcess>,
+    /// The dyno's PSI, where the kernel has it (`launcher size` only).
+    pub pressure: Option<Pressure>,
 }
 
 impl Report {
@@ -51,6 +54,7 @@ impl Report {
             running: Vec::new(),
             running_notes: Vec::new(),
             web: None,
+            pressure: None,
         }
     }
 
@@ -67,6 +71,7 @@ impl Report {
         let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
         let mut report = Report::for_app(root, env, app_dir.clone());
         report.web = app_dir.and_then(|dir| crate::web::read(&dir, env, &report.settings));
+        report.pressure = Pressure::for_host(&host::Snapshot::new(root), &report.host);
         report
     }
 
@@ -159,6 +164,12 @@ impl Report {
         }
         for state in &self.running {
             text.push_str(&running_line(state));
+        }
+        if let Some(pressure) = &self.pressure {
+            text.push_str(&format!(
+                "pressure                     {}\n",
+                pressure.describe()
+            ));
         }
         let notes = self.host.notes.iter().chain(&self.running_notes);
         for note in self.size_warnings().iter().chain(notes) {

@@ -7,6 +7,7 @@ use super::load::Figures;
 use super::log::Event;
 use super::memory::{mb, Watch};
 use super::pool::Pool;
+use crate::host::Snapshot;
 use crate::procs;
 use crate::servers::Mode;
 use crate::state;
@@ -55,6 +56,17 @@ pub fn sample(pool: &Pool, watch: &Watch, load: &Figures, mode: Mode) -> Event {
         event = event
             .with("sample#worker_uss_max", mb(uss.unwrap_or(0)))
             .with("sample#worker_pss_total", mb(pss));
+    }
+    // The dyno's PSI where the kernel has it (cgroup v2): avg10, in percent.
+    let pressure = watch.meter().pressure(&Snapshot::new(Path::new("/")));
+    if let Some(memory) = pressure.as_ref().and_then(|p| p.memory) {
+        event = event.with("sample#memory_pressure_some", format!("{:.2}", memory.some));
+        if let Some(full) = memory.full {
+            event = event.with("sample#memory_pressure_full", format!("{full:.2}"));
+        }
+    }
+    if let Some(cpu) = pressure.and_then(|p| p.cpu) {
+        event = event.with("sample#cpu_pressure_some", format!("{:.2}", cpu.some));
     }
     if let Some(fit) = watch.fit() {
         event = event.with("sample#workers_fit", format!("{:.2}", fit.workers));
