@@ -457,3 +457,87 @@ fn the_cpu_meter_reads_cpu_stat_against_a_fractional_cpu_max() {
         Ok(())
     });
 }
+
+/// The README's first command on a cgroup v2 machine: the slug is built here (the guest has no
+/// network for pip), then `test/local-dyno --memory 512M` boots it in the guest, in a cgroup of
+/// its own with memory.max, as root where no systemd runs.
+#[test]
+fn local_dyno_memory_serves_the_app_in_a_cgroup_v2_memory_cgroup() {
+    let local_dyno = support::repo().join("test/local-dyno");
+    vm::test(
+        |dir| {
+            let slug = dir.join("slug");
+            // The launcher under test, as a release download (lib/binary.sh's path (b)): no
+            // release build from source in the lane's time.
+            let sum = Command::new("sha256sum").arg(LAUNCHER).output();
+            let sum = support::text(&sum.map_err(|e| e.to_string())?.stdout);
+            let mut build = Command::new(&local_dyno);
+            build
+                .arg("--slug")
+                .arg(&slug)
+                .arg("--build-only")
+                .env("LAUNCHER_BINARY_URL", format!("file://{LAUNCHER}"))
+                .env(
+                    "LAUNCHER_BINARY_SHA256",
+                    sum.split_whitespace().next().unwrap_or(""),
+                );
+            let output = support::output_within(&mut build, secs(280));
+            match output.status.success() {
+                true => Ok(()),
+                false => Err(format!(
+                    "test/local-dyno --build-only failed\n{}{}",
+                    support::text(&output.stdout),
+                    support::text(&output.stderr)
+                )),
+            }
+        },
+        |dir| {
+            let port = free_port();
+            let mut dyno = Command::new(&local_dyno);
+            dyno.arg("--slug").arg(dir.join("slug")).args([
+                "--no-build",
+                "--memory",
+                "512M",
+                "--port",
+                &port.to_string(),
+            ]);
+            let mut run = Run::spawn(dyno);
+            let answer = run.wait("the app to answer", GUEST_BOOT, || {
+                let response = get(port, "/", secs(30)).ok()?;
+                serde_json::from_str::<serde_json::Value>(&response.body).ok()
+            });
+            assert_eq!(answer["web_concurrency"], "2", "{answer}\n{}", run.log());
+            let cgroup = format!("/sys/fs/cgroup/launcher-local-dyno-{}", run.pid());
+            let limit = std::fs::read_to_string(format!("{cgroup}/memory.max"));
+            assert_eq!(
+                limit.map_err(|e| e.to_string())?.trim(),
+                (512 * MB).to_string()
+            );
+            let source = format!("cgroup v2 {cgroup}/memory.max");
+            let stderr = run.stderr().join("\n");
+            let boot = stderr
+                .lines()
+                .find(|l| l.starts_with("launcher: WEB_CONCURRENCY=2"));
+            assert!(
+                boot.is_some_and(|l| l.contains(&format!("512 MB from {source}"))),
+                "{stderr}"
+            );
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with("memory ") && l.ends_with(&source)),
+                "launcher size: {stderr}"
+            );
+            // Ctrl-C: the dyno stops and its cgroup goes with it.
+            Command::new("kill")
+                .args(["-INT", "--", &format!("-{}", run.pid())])
+                .status()
+                .map_err(|e| e.to_string())?;
+            run.wait_exit(secs(60));
+            run.wait("the cgroup to be removed", secs(10), || {
+                (!std::path::Path::new(&cgroup).exists()).then_some(())
+            });
+            Ok(())
+        },
+    );
+}
