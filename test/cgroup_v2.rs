@@ -541,3 +541,19 @@ fn local_dyno_memory_serves_the_app_in_a_cgroup_v2_memory_cgroup() {
         },
     );
 }
+
+/// Not a lane test: where the guest cannot be booted, the lane's tests skip outside CI, and
+/// under CI only when LAUNCHER_TEST_NO_VM says why (GitHub's runners).
+#[test]
+fn under_ci_the_lane_skips_only_when_told_why() {
+    let why = "test/vm: cannot boot the cgroup v2 guest: no qemu-system-x86_64";
+    let reason = "GitHub's ubuntu runners have no Debian kernel package";
+    assert!(vm::skip(why, false, "").is_ok(), "not CI: skip");
+    assert!(vm::skip(why, true, "").is_err(), "CI, no reason given");
+    assert!(vm::skip(why, true, "  ").is_err(), "CI, a blank reason");
+    let message = vm::skip(why, true, reason).expect("CI, the reason given: skip");
+    assert!(
+        message.contains(why) && message.contains(reason),
+        "{message}"
+    );
+}
