@@ -259,8 +259,8 @@ fn fit(cgroup: &MemoryCgroup, master: u32) -> f64 {
     SOFT_LIMIT.saturating_sub(base) as f64 / largest as f64
 }
 
-/// Where the README says the sizer stays: n workers fit (n <= fit), and n + 1 do not with a
-/// quarter of a worker to spare (fit < n + 1.25), unless n is the CPU cap.
+/// Where docs/supervisor.md says the sizer stays: n workers fit (n <= fit), and n + 1 do not
+/// with a quarter of a worker to spare (fit < n + 1.25), unless n is the CPU cap.
 fn settles_at(fit: f64, count: usize, cap: usize) -> bool {
     let n = count as f64;
     n <= fit && (fit < n + 1.25 || count == cap)

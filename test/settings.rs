@@ -65,8 +65,8 @@ fn launcher_run_refuses_a_bad_launcher_toml_and_says_so_where_the_boot_script_ig
         let stdout = text(&size.stdout);
         let note = stdout
             .lines()
-            .find(|l| l.starts_with("note: ") && l.contains(named))
-            .unwrap_or_else(|| panic!("{file:?}: no note naming {named}:\n{stdout}"));
+            .find(|l| l.starts_with("warning: ") && l.contains(named))
+            .unwrap_or_else(|| panic!("{file:?}: no warning naming {named}:\n{stdout}"));
         assert!(
             note.contains("ignored") || note.contains("using the default"),
             "{note}"

@@ -121,11 +121,15 @@ pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<Strin
         );
     }
     if let Some(web) = crate::web::read(app_dir, env, &settings) {
-        details.push(format!(
-            "The web process runs {}: {}",
-            web.server,
-            web.how()
-        ));
+        // Only for an app that runs under `launcher run`: the others never meet its modes.
+        if web.launcher_run {
+            details.push(format!(
+                "The web process runs {} under `launcher run`, in {} mode: {}",
+                web.server,
+                web.mode,
+                web.what()
+            ));
+        }
         details.extend(
             web.concurrency(workers)
                 .map(|line| format!("{line} on the smallest dyno ({})", smallest.name)),
@@ -133,11 +137,7 @@ pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<Strin
         warnings.extend(web.warnings);
     }
     for found in pinning::scan(app_dir, env) {
-        warnings.push(format!(
-            "{} pins the worker count ({}), so WEB_CONCURRENCY cannot take effect.",
-            found.place, found.setting
-        ));
-        warnings.push("Remove it to let each dyno's size decide, or set the WEB_CONCURRENCY config var instead.".to_owned());
+        warnings.extend(found.at_build());
     }
     (details, warnings)
 }

@@ -5,6 +5,7 @@ mod dynos;
 mod env;
 mod exec_d;
 mod files;
+mod hint;
 mod host;
 mod pinning;
 mod procs;
@@ -100,7 +101,10 @@ fn main() -> ExitCode {
     if exec_d::invoked_as(std::env::args_os().next().as_deref()) {
         return exec_d::run();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     if let Command::Run {
         mode,
         app_dir,
@@ -116,6 +120,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message and exit status (0 for --help and --version), with a hint for `launcher run`
+/// missing its `--`.
+fn usage_error(err: clap::Error) -> ExitCode {
+    let hint = match err.kind() {
+        clap::error::ErrorKind::UnknownArgument => {
+            hint::missing_dashes(&std::env::args_os().collect::<Vec<_>>())
+        }
+        _ => None,
+    };
+    let Some(hint) = hint else { err.exit() };
+    let _ = err.print();
+    eprintln!("{hint}");
+    ExitCode::from(2)
 }
 
 fn run(cli: Cli) -> Result<()> {

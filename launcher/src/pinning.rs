@@ -48,6 +48,31 @@ pub fn scan(app_dir: &Path, env: &Env) -> Vec<Finding> {
     findings
 }
 
+impl Finding {
+    /// The build log's two lines: the pin, and what to do.
+    pub fn at_build(&self) -> [String; 2] {
+        [
+            format!(
+                "{} pins the worker count ({}), so WEB_CONCURRENCY cannot take effect.",
+                self.place, self.setting
+            ),
+            "Remove it to let each dyno's size decide, or set the WEB_CONCURRENCY config var \
+             instead."
+                .to_owned(),
+        ]
+    }
+
+    /// The line for where the count is explained (`launcher size`, the boot of a web dyno):
+    /// `value` is what `WEB_CONCURRENCY` holds, the launcher's or the user's.
+    pub fn at_boot(&self, value: u32) -> String {
+        format!(
+            "{} pins the worker count ({}), so WEB_CONCURRENCY={value} does not take effect; \
+             remove it to let WEB_CONCURRENCY decide",
+            self.place, self.setting
+        )
+    }
+}
+
 fn finding(place: &str, setting: String) -> Finding {
     let setting: String = setting
         .chars()

@@ -76,8 +76,9 @@ pub fn render_toml(exports: &[(&'static str, String)]) -> String {
 }
 
 /// Logs what the boot does on stderr: a warning line per setting or value that was replaced (a
-/// config var or a `launcher.toml` entry, on every dyno), and the boot line on web dynos. Best
-/// effort: a closed stderr must not cost the dyno its sizing.
+/// config var or a `launcher.toml` entry, on every dyno); on web dynos the boot line, then a
+/// warning per place that pins the worker count (the count the line gives does not take effect
+/// there). Best effort: a closed stderr must not cost the dyno its sizing.
 pub fn log(report: &Report, env: &Env) {
     let mut stderr = std::io::stderr().lock();
     for warning in report.warnings() {
@@ -85,6 +86,14 @@ pub fn log(report: &Report, env: &Env) {
     }
     if is_web_dyno(env.get("DYNO")) {
         let _ = writeln!(stderr, "{}", boot_line(report));
+        // A few small files of the app (Procfile, a server's config), read on web dynos only.
+        let pins = match &report.app_dir {
+            Some(dir) => crate::pinning::scan(dir, env),
+            None => Vec::new(),
+        };
+        for warning in report.pin_warnings(&pins) {
+            let _ = writeln!(stderr, "launcher: warning: {warning}");
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::env::Env;
 use crate::host::{self, Host};
+use crate::pinning::{self, Finding};
 use crate::settings::{self, Settings, Source};
 use crate::sizing::{self, Decision, Formula, Incoming};
 use crate::state::State;
@@ -24,6 +25,10 @@ pub struct Report {
     pub running_notes: Vec<String>,
     /// The app's web process (`launcher size` in an app's directory; never at boot).
     pub web: Option<WebProcess>,
+    /// The app's root, where `launcher.toml`, the Procfile and the servers' configs are read.
+    pub app_dir: Option<PathBuf>,
+    /// Where the app pins its worker count (`launcher size`; the boot of a web dyno).
+    pub pins: Vec<Finding>,
     /// The dyno's PSI, where the kernel has it (`launcher size` only).
     pub pressure: Option<Pressure>,
 }
@@ -54,6 +59,8 @@ impl Report {
             running: Vec::new(),
             running_notes: Vec::new(),
             web: None,
+            app_dir: None,
+            pins: Vec::new(),
             pressure: None,
         }
     }
@@ -62,17 +69,32 @@ impl Report {
     /// directory: the app's root where the boot script, `launcher run` and exec.d start.
     pub fn for_app(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Self {
         let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-        Report::gather(root, env, Settings::load(env, app_dir.as_deref()))
+        let mut report = Report::gather(root, env, Settings::load(env, app_dir.as_deref()));
+        report.app_dir = app_dir;
+        report
     }
 
-    /// `for_app` with the app's web process, for `launcher size`. The boot does not read it: what
-    /// the Procfile runs is for `launcher size` and the build log to tell.
+    /// `for_app` with the app's web process and its pins, for `launcher size`. The boot does not
+    /// read the web process: what the Procfile runs is for `launcher size` and the build log to
+    /// tell.
     pub fn for_size(root: &Path, env: &Env, app_dir: Option<PathBuf>) -> Self {
-        let app_dir = app_dir.or_else(|| std::env::current_dir().ok());
-        let mut report = Report::for_app(root, env, app_dir.clone());
-        report.web = app_dir.and_then(|dir| crate::web::read(&dir, env, &report.settings));
+        let mut report = Report::for_app(root, env, app_dir);
+        if let Some(dir) = report.app_dir.clone() {
+            report.web = crate::web::read(&dir, env, &report.settings);
+            report.pins = pinning::scan(&dir, env);
+        }
         report.pressure = Pressure::for_host(&host::Snapshot::new(root), &report.host);
         report
+    }
+
+    /// One warning per place that pins the worker count: the value this report gives
+    /// `WEB_CONCURRENCY` does not take effect there. `pins` from `pinning::scan`.
+    pub fn pin_warnings(&self, pins: &[Finding]) -> Vec<String> {
+        // Sizing disabled and no value: nothing is lost, as the build log says nothing then either.
+        let Some(value) = self.decision.outcome.web_concurrency() else {
+            return Vec::new();
+        };
+        pins.iter().map(|pin| pin.at_boot(value)).collect()
     }
 
     /// Warnings for stderr at boot and for `launcher run`'s `config` lines, each naming a config
@@ -84,11 +106,16 @@ impl Report {
         warnings
     }
 
-    /// `warnings`, then what `launcher size` warns of besides: the web process's (a unicorn
-    /// config that cannot take `WEB_CONCURRENCY`), as the build log does.
+    /// `warnings`, then what `launcher size` warns of besides: a pinned worker count, and the web
+    /// process's warnings (a unicorn config that cannot take `WEB_CONCURRENCY`), as the build log
+    /// does.
     fn size_warnings(&self) -> Vec<String> {
         let web = self.web.iter().flat_map(|w| w.warnings.iter().cloned());
-        self.warnings().into_iter().chain(web).collect()
+        let warnings = self
+            .warnings()
+            .into_iter()
+            .chain(self.pin_warnings(&self.pins));
+        warnings.chain(web).collect()
     }
 
     /// The reason, then warnings, then what the host reading passed over.
@@ -171,8 +198,12 @@ impl Report {
                 pressure.describe()
             ));
         }
-        let notes = self.host.notes.iter().chain(&self.running_notes);
-        for note in self.size_warnings().iter().chain(notes) {
+        // One word for each, as at boot and in the build log: a setting or value that was not
+        // used is a warning; what the host reading passed over is a note.
+        for warning in self.size_warnings() {
+            text.push_str(&format!("warning: {warning}\n"));
+        }
+        for note in self.host.notes.iter().chain(&self.running_notes) {
             text.push_str(&format!("note: {note}\n"));
         }
         text

@@ -1,6 +1,6 @@
 //! The policy: machine size -> default worker count, and whose `WEB_CONCURRENCY` the app gets.
 
-use crate::text::{shown, whole_number};
+use crate::text::{shown, worker_count};
 
 /// The largest worker count taken from anyone (user, formula or cap).
 pub const MAX_WEB_CONCURRENCY: u32 = 1024;
@@ -146,7 +146,7 @@ pub fn decide(incoming: Incoming<'_>, formula: &Formula, disabled: bool) -> Deci
     if disabled {
         let current = incoming
             .web_concurrency
-            .and_then(|v| whole_number(v, u64::from(MAX_WEB_CONCURRENCY)));
+            .and_then(|v| worker_count(v, u64::from(MAX_WEB_CONCURRENCY)));
         return Decision {
             outcome: Outcome::Disabled {
                 current: current.map(|n| n as u32),
@@ -174,7 +174,7 @@ pub fn decide(incoming: Incoming<'_>, formula: &Formula, disabled: bool) -> Deci
             return ours(reason, Vec::new());
         }
     }
-    match whole_number(value, u64::from(MAX_WEB_CONCURRENCY)) {
+    match worker_count(value, u64::from(MAX_WEB_CONCURRENCY)) {
         Some(n) => Decision {
             outcome: Outcome::Users(n as u32),
             reason: format!("the launcher's default here would be {}", formula.value),

@@ -13,6 +13,15 @@ pub fn whole_number(text: &str, max: u64) -> Option<u64> {
     text.parse::<u64>().ok().filter(|n| (1..=max).contains(n))
 }
 
+/// A worker count as the servers read `WEB_CONCURRENCY`: `whole_number`, with ASCII whitespace
+/// around it allowed. gunicorn and uvicorn read it with Python's `int()`, puma's config with
+/// Ruby's `Integer()`; both strip space, tab, newline, carriage return, vertical tab and form
+/// feed. Python also strips Unicode spaces, which Ruby refuses: those stay invalid.
+pub fn worker_count(text: &str, max: u64) -> Option<u64> {
+    let is_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c');
+    whole_number(text.trim_matches(is_space), max)
+}
+
 /// A switch: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off`, in any case.
 pub fn parse_switch(text: &str) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {
@@ -53,6 +62,16 @@ mod tests {
             &"9".repeat(30),
         ] {
             assert_eq!(whole_number(bad, 1024), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn worker_counts_may_have_the_spaces_python_and_ruby_strip() {
+        for spaced in [" 3", "3 ", "\t3\n", "\r\n3\r\n", "\x0b3\x0c"] {
+            assert_eq!(worker_count(spaced, 1024), Some(3), "{spaced:?}");
+        }
+        for bad in ["", " ", "\u{a0}3", "3 3", " 04", "+3", " 1025"] {
+            assert_eq!(worker_count(bad, 1024), None, "{bad:?}");
         }
     }
 

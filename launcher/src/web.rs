@@ -155,15 +155,21 @@ fn unicorn_warnings(config: Option<&str>) -> Vec<String> {
 }
 
 impl WebProcess {
-    /// How `launcher run` runs the server (or would: the Procfile does not use it).
-    pub fn how(&self) -> String {
-        let what = match self.mode {
+    /// What the mode means for this server.
+    pub fn what(&self) -> String {
+        match self.mode {
             Mode::Delegate => format!(
                 "one {} forks WEB_CONCURRENCY workers from the launcher's socket",
                 self.server
             ),
             Mode::FanOut => "WEB_CONCURRENCY copies share the launcher's socket".to_owned(),
-        };
+        }
+    }
+
+    /// How `launcher run` runs the server (or would: the Procfile does not use it), for
+    /// `launcher size`.
+    pub fn how(&self) -> String {
+        let what = self.what();
         match self.launcher_run {
             true => format!("{} mode under `launcher run`: {what}", self.mode),
             false => format!("`launcher run` would run it in {} mode: {what}", self.mode),

@@ -132,7 +132,7 @@ fn in_a_git_checkout_the_tarball_takes_only_the_files_git_tracks() {
         git(&["init", "--quiet"])?;
         git(&["add", "--all"])?;
         fs::remove_file(checkout.join("NOTES")).map_err(|e| e.to_string())?;
-        // Untracked: what README's benchmark makes in the checkout, and a stray plot.
+        // Untracked: what a benchmark makes in the checkout, and a stray plot.
         fs::create_dir_all(checkout.join(".venv-bench/bin")).map_err(|e| e.to_string())?;
         fs::write(checkout.join(".venv-bench/bin/python3"), "").map_err(|e| e.to_string())?;
         fs::write(checkout.join("plot.png"), "").map_err(|e| e.to_string())?;
@@ -146,7 +146,13 @@ fn in_a_git_checkout_the_tarball_takes_only_the_files_git_tracks() {
                 "no {file} in {entries:?}"
             );
         }
-        for left_out in ["./plot.png", "./.venv-bench", "./NOTES", "./bin/package"] {
+        for left_out in [
+            "./plot.png",
+            "./.venv-bench",
+            "./NOTES",
+            "./bin/package",
+            "./bin/build-launcher",
+        ] {
             assert!(
                 !entries.iter().any(|e| e.starts_with(left_out)),
                 "{entries:?}"

@@ -31,7 +31,7 @@ pub const LISTEN_FD: i32 = 3;
 
 /// How a Node app listens on the launcher's socket when it has one, with the launcher's backlog:
 /// Node takes the backlog only as `listen`'s second argument, and ignores a `backlog` key next to
-/// `fd` (it would listen with 511). The README gives this line; the boot-failure hint too.
+/// `fd` (it would listen with 511). docs/servers.md gives this line; the boot-failure hint too.
 pub const NODE_LISTEN: &str =
     "server.listen(process.env.LISTEN_FDS ? { fd: 3 } : process.env.PORT, 2048)";
 

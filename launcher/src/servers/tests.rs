@@ -315,8 +315,8 @@ fn mode_on_the_command_line_wins_auto_included_then_the_setting_then_auto() {
 }
 
 #[test]
-fn the_readme_gives_the_node_recipe_the_hint_gives() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
-    assert!(readme.contains(&format!("{NODE_LISTEN};")), "{NODE_LISTEN}");
+fn the_docs_give_the_node_recipe_the_hint_gives() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/servers.md");
+    let docs = std::fs::read_to_string(path).expect("docs/servers.md");
+    assert!(docs.contains(&format!("{NODE_LISTEN};")), "{NODE_LISTEN}");
 }

@@ -79,14 +79,14 @@ impl Settings {
     /// fails: problems are kept, for the caller's policy.
     pub fn load(env: &Env, app_dir: Option<&Path>) -> Settings {
         let mut problems = Vec::new();
-        let table = app_dir
+        let file = app_dir
             .and_then(|dir| read_file(dir, &mut problems))
             .unwrap_or_default();
-        problems.extend(unknown_keys(&table));
+        problems.extend(unknown_keys(&file.table));
         let entries = ALL
             .into_iter()
             .filter(|spec| spec.is_read())
-            .map(|spec| read_one(spec, env, &table, &mut problems))
+            .map(|spec| read_one(spec, env, &file, &mut problems))
             .collect();
         Settings { entries, problems }
     }
@@ -165,8 +165,40 @@ impl Settings {
     }
 }
 
-/// `launcher.toml` as a table; None when there is none or it cannot be used (a problem then).
-fn read_file(app_dir: &Path, problems: &mut Vec<Problem>) -> Option<toml::Table> {
+/// `launcher.toml`: its values, and its text to show a value as it is written there.
+#[derive(Default)]
+struct File {
+    table: toml::Table,
+    text: String,
+}
+
+impl File {
+    /// A value of the file as a message shows it: a number as written (`4.0`, `1e9`, `0x65`,
+    /// which the parsed value would show as `4`, `1000000000` and `101`), a string quoted and
+    /// escaped, anything else by its kind.
+    fn described(&self, key: &str, value: &toml::Value) -> String {
+        match value {
+            toml::Value::String(s) => shown(s),
+            toml::Value::Integer(_) | toml::Value::Float(_) => match (self.written(key), value) {
+                (Some(text), _) => text.chars().take(40).collect(),
+                (None, toml::Value::Integer(n)) => n.to_string(),
+                (None, _) => format!("{:?}", value.as_float().unwrap_or_default()),
+            },
+            toml::Value::Boolean(b) => b.to_string(),
+            other => format!("a {}", other.type_str()),
+        }
+    }
+
+    /// The text of `key`'s value, as the file writes it.
+    fn written(&self, key: &str) -> Option<&str> {
+        type Spans = std::collections::BTreeMap<String, toml::Spanned<toml::Value>>;
+        let spans: Spans = toml::from_str(&self.text).ok()?;
+        self.text.get(spans.get(key)?.span())
+    }
+}
+
+/// `launcher.toml`; None when there is none or it cannot be used (a problem then).
+fn read_file(app_dir: &Path, problems: &mut Vec<Problem>) -> Option<File> {
     let mut problem = |what: String| {
         problems.push(Problem {
             origin: Origin::File,
@@ -184,7 +216,7 @@ fn read_file(app_dir: &Path, problems: &mut Vec<Problem>) -> Option<toml::Table>
         }
     };
     match text.parse::<toml::Table>() {
-        Ok(table) => Some(table),
+        Ok(table) => Some(File { table, text }),
         Err(err) => {
             let shown = err.to_string();
             let place = shown.lines().next().unwrap_or_default();
@@ -229,15 +261,10 @@ fn unknown_keys(table: &toml::Table) -> Vec<Problem> {
 }
 
 /// One setting: the config var if set and valid, else the file's entry if valid, else the default.
-fn read_one(
-    spec: &'static Spec,
-    env: &Env,
-    table: &toml::Table,
-    problems: &mut Vec<Problem>,
-) -> Entry {
+fn read_one(spec: &'static Spec, env: &Env, file: &File, problems: &mut Vec<Problem>) -> Entry {
     let var = env.get(spec.var).filter(|v| !v.is_empty());
     let from_var = var.map(|text| (text, parse_text(spec, text)));
-    let from_file = spec.key.and_then(|key| Some((key, table.get(key)?)));
+    let from_file = spec.key.and_then(|key| Some((key, file.table.get(key)?)));
     let from_file = from_file.map(|(key, value)| (key, value, parse_toml(spec, value)));
     let default = parse_text(spec, spec.default).unwrap_or(Value::Whole(None));
     let entry = |value, source| Entry {
@@ -270,7 +297,7 @@ fn read_one(
             what: format!(
                 "{FILE_NAME}: {key} must be {}, not {}",
                 spec.expected(),
-                described(value)
+                file.described(key, value)
             ),
             instead: instead(&chosen),
         });
@@ -336,16 +363,5 @@ fn parse_toml(spec: &Spec, value: &toml::Value) -> Option<Value> {
             .and_then(interval),
         (Kind::Switch | Kind::Choice(_), toml::Value::String(text)) => parse_text(spec, text),
         _ => None,
-    }
-}
-
-/// A value from the file as a message shows it.
-fn described(value: &toml::Value) -> String {
-    match value {
-        toml::Value::String(s) => shown(s),
-        toml::Value::Integer(n) => n.to_string(),
-        toml::Value::Float(x) => x.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        other => format!("a {}", other.type_str()),
     }
 }

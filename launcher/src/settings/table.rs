@@ -1,7 +1,7 @@
 //! The one table of settings: every config var the buildpack and the launcher take, its
 //! `launcher.toml` key, its kind with bounds and unit, its default, when it applies and what it
-//! does. The reader (`read.rs`), `launcher size` and the README's settings table all come from
-//! here; a test fails when the README's table and this one disagree.
+//! does. The reader (`read.rs`), `launcher size` and the settings table of docs/settings.md all
+//! come from here; a test fails when that table and this one disagree.
 
 use crate::sizing::MAX_WEB_CONCURRENCY;
 
@@ -69,7 +69,7 @@ pub struct Spec {
     /// For `WorkerCount` and `BuildText` a description.
     pub default: &'static str,
     pub when: &'static [When],
-    /// What it does, for the README.
+    /// What it does, for docs/settings.md (Markdown; links are relative to docs/).
     pub doc: &'static str,
 }
 
@@ -84,7 +84,8 @@ pub const WEB_CONCURRENCY: Spec = Spec {
     kind: Kind::WorkerCount,
     default: "computed",
     when: SIZE,
-    doc: "your worker count; wins over the computed one (see Whose value wins)",
+    doc: "your worker count; wins over the computed one (see [Whose value wins](sizing.md#whose-value-wins)); \
+          spaces around the number are allowed, as gunicorn and puma allow them",
 };
 
 pub const WEB_MEMORY: Spec = Spec {
@@ -375,7 +376,7 @@ pub const RUSTUP_INIT_URL: Spec = Spec {
           cargo",
 };
 
-/// Every setting, in the README's order.
+/// Every setting, in the order of docs/settings.md.
 pub const ALL: [&Spec; 25] = [
     &WEB_CONCURRENCY,
     &WEB_MEMORY,
@@ -410,7 +411,7 @@ impl Spec {
         !matches!(self.kind, Kind::WorkerCount | Kind::BuildText { .. })
     }
 
-    /// The values it takes, for the README and error messages: `a number of seconds from 0 to 3600`.
+    /// The values it takes, for docs/settings.md and error messages: `a number of seconds from 0 to 3600`.
     pub fn expected(&self) -> String {
         match self.kind {
             Kind::Switch => "on or off".to_owned(),
@@ -426,7 +427,7 @@ impl Spec {
     }
 }
 
-/// The README's settings table, rendered from this one.
+/// docs/settings.md's settings table, rendered from this one.
 #[cfg(test)]
 pub fn markdown() -> String {
     let mut table = String::from(

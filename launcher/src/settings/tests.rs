@@ -1,5 +1,5 @@
 //! The table and the reader: defaults, precedence, bad values under both policies, and the
-//! README's table against this one.
+//! table of docs/settings.md against this one.
 
 use std::time::Duration;
 
@@ -262,30 +262,30 @@ fn an_empty_config_var_is_unset() {
 }
 
 #[test]
-fn the_readme_settings_table_is_this_table() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-    let readme = std::fs::read_to_string(path).expect("README.md");
+fn the_settings_table_of_the_docs_is_this_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/settings.md");
+    let docs = std::fs::read_to_string(path).expect("docs/settings.md");
     let table = markdown();
     let header = table.lines().next().expect("header");
-    let Some(start) = readme.find(header) else {
-        panic!("README.md has no settings table; it should be:\n{table}");
+    let Some(start) = docs.find(header) else {
+        panic!("docs/settings.md has no settings table; it should be:\n{table}");
     };
-    let in_readme: Vec<&str> = readme[start..]
+    let in_docs: Vec<&str> = docs[start..]
         .lines()
         .take_while(|l| l.starts_with('|'))
         .collect();
     let in_code: Vec<&str> = table.lines().collect();
-    for (readme_row, code_row) in in_readme.iter().zip(&in_code) {
+    for (docs_row, code_row) in in_docs.iter().zip(&in_code) {
         assert_eq!(
-            readme_row, code_row,
-            "README.md's settings table differs from launcher/src/settings/table.rs:\n{table}"
+            docs_row, code_row,
+            "docs/settings.md's settings table differs from launcher/src/settings/table.rs:\n{table}"
         );
     }
     assert_eq!(
-        in_readme.len(),
+        in_docs.len(),
         in_code.len(),
-        "README.md's settings table has {} rows, the code's {}:\n{table}",
-        in_readme.len(),
+        "docs/settings.md's settings table has {} rows, the code's {}:\n{table}",
+        in_docs.len(),
         in_code.len()
     );
 }
@@ -410,4 +410,19 @@ fn every_build_log_warning_is_a_sentence() {
             && not_toml[0].ends_with(&format!("): {refuses}; at boot the file is ignored")),
         "{not_toml:?}"
     );
+}
+
+#[test]
+fn file_values_are_shown_as_written() {
+    for (text, written) in [
+        ("max_workers = 4.0", "not 4.0;"),
+        ("sample_interval = 1e9", "not 1e9;"),
+        ("memory_soft_limit = 0x65", "not 0x65;"),
+        ("max_workers = +0", "not +0;"),
+        ("mode = \"turbo\"", "not \"turbo\";"),
+    ] {
+        let warnings = load(&[], Some(text)).warnings();
+        assert_eq!(warnings.len(), 1, "{text}: {warnings:?}");
+        assert!(warnings[0].contains(written), "{text}: {}", warnings[0]);
+    }
 }

@@ -244,45 +244,4 @@ mod tests {
         );
         assert_eq!(event.get("worker"), Some("2"));
     }
-
-    /// Every `Event::info/warn/error("name")` in the supervisor's source files, with its level.
-    fn emitted(dir: &std::path::Path, found: &mut Vec<(String, String)>) {
-        for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                emitted(&path, found);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).expect("read");
-            for level in ["info", "warn", "error"] {
-                let call = format!("Event::{level}(\"");
-                for (at, _) in text.match_indices(&call) {
-                    let rest = &text[at + call.len()..];
-                    let name = &rest[..rest.find('"').expect("closing quote")];
-                    found.push((name.to_owned(), level.to_owned()));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn every_event_has_its_row_in_the_readme() {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src/supervisor");
-        let mut events = Vec::new();
-        emitted(std::path::Path::new(root), &mut events);
-        assert!(events.len() > 20, "{events:?}");
-        let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-        let readme = std::fs::read_to_string(readme).expect("README.md");
-        for (name, level) in events {
-            let row = format!("| `{name}` | ");
-            let Some(line) = readme.lines().find(|l| l.starts_with(&row)) else {
-                panic!("README.md's table of log lines has no row for `{name}` ({level})");
-            };
-            let level_column = line[row.len()..].split(" | ").next().unwrap_or_default();
-            assert!(
-                level_column.contains(&level),
-                "`{name}` is logged at {level}: {line}"
-            );
-        }
-    }
 }
