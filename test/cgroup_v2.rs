@@ -199,22 +199,17 @@ fn an_oom_kill_of_a_fan_out_worker_is_counted_from_memory_events_and_attributed(
 
 /// gunicorn's master reaps its workers, not the launcher: a worker the kernel killed stays a
 /// zombie until the master gets to it, which in a dyno short of memory (its pages evicted, read
-/// back from disk) can take seconds. Stopping the master makes that wait certain. The kill comes
-/// from lowering memory.max under what the worker holds: the kernel reclaims what it can, then
-/// kills, at once (a leak up to the limit has it evict and re-read code pages for a minute first).
+/// back from disk) can take seconds. Stopping the master makes that wait certain.
 #[test]
 fn an_oom_kill_of_a_gunicorn_worker_is_attributed_while_its_master_is_slow_to_reap() {
     vm::guest(|_| {
-        let leak = [("LEAK_MB", "64")];
         let (cgroup, run, port) =
-            unguarded("oom-delegate", 128, "flask-memory", "gunicorn", &leak)?;
+            unguarded("oom-delegate", 128, "flask-memory", "gunicorn", &[OOM_LEAK])?;
         let master = run.wait_children(1, GUEST_BOOT)[0];
         let worker = run.wait_grandchildren(master, 1, GUEST_BOOT)[0];
-        get(port, "/leak", secs(60))?;
         signal("STOP", &[master]);
         let resume = Resume(master);
-        cgroup.write("memory.max", &(48 * MB).to_string())?;
-        assert!(cgroup.oom_kills() > 0, "{}", cgroup.read("memory.events"));
+        leak_until_oom(port, &cgroup, &run);
         // Three of the launcher's checks with the killed worker unreaped.
         std::thread::sleep(Duration::from_millis(1500));
         drop(resume);

@@ -32,12 +32,13 @@ const PHASE: &str = "LAUNCHER_VM_PHASE";
 /// Debian kernel package): the lane's tests may then skip under CI too.
 pub const NO_VM: &str = "LAUNCHER_TEST_NO_VM";
 const SHARE: &str = "LAUNCHER_VM_SHARE";
-/// The guest is killed after this long (boot included): the lane is to take under 5 minutes.
-const LANE_TIMEOUT: Duration = Duration::from_secs(280);
+/// The whole lane, host steps and the guest's boot included, is to take under 5 minutes: the
+/// guest is killed when this much has passed since the lane started.
+const LANE_BUDGET: Duration = Duration::from_secs(285);
 /// One guest step is killed after this long, so that one hung test leaves time for the others.
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
-/// A host step (building a slug with pip and cargo's cache) is killed after this long.
-const HOST_TIMEOUT: Duration = Duration::from_secs(300);
+/// One host step (building a slug: a venv, pip from PyPI) is killed after this long.
+const HOST_TIMEOUT: Duration = Duration::from_secs(120);
 
 type Step<'a> = Box<dyn FnOnce(&Path) -> Result<(), String> + 'a>;
 
@@ -164,6 +165,7 @@ impl Lane {
         if check.status.code() == Some(3) {
             return Err(Cannot::Boot(super::text(&check.stderr).trim().to_owned()));
         }
+        let lane_started = Instant::now();
         let share = run_dir(&std::env::temp_dir(), "launcher-vm-lane");
         let exe = std::env::current_exe().map_err(|e| Cannot::Run(e.to_string()))?;
         let mut tests = Vec::new();
@@ -187,21 +189,29 @@ impl Lane {
             .map_err(|e| Cannot::Run(format!("cannot write {}: {e}", script.display())))?;
         let console = share.join("console.log");
         let started = Instant::now();
+        let left = LANE_BUDGET
+            .saturating_sub(lane_started.elapsed())
+            .as_secs()
+            .max(1);
         let mut boot = Command::new(&vm);
         boot.arg("--share")
             .arg(&share)
-            .args(["--timeout", &LANE_TIMEOUT.as_secs().to_string()])
+            .args(["--timeout", &left.to_string()])
             .args(["--", "/bin/sh"])
             .arg(&script)
             .current_dir(repo());
-        let deadline = LANE_TIMEOUT + Duration::from_secs(30);
+        let deadline = Duration::from_secs(left + 15);
         let (status, _) = run_with_deadline(&mut boot, deadline, Some(&console))?;
         let outcome = format!(
             "test/vm exited {} after {:.0?}",
             status.map_or("on a signal".to_owned(), |s| s.to_string()),
             started.elapsed()
         );
-        eprintln!("cgroup v2 lane: {} tests, {outcome}", tests.len());
+        eprintln!(
+            "cgroup v2 lane: {} tests, {outcome}, {:.0?} in all",
+            tests.len(),
+            lane_started.elapsed()
+        );
         Ok(Lane {
             share,
             host_failures,
