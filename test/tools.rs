@@ -20,10 +20,25 @@ fn local_dyno(args: &[&str]) -> Output {
     output_within(&mut command, CHECKS)
 }
 
-/// Whether `--memory` can work here, as the script decides it.
+/// Whether `--memory` can work here, as the script decides it: root with the cgroup v1 memory
+/// controller, or the cgroup v2 hierarchy with systemd to make the cgroup, or root.
 fn memory_cgroups_here() -> bool {
-    let root = Path::new("/sys/fs/cgroup/memory");
-    is_root() && root.join("cgroup.procs").is_file()
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    let v2 = Path::new("/sys/fs/cgroup");
+    if v1.join("memory.limit_in_bytes").is_file() {
+        return is_root() && v1.join("cgroup.procs").is_file();
+    }
+    let controllers = fs::read_to_string(v2.join("cgroup.controllers"));
+    let Ok(controllers) = controllers else {
+        return false;
+    };
+    let systemd_run = Command::new("sh")
+        .args(["-c", "command -v systemd-run"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let systemd = Path::new("/run/systemd/system").is_dir() && systemd_run;
+    let memory = controllers.split_whitespace().any(|c| c == "memory");
+    systemd || (is_root() && memory)
 }
 
 fn is_root() -> bool {

@@ -82,6 +82,13 @@ pub fn cmdline(proc_dir: &Path, pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// Whether `pid` has ended: a zombie (or on its way out of being one) waiting for its parent to
+/// reap it, or gone. A server's worker that the kernel killed stays a zombie until the server
+/// reaps it, which a server short of memory may take seconds to do.
+pub fn has_ended(proc_dir: &Path, pid: i32) -> bool {
+    stat(proc_dir, pid).is_none_or(|s| matches!(s.state, 'Z' | 'X'))
+}
+
 /// Every process under `root` that has not ended (no zombies), following the children files.
 pub fn living_under(proc_dir: &Path, root: i32) -> Vec<Stat> {
     let tree = tree(proc_dir, root).into_iter().skip(1);
@@ -228,6 +235,21 @@ mod tests {
         assert!(cpu_ticks(Path::new("/proc"), me).is_some());
         let started = start_time(Path::new("/proc"), me).expect("start time");
         assert!(started > 0 && start_time(Path::new("/proc"), 1) <= Some(started));
+    }
+
+    #[test]
+    fn a_zombie_or_a_vanished_process_has_ended() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        for (pid, state) in [(10, 'S'), (11, 'Z'), (12, 'D')] {
+            let proc = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&proc).expect("mkdir");
+            let stat = format!("{pid} (gunicorn) {state} 9 9 9 0");
+            std::fs::write(proc.join("stat"), stat).expect("write");
+        }
+        assert!(!has_ended(dir.path(), 10));
+        assert!(has_ended(dir.path(), 11));
+        assert!(!has_ended(dir.path(), 12), "uninterruptible, not ended");
+        assert!(has_ended(dir.path(), 13), "gone");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::pinning::{self, Finding};
 use crate::settings::{self, Settings, Source};
 use crate::sizing::{self, Decision, Formula, Incoming};
 use crate::state::State;
+use crate::usage::pressure::Pressure;
 use crate::web::WebProcess;
 
 /// Everything the sizing looked at and decided, for one environment on one host.
@@ -32,6 +33,8 @@ pub struct Report {
     pub threads: Option<u32>,
     /// How the servers are told `threads` (`threads_exports`).
     pub thread_exports: Vec<(&'static str, String)>,
+    /// The dyno's PSI, where the kernel has it (`launcher size` only).
+    pub pressure: Option<Pressure>,
 }
 
 /// How each server is told the threads per worker (docs/sizing.md#threads): puma's
@@ -126,6 +129,7 @@ impl Report {
             web: None,
             app_dir: None,
             pins: Vec::new(),
+            pressure: None,
         }
     }
 
@@ -147,6 +151,7 @@ impl Report {
             report.web = crate::web::read(&dir, env, &report.settings);
             report.pins = pinning::scan(&dir, env);
         }
+        report.pressure = Pressure::for_host(&host::Snapshot::new(root), &report.host);
         report
     }
 
@@ -262,6 +267,12 @@ impl Report {
         }
         for state in &self.running {
             text.push_str(&running_line(state));
+        }
+        if let Some(pressure) = &self.pressure {
+            text.push_str(&format!(
+                "pressure                     {}\n",
+                pressure.describe()
+            ));
         }
         // One word for each, as at boot and in the build log: a setting or value that was not
         // used is a warning; what the host reading passed over is a note.

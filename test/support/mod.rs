@@ -4,12 +4,14 @@
 //! for the Cloud Native Buildpack lifecycle.
 #![allow(dead_code)]
 
+pub mod cgroup2;
 pub mod harness;
 pub mod http;
 pub mod lifecycle;
 pub mod logfmt;
 pub mod procs;
 pub mod slug;
+pub mod vm;
 
 use std::fs;
 use std::net::TcpListener;
@@ -73,29 +75,11 @@ impl MemoryCgroup {
         pids_in(self.dir())
     }
 
-    /// `command` run inside the innermost directory: a shell that moves itself in, then execs it
-    /// with the same arguments, environment (cleared first) and working directory.
+    /// `command` run inside the innermost directory (and the cpuacct one, if any): see `wrap_in`.
     pub fn wrap(&self, command: &Command) -> Command {
-        let procs = self.dir().join("cgroup.procs");
-        let cpu = self.cpu.as_ref().map(|d| d.join("cgroup.procs"));
-        let mut wrapped = Command::new("/bin/sh");
-        wrapped
-            .arg("-c")
-            .arg("echo $$ > \"$0\" && { [ -z \"$1\" ] || echo $$ > \"$1\"; } && shift && exec \"$@\"")
-            .arg(procs)
-            .arg(cpu.unwrap_or_default())
-            .arg(command.get_program())
-            .args(command.get_args())
-            .env_clear();
-        for (key, value) in command.get_envs() {
-            if let Some(value) = value {
-                wrapped.env(key, value);
-            }
-        }
-        if let Some(dir) = command.get_current_dir() {
-            wrapped.current_dir(dir);
-        }
-        wrapped
+        let mut procs = vec![self.dir().join("cgroup.procs")];
+        procs.extend(self.cpu.as_ref().map(|d| d.join("cgroup.procs")));
+        wrap_in(&procs, command)
     }
 
     /// The kernel's OOM kills in these directories so far (cgroup v1 counts a kill in the
@@ -137,6 +121,30 @@ impl Drop for MemoryCgroup {
             }
         }
     }
+}
+
+/// `command` run inside cgroups: a shell that writes its pid into each `cgroup.procs` file given,
+/// then execs it with the same arguments, environment (cleared first) and working directory.
+pub fn wrap_in(procs: &[PathBuf], command: &Command) -> Command {
+    let mut wrapped = Command::new("/bin/sh");
+    wrapped
+        .arg("-c")
+        .arg("while [ \"$1\" != -- ]; do echo $$ > \"$1\" || exit 1; shift; done; shift; exec \"$@\"")
+        .arg("wrap")
+        .args(procs)
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args())
+        .env_clear();
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            wrapped.env(key, value);
+        }
+    }
+    if let Some(dir) = command.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
 }
 
 fn pids_in(dir: &Path) -> Vec<u32> {

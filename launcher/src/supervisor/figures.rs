@@ -93,6 +93,17 @@ pub fn sample(
             .with("sample#worker_uss_max", mb(uss.unwrap_or(0)))
             .with("sample#worker_pss_total", mb(pss));
     }
+    // The dyno's PSI where the kernel has it (cgroup v2): avg10, in percent.
+    let pressure = reader.pressure();
+    if let Some(memory) = pressure.as_ref().and_then(|p| p.memory) {
+        event = event.with("sample#memory_pressure_some", format!("{:.2}", memory.some));
+        if let Some(full) = memory.full {
+            event = event.with("sample#memory_pressure_full", format!("{full:.2}"));
+        }
+    }
+    if let Some(cpu) = pressure.and_then(|p| p.cpu) {
+        event = event.with("sample#cpu_pressure_some", format!("{:.2}", cpu.some));
+    }
     if let Some(fit) = figures.fit {
         event = event.with("sample#workers_fit", format!("{:.2}", fit.workers));
     }

@@ -6,12 +6,14 @@
 //! fake host trees.
 
 pub mod cpu;
+pub mod pressure;
 pub mod smaps;
 
 use std::path::{Path, PathBuf};
 
 use crate::host::{CgroupDir, Host, Snapshot, Version, PROC};
 use crate::procs;
+use pressure::Pressure;
 
 /// Where the dyno's usage is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +89,14 @@ impl Meter {
                 let proc_dir = snapshot.proc_dir();
                 Some(proportional(&proc_dir, &procs::tree(&proc_dir, *pid)))
             }
+        }
+    }
+
+    /// The pressure (PSI) of the dyno's cgroup, where it is a cgroup v2 one with PSI on.
+    pub fn pressure(&self, snapshot: &Snapshot) -> Option<Pressure> {
+        match self {
+            Meter::Cgroup(dir) => Pressure::read(snapshot, dir),
+            _ => None,
         }
     }
 

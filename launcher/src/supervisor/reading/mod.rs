@@ -157,6 +157,11 @@ impl Reader {
     }
 
     /// The kernel's OOM kill counter now.
+    /// The dyno's pressure stall figures, where the kernel has them (cgroup v2).
+    pub fn pressure(&self) -> Option<crate::usage::pressure::Pressure> {
+        self.meter.pressure(&self.snapshot)
+    }
+
     pub fn oom_kills(&self) -> Option<u64> {
         self.meter.oom_kills(&self.snapshot)
     }

@@ -71,6 +71,10 @@ impl Finder {
                     .worker_pids()
                     .into_iter()
                     .flat_map(|server| procs::children(proc_dir, server))
+                    // A worker that has ended is no worker, zombie or not: its kill is claimed
+                    // now, not when the server gets round to reaping it (docs/architecture.md,
+                    // "OOM kills").
+                    .filter(|pid| !procs::has_ended(proc_dir, *pid))
                     .collect();
                 children.sort_unstable();
                 self.first_seen.retain(|pid, _| children.contains(pid));
