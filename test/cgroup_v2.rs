@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::cgroup2::Cgroup2;
 use support::harness::{launcher, secs, Run, LAUNCHER};
-use support::http::get;
+use support::http::{get, Load};
 use support::procs::{children, signal};
 use support::{free_port, venv, vm};
 
@@ -541,6 +541,90 @@ fn local_dyno_memory_serves_the_app_in_a_cgroup_v2_memory_cgroup() {
             Ok(())
         },
     );
+}
+
+/// Waits until `count()` is `want` and has stayed so for a second: how long that took from
+/// `since`.
+fn settles_at(run: &Run, want: usize, since: Instant, count: impl Fn() -> usize) -> Duration {
+    let mut reached: Option<Instant> = None;
+    run.wait(&format!("{want} workers"), secs(60), || {
+        match (count() == want, reached) {
+            (false, _) => reached = None,
+            (true, None) => reached = Some(Instant::now()),
+            (true, Some(at)) if at.elapsed() >= secs(1) => return Some(()),
+            (true, Some(_)) => {}
+        }
+        None
+    });
+    reached.expect("reached").duration_since(since)
+}
+
+/// The bound: from the rewrite to the count a fresh boot would choose.
+const FOLLOWED_WITHIN: Duration = Duration::from_secs(10);
+
+#[test]
+fn memory_max_and_cpu_max_rewritten_under_a_running_gunicorn_move_it_to_a_fresh_boots_count() {
+    vm::guest(|_| {
+        // Kubernetes' in-place resize: the same files rewritten while the app serves. 1 GB and
+        // the guest's 2 CPUs: 4 workers by memory (the CPU term is 5).
+        let gb = (1024 * MB).to_string();
+        let files = [("memory.max", gb.as_str()), ("cpu.max", "max 100000")];
+        let (cgroup, run, port, master) = gunicorn("limits", &files, &[], 4)?;
+        let workers = || children(master).len();
+        let load = Load::on(port, 2, "/", secs(240));
+        load.wait_more(10, &run);
+        let dir = cgroup.dir().display();
+        let memory_max = format!("cgroup v2 {dir}/memory.max");
+        let cpu_max = format!("cgroup v2 {dir}/cpu.max (quota 100000/100000");
+        let online = "/sys/devices/system/cpu/online".to_owned();
+        // (file, its new text, the count, the field naming the source, what it starts with)
+        let steps: [(&str, String, usize, &str, String); 4] = [
+            (
+                "memory.max",
+                (512 * MB).to_string(),
+                2,
+                "memory_source",
+                memory_max.clone(),
+            ),
+            ("memory.max", gb.clone(), 4, "memory_source", memory_max),
+            // One CPU: 2*1+1 = 3; the quota lifted: the guest's 2 CPUs and 4 workers again.
+            (
+                "cpu.max",
+                "100000 100000".to_owned(),
+                3,
+                "cpus_source",
+                cpu_max,
+            ),
+            ("cpu.max", "max 100000".to_owned(), 4, "cpus_source", online),
+        ];
+        for (file, value, want, source, shown) in steps {
+            let before = run.stdout().len();
+            cgroup.write(file, &value)?;
+            let written = Instant::now();
+            let fresh = size_in(&cgroup)?["web_concurrency"].as_u64();
+            assert_eq!(
+                fresh,
+                Some(want as u64),
+                "a fresh boot after {file} {value}"
+            );
+            let took = settles_at(&run, want, written, workers);
+            eprintln!(
+                "{file} {value}: {want} workers {:.1} s after the rewrite",
+                took.as_secs_f64()
+            );
+            assert!(took <= FOLLOWED_WITHIN, "{took:?}\n{}", run.log());
+            let lines = run.events("limits_changed");
+            let line = lines.iter().find(|e| e.index >= before).expect("a line");
+            assert_eq!(line.get("workers"), want.to_string(), "{}", line.line);
+            assert!(line.get(source).starts_with(&shown), "{}", line.line);
+            load.wait_more(5, &run);
+        }
+        let tally = load.finish();
+        assert!(tally.failures.is_empty(), "{tally:?}\n{}", run.log());
+        assert_eq!(cgroup.oom_kills(), 0, "{}", cgroup.read("memory.events"));
+        assert!(run.events("oom_kill").is_empty(), "{}", run.log());
+        Ok(())
+    });
 }
 
 /// Not a lane test: where the guest cannot be booted, the lane's tests skip outside CI, and
