@@ -17,6 +17,7 @@ mod sizing;
 mod state;
 mod supervisor;
 mod text;
+mod threads;
 mod units;
 mod usage;
 mod web;

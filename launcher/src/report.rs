@@ -10,6 +10,7 @@ use crate::pinning::{self, Finding};
 use crate::settings::{self, Settings, Source};
 use crate::sizing::{self, Decision, Formula, Incoming};
 use crate::state::State;
+use crate::threads;
 use crate::usage::pressure::Pressure;
 use crate::web::WebProcess;
 
@@ -29,66 +30,12 @@ pub struct Report {
     pub app_dir: Option<PathBuf>,
     /// Where the app pins its worker count (`launcher size`; the boot of a web dyno).
     pub pins: Vec<Finding>,
-    /// Threads per worker, when `LAUNCHER_THREADS` asks for them (`sizing::threads_per_worker`).
+    /// Threads per worker, when `LAUNCHER_THREADS` asks for them (`threads::threads_per_worker`).
     pub threads: Option<u32>,
-    /// How the servers are told `threads` (`threads_exports`).
+    /// How the servers are told `threads` (`threads::threads_exports`).
     pub thread_exports: Vec<(&'static str, String)>,
     /// The dyno's PSI, where the kernel has it (`launcher size` only).
     pub pressure: Option<Pressure>,
-}
-
-/// How each server is told the threads per worker (docs/sizing.md#threads): puma's
-/// `RAILS_MAX_THREADS` unless it is the user's (one the launcher did not write:
-/// `LAUNCHER_WEB_THREADS` differs), gunicorn's options in `GUNICORN_CMD_ARGS`
-/// (`gunicorn_thread_args`); and `LAUNCHER_WEB_THREADS`, the count chosen.
-pub fn threads_exports(threads: Option<u32>, env: &Env) -> Vec<(&'static str, String)> {
-    let Some(threads) = threads else {
-        return Vec::new();
-    };
-    let mut exports = vec![("LAUNCHER_WEB_THREADS", threads.to_string())];
-    let rails = env.get("RAILS_MAX_THREADS");
-    if rails.is_none() || rails == env.get("LAUNCHER_WEB_THREADS") {
-        exports.push(("RAILS_MAX_THREADS", threads.to_string()));
-    }
-    let args = env.get("GUNICORN_CMD_ARGS").unwrap_or_default();
-    if let Some(args) = gunicorn_thread_args(args, threads) {
-        exports.push(("GUNICORN_CMD_ARGS", args));
-    }
-    exports
-}
-
-/// `GUNICORN_CMD_ARGS` with `threads` added, or None when it names threads already (the user's
-/// tuning). With the threads, `--worker-connections` of as many: a gthread worker otherwise
-/// accepts up to 1000 connections, so under keep-alive one worker takes them all and queues
-/// them for its own threads while the others idle, and no added worker gets any; capped, a
-/// worker with every thread busy leaves connections in the shared accept queue, where a free
-/// worker takes them and the launcher sees them wait. And `--keep-alive 0` unless named: with no
-/// room to keep connections open gunicorn closes each after its response (as sync workers do)
-/// and, told so, does not warn about it. `bin/compile`'s `.profile.d` script does the same in bash.
-pub fn gunicorn_thread_args(args: &str, threads: u32) -> Option<String> {
-    let names = |option: &str| {
-        args.split_whitespace()
-            .any(|word| word == option || word.starts_with(&format!("{option}=")))
-    };
-    if names("--threads") {
-        return None;
-    }
-    // The user's text is kept as written: gunicorn splits it as a shell does (quotes included).
-    let mut out = args.trim().to_owned();
-    let mut add = |option: String| {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(&option);
-    };
-    add(format!("--threads {threads}"));
-    if !names("--worker-connections") {
-        add(format!("--worker-connections {threads}"));
-    }
-    if !names("--keep-alive") {
-        add("--keep-alive 0".to_owned());
-    }
-    Some(out)
 }
 
 impl Report {
@@ -114,11 +61,11 @@ impl Report {
             sizing::Outcome::Disabled { .. } => None,
             _ => {
                 let workers = decision.outcome.web_concurrency().unwrap_or(formula.value);
-                sizing::threads_per_worker(settings.threads(), host.memory_mb(), workers)
+                threads::threads_per_worker(settings.threads(), host.memory_mb(), workers)
             }
         };
         Report {
-            thread_exports: threads_exports(threads, env),
+            thread_exports: threads::threads_exports(threads, env),
             threads,
             host,
             settings,
@@ -216,6 +163,7 @@ impl Report {
             web_memory_mb: self.formula.web_memory_mb,
             web_concurrency: self.decision.outcome.web_concurrency(),
             threads: self.threads,
+            pressure: self.pressure.as_ref().map(Pressure::to_json),
             set_by: self.decision.outcome.set_by(),
             notes: self.notes(),
             settings,
@@ -288,13 +236,13 @@ impl Report {
     /// Why `threads`: the setting, and `auto`'s formula.
     fn threads_reason(&self) -> String {
         match self.settings.threads() {
-            sizing::ThreadsSetting::Auto => format!(
+            threads::ThreadsSetting::Auto => format!(
                 "LAUNCHER_THREADS=auto: {} MB / {} MB per request in flight, shared among the \
                  workers, between {} and {}",
                 self.host.memory_mb(),
-                sizing::REQUEST_MEMORY_MB,
-                sizing::AUTO_THREADS.0,
-                sizing::AUTO_THREADS.1
+                threads::REQUEST_MEMORY_MB,
+                threads::AUTO_THREADS.0,
+                threads::AUTO_THREADS.1
             ),
             _ => "LAUNCHER_THREADS".to_owned(),
         }
@@ -359,6 +307,8 @@ struct Json<'a> {
     web_concurrency: Option<u32>,
     /// Threads per worker, when `LAUNCHER_THREADS` asks for them.
     threads: Option<u32>,
+    /// The dyno's PSI (cgroup v2), as the text's `pressure` line.
+    pressure: Option<serde_json::Value>,
     set_by: Option<&'a str>,
     notes: Vec<String>,
     /// Every setting the launcher reads: its value and where it came from.
@@ -411,44 +361,5 @@ fn running_line(state: &State) -> String {
     match &state.hint {
         Some(hint) => line + &format!("hint: {hint}\n"),
         None => line,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gunicorn_gets_threads_capped_connections_and_no_keep_alive_around_the_users_text() {
-        let cases = [
-            ("", Some("--threads 4 --worker-connections 4 --keep-alive 0")),
-            (
-                "--timeout 60 --access-logformat '%(h)s  %(r)s'",
-                Some("--timeout 60 --access-logformat '%(h)s  %(r)s' --threads 4 --worker-connections 4 --keep-alive 0"),
-            ),
-            ("--keep-alive=5", Some("--keep-alive=5 --threads 4 --worker-connections 4")),
-            ("--worker-connections 50", Some("--worker-connections 50 --threads 4 --keep-alive 0")),
-            ("--threads 8", None),
-            ("--threads=8 --timeout 5", None),
-        ];
-        for (args, want) in cases {
-            assert_eq!(gunicorn_thread_args(args, 4).as_deref(), want, "{args}");
-        }
-    }
-
-    #[test]
-    fn rails_max_threads_is_written_unless_it_is_the_users() {
-        let names = |env: &Env| -> Vec<&str> {
-            threads_exports(Some(4), env)
-                .iter()
-                .map(|(n, _)| *n)
-                .collect()
-        };
-        let ours = Env::from_pairs([("RAILS_MAX_THREADS", "4"), ("LAUNCHER_WEB_THREADS", "4")]);
-        let users = Env::from_pairs([("RAILS_MAX_THREADS", "3")]);
-        assert!(names(&Env::from_pairs(Vec::<(&str, &str)>::new())).contains(&"RAILS_MAX_THREADS"));
-        assert!(names(&ours).contains(&"RAILS_MAX_THREADS"));
-        assert!(!names(&users).contains(&"RAILS_MAX_THREADS"));
-        assert!(threads_exports(None, &users).is_empty());
     }
 }

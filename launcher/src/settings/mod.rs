@@ -4,6 +4,7 @@
 
 mod problem;
 mod read;
+mod spec;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -24,8 +25,8 @@ impl Settings {
 
 impl Settings {
     /// `LAUNCHER_THREADS` / `launcher.toml`'s `threads` as the reader took it.
-    pub fn threads(&self) -> crate::sizing::ThreadsSetting {
-        use crate::sizing::ThreadsSetting;
+    pub fn threads(&self) -> crate::threads::ThreadsSetting {
+        use crate::threads::ThreadsSetting;
         match (self.choice(&THREADS), self.whole(&THREADS)) {
             ("auto", _) => ThreadsSetting::Auto,
             (_, Some(n)) => ThreadsSetting::Fixed(n as u32),

@@ -265,7 +265,7 @@ fn an_empty_config_var_is_unset() {
 fn the_settings_table_of_the_docs_is_this_table() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/settings.md");
     let docs = std::fs::read_to_string(path).expect("docs/settings.md");
-    let table = markdown();
+    let table = super::spec::markdown();
     let header = table.lines().next().expect("header");
     let Some(start) = docs.find(header) else {
         panic!("docs/settings.md has no settings table; it should be:\n{table}");

@@ -1,0 +1,150 @@
+//! Threads per worker (docs/sizing.md#threads): how many `LAUNCHER_THREADS` asks for, chosen
+//! with the worker count, and how each server is told them.
+
+use crate::env::Env;
+
+/// Threads per worker as asked (`LAUNCHER_THREADS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadsSetting {
+    /// The server's own (none exported).
+    Off,
+    /// Chosen with the worker count (`threads_per_worker`).
+    Auto,
+    Fixed(u32),
+}
+
+/// What one request in flight is taken to hold, in MB, for `auto` threads: the dyno's memory over
+/// it is how many requests it serves at once (64 on a 512 MB dyno).
+pub const REQUEST_MEMORY_MB: u64 = 8;
+/// The fewest and most threads per worker `auto` chooses.
+pub const AUTO_THREADS: (u32, u32) = (2, 32);
+
+/// Threads per worker, chosen with the worker count (docs/sizing.md#threads): `auto` shares the
+/// requests the dyno's memory serves at once (`memory_mb / REQUEST_MEMORY_MB`) among the
+/// `workers`, rounded up, between 2 and 32; a number as given; off: none.
+pub fn threads_per_worker(setting: ThreadsSetting, memory_mb: u64, workers: u32) -> Option<u32> {
+    match setting {
+        ThreadsSetting::Off => None,
+        ThreadsSetting::Fixed(n) => Some(n),
+        ThreadsSetting::Auto => {
+            let requests = memory_mb / REQUEST_MEMORY_MB;
+            let each = requests.div_ceil(u64::from(workers.max(1)));
+            let (fewest, most) = AUTO_THREADS;
+            Some(each.clamp(u64::from(fewest), u64::from(most)) as u32)
+        }
+    }
+}
+
+/// How each server is told the threads per worker (docs/sizing.md#threads): puma's
+/// `RAILS_MAX_THREADS` unless it is the user's (one the launcher did not write:
+/// `LAUNCHER_WEB_THREADS` differs), gunicorn's options in `GUNICORN_CMD_ARGS`
+/// (`gunicorn_thread_args`); and `LAUNCHER_WEB_THREADS`, the count chosen.
+pub fn threads_exports(threads: Option<u32>, env: &Env) -> Vec<(&'static str, String)> {
+    let Some(threads) = threads else {
+        return Vec::new();
+    };
+    let mut exports = vec![("LAUNCHER_WEB_THREADS", threads.to_string())];
+    let rails = env.get("RAILS_MAX_THREADS");
+    if rails.is_none() || rails == env.get("LAUNCHER_WEB_THREADS") {
+        exports.push(("RAILS_MAX_THREADS", threads.to_string()));
+    }
+    let args = env.get("GUNICORN_CMD_ARGS").unwrap_or_default();
+    if let Some(args) = gunicorn_thread_args(args, threads) {
+        exports.push(("GUNICORN_CMD_ARGS", args));
+    }
+    exports
+}
+
+/// `GUNICORN_CMD_ARGS` with `threads` added, or None when it names threads already (the user's
+/// tuning). With the threads, `--worker-connections` of as many: a gthread worker otherwise
+/// accepts up to 1000 connections, so under keep-alive one worker takes them all and queues
+/// them for its own threads while the others idle, and no added worker gets any; capped, a
+/// worker with every thread busy leaves connections in the shared accept queue, where a free
+/// worker takes them and the launcher sees them wait. And `--keep-alive 0` unless named: with no
+/// room to keep connections open gunicorn closes each after its response (as sync workers do)
+/// and, told so, does not warn about it. `bin/compile`'s `.profile.d` script does the same in bash.
+pub fn gunicorn_thread_args(args: &str, threads: u32) -> Option<String> {
+    let names = |option: &str| {
+        args.split_whitespace()
+            .any(|word| word == option || word.starts_with(&format!("{option}=")))
+    };
+    if names("--threads") {
+        return None;
+    }
+    // The user's text is kept as written: gunicorn splits it as a shell does (quotes included).
+    let mut out = args.trim().to_owned();
+    let mut add = |option: String| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&option);
+    };
+    add(format!("--threads {threads}"));
+    if !names("--worker-connections") {
+        add(format!("--worker-connections {threads}"));
+    }
+    if !names("--keep-alive") {
+        add("--keep-alive 0".to_owned());
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_are_chosen_with_the_worker_count() {
+        // (setting, memory MB, workers) -> threads per worker: the dynos of the table and a few.
+        let rows = [
+            (ThreadsSetting::Auto, 512, 2, Some(32)),
+            (ThreadsSetting::Auto, 512, 4, Some(16)),
+            (ThreadsSetting::Auto, 1024, 4, Some(32)),
+            (ThreadsSetting::Auto, 2560, 5, Some(32)),
+            (ThreadsSetting::Auto, 512, 64, Some(2)),
+            (ThreadsSetting::Auto, 64, 1, Some(8)),
+            (ThreadsSetting::Fixed(5), 512, 2, Some(5)),
+            (ThreadsSetting::Off, 512, 2, None),
+        ];
+        for (setting, memory_mb, workers, threads) in rows {
+            assert_eq!(
+                threads_per_worker(setting, memory_mb, workers),
+                threads,
+                "{setting:?} {memory_mb} MB {workers} workers"
+            );
+        }
+    }
+    #[test]
+    fn gunicorn_gets_threads_capped_connections_and_no_keep_alive_around_the_users_text() {
+        let cases = [
+            ("", Some("--threads 4 --worker-connections 4 --keep-alive 0")),
+            (
+                "--timeout 60 --access-logformat '%(h)s  %(r)s'",
+                Some("--timeout 60 --access-logformat '%(h)s  %(r)s' --threads 4 --worker-connections 4 --keep-alive 0"),
+            ),
+            ("--keep-alive=5", Some("--keep-alive=5 --threads 4 --worker-connections 4")),
+            ("--worker-connections 50", Some("--worker-connections 50 --threads 4 --keep-alive 0")),
+            ("--threads 8", None),
+            ("--threads=8 --timeout 5", None),
+        ];
+        for (args, want) in cases {
+            assert_eq!(gunicorn_thread_args(args, 4).as_deref(), want, "{args}");
+        }
+    }
+
+    #[test]
+    fn rails_max_threads_is_written_unless_it_is_the_users() {
+        let names = |env: &Env| -> Vec<&str> {
+            threads_exports(Some(4), env)
+                .iter()
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        let ours = Env::from_pairs([("RAILS_MAX_THREADS", "4"), ("LAUNCHER_WEB_THREADS", "4")]);
+        let users = Env::from_pairs([("RAILS_MAX_THREADS", "3")]);
+        assert!(names(&Env::from_pairs(Vec::<(&str, &str)>::new())).contains(&"RAILS_MAX_THREADS"));
+        assert!(names(&ours).contains(&"RAILS_MAX_THREADS"));
+        assert!(!names(&users).contains(&"RAILS_MAX_THREADS"));
+        assert!(threads_exports(None, &users).is_empty());
+    }
+}
