@@ -118,6 +118,7 @@ fn json_has_exactly_the_documented_keys() {
             "memory_mb",
             "memory_source",
             "notes",
+            "pressure",
             "running",
             "set_by",
             "settings",

@@ -73,6 +73,21 @@ impl Pressure {
     }
 }
 
+impl Pressure {
+    /// `launcher size --json`'s `pressure`: each resource's `some` and `full` (null where the
+    /// file has none), and the files' directory.
+    pub fn to_json(&self) -> serde_json::Value {
+        let stall = |stall: Option<Stall>| {
+            stall.map(|s| serde_json::json!({ "some": s.some, "full": s.full }))
+        };
+        serde_json::json!({
+            "memory": stall(self.memory),
+            "cpu": stall(self.cpu),
+            "source": format!("{} {}", self.dir.version.label(), self.dir.path.display()),
+        })
+    }
+}
+
 /// `some avg10=1.23 avg60=... total=N` and `full avg10=...`: the avg10 of each line.
 pub fn parse(text: &str) -> Option<Stall> {
     let avg10 = |kind: &str| {
@@ -138,6 +153,14 @@ mod tests {
             pressure.describe(),
             "memory 12.5% some, 4.2% full; cpu 31.0% some over the last 10 s \
              (cgroup v2 /sys/fs/cgroup/dyno/{memory,cpu}.pressure)"
+        );
+        assert_eq!(
+            pressure.to_json(),
+            serde_json::json!({
+                "memory": { "some": 12.5, "full": 4.25 },
+                "cpu": { "some": 31.0, "full": null },
+                "source": "cgroup v2 /sys/fs/cgroup/dyno",
+            })
         );
     }
 
