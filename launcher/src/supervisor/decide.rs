@@ -239,14 +239,17 @@ impl Control {
     }
 
     /// Threaded workers: a check counts as a read of the wait (requests waiting inside a worker,
-    /// or connections in the accept queue), and their busy threads as busy workers' worth
-    /// (threads busy / threads per worker), for the shrink rule.
+    /// connections in the accept queue, or a worker bound by its interpreter lock: its requests
+    /// wait for the lock, which another worker would not share), and their busy threads as busy
+    /// workers' worth (threads busy / threads per worker), for the shrink rule.
     fn inside(&mut self, reading: &Reading, now: Instant) {
         let (Some(threads), Some(adaptive)) = (self.config.threads, self.adaptive.as_mut()) else {
             return;
         };
         if let Some(waiting) = reading.waiting {
-            let queued = waiting > 0 || reading.queued.is_some_and(|q| q > 0);
+            let queued = waiting > 0
+                || reading.queued.is_some_and(|q| q > 0)
+                || reading.gil_bound.is_some_and(|n| n > 0);
             adaptive.controller.queue_read(now, queued);
         }
         if let Some(busy) = reading.threads_busy {

@@ -31,6 +31,7 @@ pub struct Figures<'a> {
     pub threads: Option<u32>,
     pub waiting: Option<u32>,
     pub threads_busy: Option<u32>,
+    pub gil_bound: Option<u32>,
     /// The threads hint, once said.
     pub hint: Option<&'a str>,
 }
@@ -61,6 +62,9 @@ pub fn sample(
     }
     if let Some(busy) = figures.threads_busy {
         event = event.with("sample#threads_busy", busy);
+    }
+    if let Some(bound) = figures.gil_bound {
+        event = event.with("sample#workers_gil_bound", bound);
     }
     if let Some(waiting) = figures.waiting {
         event = event.with("sample#requests_waiting", waiting);

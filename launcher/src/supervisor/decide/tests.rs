@@ -70,6 +70,7 @@ fn adaptive() -> Option<AdaptiveConfig> {
         shrink_after: 60 * SECOND,
         step: 2 * SECOND,
         read_interval: SECOND / 10,
+        threaded: false,
     })
 }
 
@@ -259,6 +260,7 @@ fn threaded_workers_grow_on_the_requests_waiting_inside_them() {
         sizer: None,
         adaptive: adaptive().map(|a| AdaptiveConfig {
             read_interval: SECOND / 2,
+            threaded: true,
             ..a
         }),
         workers: 2,

@@ -373,7 +373,7 @@ impl Loop {
             // Limits that changed come first: the soft limit the wants below compare with.
             let mut decisions = self.control.follow_limits(&reading, now);
             let wants = self.control.wants(&reading, now, all_figures);
-            self.reader.complete(&mut reading, wants);
+            self.reader.complete(&mut reading, wants, now);
             if self.control.wants_memory(&reading, now, all_figures) {
                 self.reader.measure(&mut reading);
             }

@@ -37,8 +37,9 @@ impl Loop {
             recycles: self.control.recycles,
             oom_kills: self.control.oom_total(),
             threads: self.reader.config.threads,
-            waiting: self.reader.inside_last.0,
-            threads_busy: self.reader.inside_last.1,
+            waiting: self.reader.inside_last.waiting,
+            threads_busy: self.reader.inside_last.threads_busy,
+            gil_bound: self.reader.inside_last.gil_bound,
             hint: self.hint_said.as_deref(),
         }
     }

@@ -47,6 +47,14 @@ pub enum Busy {
     Unknown,
 }
 
+/// What threaded workers held at the last look, for the `sample#` line.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Inside {
+    pub waiting: Option<u32>,
+    pub threads_busy: Option<u32>,
+    pub gil_bound: Option<u32>,
+}
+
 /// What one check saw.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reading {
@@ -79,6 +87,8 @@ pub struct Reading {
     /// connections' unread bytes), and the workers' busy threads (`threads`).
     pub waiting: Option<u32>,
     pub threads_busy: Option<u32>,
+    /// Threaded servers: workers bound by their interpreter lock (`threads::Gil`).
+    pub gil_bound: Option<u32>,
     /// Connections in the accept queue at its last read.
     pub queued: Option<u32>,
 }
@@ -131,7 +141,8 @@ pub struct Reader {
     last_workers: Vec<i32>,
     limits: limits::Limits,
     /// Requests waiting inside threaded workers, and their busy threads, at the last look.
-    pub inside_last: (Option<u32>, Option<u32>),
+    pub inside_last: Inside,
+    gil: threads::Gil,
 }
 
 impl Reader {
@@ -148,7 +159,8 @@ impl Reader {
             serving: HashSet::new(),
             busy: None,
             last_workers: Vec::new(),
-            inside_last: (None, None),
+            inside_last: Inside::default(),
+            gil: threads::Gil::default(),
         }
     }
 
@@ -223,7 +235,7 @@ impl Reader {
     }
 
     /// Reads what the policies asked for.
-    pub fn complete(&mut self, reading: &mut Reading, wants: Wants) {
+    pub fn complete(&mut self, reading: &mut Reading, wants: Wants, now: Instant) {
         if wants.busy {
             reading.busy = self.count_busy(&reading.workers);
         }
@@ -234,13 +246,13 @@ impl Reader {
             reading.not_serving = self.not_serving(&reading.workers);
         }
         if wants.inside && self.config.threads.is_some() {
-            self.inside(reading);
+            self.inside(reading, now);
         }
     }
 
     /// What threaded workers hold: the requests waiting for one of their threads, and their busy
     /// threads. The last figures are kept for the `sample#` line.
-    fn inside(&mut self, reading: &mut Reading) {
+    fn inside(&mut self, reading: &mut Reading, now: Instant) {
         if let Some(control) = &self.config.puma {
             let stats = control.stats();
             reading.waiting = stats.map(|s| s.backlog);
@@ -252,7 +264,13 @@ impl Reader {
                 .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
             reading.threads_busy = Some(threads::busy(&self.proc_dir(), &pids));
         }
-        self.inside_last = (reading.waiting, reading.threads_busy);
+        let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
+        reading.gil_bound = Some(self.gil.read(&self.proc_dir(), &pids, now));
+        self.inside_last = Inside {
+            waiting: reading.waiting,
+            threads_busy: reading.threads_busy,
+            gil_bound: reading.gil_bound,
+        };
     }
 
     /// Each worker's memory (`smaps_rollup`: a walk of its page tables, so only when asked).

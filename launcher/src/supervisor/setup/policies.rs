@@ -65,6 +65,7 @@ pub(super) fn control_config(
                 true => crate::supervisor::memory::CHECK_INTERVAL,
                 false => settings.queue_read_interval,
             },
+            threaded: inside,
         }
     });
     decide::Config {
