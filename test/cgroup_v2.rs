@@ -543,22 +543,6 @@ fn local_dyno_memory_serves_the_app_in_a_cgroup_v2_memory_cgroup() {
     );
 }
 
-/// Waits until `count()` is `want` and has stayed so for a second: how long that took from
-/// `since`.
-fn settles_at(run: &Run, want: usize, since: Instant, count: impl Fn() -> usize) -> Duration {
-    let mut reached: Option<Instant> = None;
-    run.wait(&format!("{want} workers"), secs(60), || {
-        match (count() == want, reached) {
-            (false, _) => reached = None,
-            (true, None) => reached = Some(Instant::now()),
-            (true, Some(at)) if at.elapsed() >= secs(1) => return Some(()),
-            (true, Some(_)) => {}
-        }
-        None
-    });
-    reached.expect("reached").duration_since(since)
-}
-
 /// The bound: from the rewrite to the count a fresh boot would choose.
 const FOLLOWED_WITHIN: Duration = Duration::from_secs(10);
 
@@ -607,7 +591,7 @@ fn memory_max_and_cpu_max_rewritten_under_a_running_gunicorn_move_it_to_a_fresh_
                 Some(want as u64),
                 "a fresh boot after {file} {value}"
             );
-            let took = settles_at(&run, want, written, workers);
+            let took = run.settles_at(want, written, secs(60), workers);
             eprintln!(
                 "{file} {value}: {want} workers {:.1} s after the rewrite",
                 took.as_secs_f64()

@@ -28,7 +28,7 @@ use support::harness::{Run, BOOT, SECOND};
 use support::http::get;
 use support::lifecycle::launch::Launch;
 use support::lifecycle::toolchain::BuildOptions;
-use support::lifecycle::{layer_types, open_to_all, Site, Types};
+use support::lifecycle::{copy, layer_types, open_to_all, Site, Types};
 use support::procs::children;
 use support::text;
 use support::{
@@ -59,25 +59,10 @@ fn log(output: &Output) -> String {
     )
 }
 
-fn cp(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
-}
-
 fn copy_buildpack(dest: &Path) {
     fs::create_dir_all(dest.join("bin")).expect("mkdir");
     for file in BUILDPACK_FILES {
-        cp(&repo().join(file), &dest.join(file));
+        copy(&repo().join(file), &dest.join(file));
     }
 }
 
@@ -111,7 +96,7 @@ fn cold_build() -> Result<Shared, String> {
     let buildpack = run_dir.join("buildpack");
     copy_buildpack(&buildpack);
     let language = run_dir.join("language");
-    cp(&fixture("buildpacks/language"), &language);
+    copy(&fixture("buildpacks/language"), &language);
     let site = Site::new(&fixture("flask"))?;
     let output = site.build(&[&buildpack], &BuildOptions::cargo());
     let cold_log = log(&output);
@@ -119,9 +104,9 @@ fn cold_build() -> Result<Shared, String> {
         return Err(cold_log);
     }
     let cold_layers = run_dir.join("cold-layers");
-    cp(&site.layers(), &cold_layers);
+    copy(&site.layers(), &cold_layers);
     let warm_layers = run_dir.join("warm-layers");
-    cp(&site.layers(), &warm_layers);
+    copy(&site.layers(), &warm_layers);
     fs::remove_dir_all(warm_layers.join("launcher/source-build/launcher/target"))
         .map_err(|e| format!("slim the cache layer: {e}"))?;
     Ok(Shared {
@@ -250,7 +235,7 @@ fn the_awk_reader_takes_each_value_from_its_own_table() {
 
     // The CNB tables first, so that a reader taking the first `version =` would read Ubuntu's.
     let dir = TempDir::new().expect("temp dir");
-    cp(&repo().join("lib"), dir.path());
+    copy(&repo().join("lib"), dir.path());
     let toml = r#"api = "0.10"
 
 [[targets]]
@@ -315,8 +300,8 @@ fn arm64_machines_get_the_aarch64_binary_and_others_are_refused() {
 
     // On an arm64 machine: the aarch64 prebuilt binary of a release tree, verified...
     let tree = TempDir::new().expect("temp dir");
-    cp(&repo().join("lib"), tree.path());
-    cp(&repo().join("buildpack.toml"), tree.path());
+    copy(&repo().join("lib"), tree.path());
+    copy(&repo().join("buildpack.toml"), tree.path());
     let prebuilt = tree.path().join("bin/prebuilt");
     fs::create_dir_all(&prebuilt).expect("mkdir");
     fs::write(prebuilt.join("launcher-linux-aarch64"), "an arm64 binary").expect("write");

@@ -36,25 +36,9 @@ impl CpuCgroup {
         Ok(CpuCgroup { dir })
     }
 
-    /// `command` run inside this cgroup: a shell that moves itself in, then execs it.
+    /// `command` run inside this cgroup (see `support::wrap_in`).
     fn wrap(&self, command: &Command) -> Command {
-        let mut wrapped = Command::new("/bin/sh");
-        wrapped
-            .arg("-c")
-            .arg("echo $$ > \"$0\" && exec \"$@\"")
-            .arg(self.dir.join("cgroup.procs"))
-            .arg(command.get_program())
-            .args(command.get_args())
-            .env_clear();
-        for (key, value) in command.get_envs() {
-            if let Some(value) = value {
-                wrapped.env(key, value);
-            }
-        }
-        if let Some(dir) = command.get_current_dir() {
-            wrapped.current_dir(dir);
-        }
-        wrapped
+        support::wrap_in(&[self.dir.join("cgroup.procs")], command)
     }
 
     fn quota(&self, quota_us: i64) {
@@ -98,21 +82,6 @@ fn fresh_boot(wrap: impl Fn(&Command) -> Command) -> usize {
     let output = wrap(&size).output().expect("launcher size");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     report["web_concurrency"].as_u64().expect("web_concurrency") as usize
-}
-
-/// Waits until `count()` is `want` and stays there for a second; how long it took from `since`.
-fn settles_at(run: &Run, want: usize, since: Instant, count: impl Fn() -> usize) -> Duration {
-    let mut reached: Option<Instant> = None;
-    run.wait(&format!("{want} workers"), secs(30), || {
-        match (count() == want, reached) {
-            (false, _) => reached = None,
-            (true, None) => reached = Some(Instant::now()),
-            (true, Some(at)) if at.elapsed() >= secs(1) => return Some(()),
-            (true, Some(_)) => {}
-        }
-        None
-    });
-    reached.expect("reached").duration_since(since)
 }
 
 /// The `limits_changed` lines after the `index`th line of the log.
@@ -161,7 +130,7 @@ fn halving_a_running_dynos_memory_sheds_to_a_fresh_boots_count_and_doubling_grow
         let halved = set_memory(&cgroup, 512 * MB);
         let want = fresh_boot(|c| cgroup.wrap(c));
         assert_eq!(want, 2, "512 MB / 256 MB per worker");
-        let shed = settles_at(&run, want, halved, workers);
+        let shed = run.settles_at(want, halved, secs(30), workers);
         eprintln!(
             "halved: {want} workers {:.1} s after the rewrite",
             shed.as_secs_f64()
@@ -185,7 +154,7 @@ fn halving_a_running_dynos_memory_sheds_to_a_fresh_boots_count_and_doubling_grow
         let before = run.stdout().len();
         let doubled = set_memory(&cgroup, 1024 * MB);
         let want = fresh_boot(|c| cgroup.wrap(c));
-        let grown = settles_at(&run, want, doubled, workers);
+        let grown = run.settles_at(want, doubled, secs(30), workers);
         eprintln!(
             "doubled: {want} workers {:.1} s after the rewrite",
             grown.as_secs_f64()
@@ -242,7 +211,7 @@ fn a_cpu_quota_set_on_a_running_dyno_moves_fan_out_copies_to_a_fresh_boots_count
         cpu.quota(100_000);
         let set = Instant::now();
         assert_eq!(fresh_boot(wrap), 3);
-        let took = settles_at(&run, 3, set, copies);
+        let took = run.settles_at(3, set, secs(30), copies);
         eprintln!(
             "1 CPU: 3 copies {:.1} s after the rewrite",
             took.as_secs_f64()
@@ -264,7 +233,7 @@ fn a_cpu_quota_set_on_a_running_dyno_moves_fan_out_copies_to_a_fresh_boots_count
         cpu.quota(-1);
         let lifted = Instant::now();
         assert_eq!(fresh_boot(wrap), 4);
-        let took = settles_at(&run, 4, lifted, copies);
+        let took = run.settles_at(4, lifted, secs(30), copies);
         eprintln!(
             "no quota: 4 copies {:.1} s after the rewrite",
             took.as_secs_f64()

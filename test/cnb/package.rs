@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use super::release::with_checksum;
 use super::support::lifecycle::{BUILD_TIMEOUT, SYSTEM_PATH};
 use super::support::{needs_machine, output_within, repo};
-use super::{cp, log, text, BUILDPACK_FILES};
+use super::{copy, log, text, BUILDPACK_FILES};
 
 const ARCH: &str = std::env::consts::ARCH;
 
@@ -114,7 +114,7 @@ fn in_a_git_checkout_the_tarball_takes_only_the_files_git_tracks() {
         let checkout = dir.path().join("checkout");
         fs::create_dir_all(checkout.join("bin")).map_err(|e| e.to_string())?;
         for file in BUILDPACK_FILES {
-            cp(&repo().join(file), &checkout.join(file));
+            copy(&repo().join(file), &checkout.join(file));
         }
         fs::write(checkout.join("NOTES"), "tracked, then deleted").map_err(|e| e.to_string())?;
         let git = |args: &[&str]| {

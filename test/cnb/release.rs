@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use super::support::lifecycle::toolchain::{with_toolchain, BuildOptions};
 use super::support::lifecycle::{open_to_all, tools, Site, BUILD_TIMEOUT, SYSTEM_PATH};
 use super::support::{fixture, make_executable, needs_machine, once, output_within, repo};
-use super::{cp, descriptor, log, open_temp_dir, shared, text, FIR_WEB, ID};
+use super::{copy, descriptor, log, open_temp_dir, shared, text, FIR_WEB, ID};
 
 const WORKFLOW: &str = ".github/workflows/release.yml";
 const ARCH: &str = std::env::consts::ARCH;
@@ -462,7 +462,7 @@ fn compile_offline(buildpack: &Path, dir: &Path) -> (PathBuf, Output) {
     for sub in [&cache, &env] {
         fs::create_dir_all(sub).expect("mkdir");
     }
-    cp(&fixture("flask"), &app);
+    copy(&fixture("flask"), &app);
     assert!(
         SYSTEM_PATH
             .split(':')

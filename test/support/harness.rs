@@ -211,6 +211,28 @@ impl Run {
         }
     }
 
+    /// Waits until `count()` is `want` and has stayed so for a second: how long that took from
+    /// `since`.
+    pub fn settles_at(
+        &self,
+        want: usize,
+        since: Instant,
+        timeout: Duration,
+        count: impl Fn() -> usize,
+    ) -> Duration {
+        let mut reached: Option<Instant> = None;
+        self.wait(&format!("{want} workers"), timeout, || {
+            match (count() == want, reached) {
+                (false, _) => reached = None,
+                (true, None) => reached = Some(Instant::now()),
+                (true, Some(at)) if at.elapsed() >= Duration::from_secs(1) => return Some(()),
+                (true, Some(_)) => {}
+            }
+            None
+        });
+        reached.expect("reached").duration_since(since)
+    }
+
     /// Waits for the first `event=name` line that `matches`.
     pub fn wait_event(
         &self,

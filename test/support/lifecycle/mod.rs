@@ -343,7 +343,8 @@ impl Site {
     }
 }
 
-fn copy(from: &Path, to: &Path) {
+/// `cp -a`: a file or tree with its modes and links.
+pub fn copy(from: &Path, to: &Path) {
     let status = Command::new("cp")
         .arg("-a")
         .arg(from)
