@@ -169,14 +169,21 @@ pub fn ancestor_in(parents: &HashMap<i32, i32>, pid: i32, candidates: &[i32]) ->
 /// it has waited for, fields 14 to 17 of /proc/PID/stat.
 pub fn cpu_ticks(proc_dir: &Path, pid: i32) -> Option<u64> {
     let text = read_text(&proc_dir.join(pid.to_string()).join("stat"), MAX_BYTES).ok()?;
-    stat_cpu_ticks(&text)
+    stat_cpu_ticks(&text, 4)
 }
 
-fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+/// The CPU time a process spent itself, its threads' (fields 14 and 15), without its children's.
+pub fn own_cpu_ticks(proc_dir: &Path, pid: i32) -> Option<u64> {
+    let text = read_text(&proc_dir.join(pid.to_string()).join("stat"), MAX_BYTES).ok()?;
+    stat_cpu_ticks(&text, 2)
+}
+
+/// The sum of `count` CPU time fields from utime (field 14) on.
+fn stat_cpu_ticks(stat: &str, count: usize) -> Option<u64> {
     // After the name: state is field 3, utime field 14.
     let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().skip(11).take(4).collect();
-    if fields.len() < 4 {
+    let fields: Vec<&str> = rest.split_whitespace().skip(11).take(count).collect();
+    if fields.len() < count {
         return None;
     }
     fields.iter().map(|f| f.parse::<u64>().ok()).sum()
@@ -229,8 +236,9 @@ mod tests {
     #[test]
     fn cpu_ticks_are_own_and_reaped_childrens() {
         let stat = "7 (a (b) c) S 1 7 7 0 -1 4194560 100 0 0 0 11 22 33 44 20 0 1 0";
-        assert_eq!(stat_cpu_ticks(stat), Some(110));
-        assert_eq!(stat_cpu_ticks("7 (short) S 1 7"), None);
+        assert_eq!(stat_cpu_ticks(stat, 4), Some(110));
+        assert_eq!(stat_cpu_ticks(stat, 2), Some(33), "its own alone");
+        assert_eq!(stat_cpu_ticks("7 (short) S 1 7", 4), None);
         let me = std::process::id() as i32;
         assert!(cpu_ticks(Path::new("/proc"), me).is_some());
         let started = start_time(Path::new("/proc"), me).expect("start time");

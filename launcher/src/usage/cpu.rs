@@ -243,7 +243,14 @@ mod tests {
         let meter = CpuMeter::OwnTree {
             pid: std::process::id() as i32,
         };
-        let used = meter.used(&Snapshot::live()).expect("readable");
+        // The kernel counts CPU time in clock ticks (10 ms): spin until one is counted, at most
+        // a second, so that a test run that starts here is not read at 0.
+        let start = std::time::Instant::now();
+        let mut used = Duration::ZERO;
+        while used == Duration::ZERO && start.elapsed() < Duration::from_secs(1) {
+            std::hint::black_box((0..100_000u64).sum::<u64>());
+            used = meter.used(&Snapshot::live()).expect("readable");
+        }
         assert!(used > Duration::ZERO, "{used:?}");
     }
 }

@@ -138,13 +138,16 @@ impl Ledger {
         }
     }
 
-    /// The counter read at `now`: its rise since the last reading is new credit.
+    /// The counter read at `now`: its rise since the last reading is new credit. The first
+    /// reading is only the baseline: the kills of the cgroup's whole life before it are no one's.
     pub fn counted(&mut self, counted: Option<u64>, now: Instant) {
         let Some(counted) = counted else {
             return;
         };
-        let rise = counted.saturating_sub(self.seen.unwrap_or(0));
-        self.seen = Some(counted);
+        let Some(seen) = self.seen.replace(counted) else {
+            return;
+        };
+        let rise = counted.saturating_sub(seen);
         if rise > 0 {
             self.total += rise;
             self.unclaimed += rise;
@@ -210,5 +213,11 @@ mod tests {
             none.claim(&[1]).is_empty(),
             "no counter: no claim from a SIGKILL alone"
         );
+        // Unreadable at boot, readable later: the count then is a baseline, not new kills.
+        none.counted(Some(6), at(100));
+        assert!(none.claim(&[1]).is_empty(), "the cgroup's earlier kills");
+        none.counted(Some(7), at(200));
+        assert_eq!(none.claim(&[1, 2]), vec![1]);
+        assert_eq!(none.total, 1);
     }
 }

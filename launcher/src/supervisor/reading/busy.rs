@@ -8,6 +8,13 @@ use std::path::Path;
 
 use crate::procs;
 
+/// Whether the worker's descriptors cannot be read (`/proc/PID/fd` needs the right to trace it: a
+/// worker that changed its user or made itself not dumpable keeps it; or it has ended): whether
+/// it serves cannot be seen.
+pub fn fds_unreadable(proc_dir: &Path, worker: i32) -> bool {
+    std::fs::read_dir(proc_dir.join(worker.to_string()).join("fd")).is_err()
+}
+
 /// Those of `workers` that hold a connection from `sockets`: in it, or in a process under it. A
 /// worker of a server that accepts only when free (gunicorn's sync workers, unicorn) holds one
 /// exactly while it serves a request.
@@ -46,6 +53,15 @@ mod tests {
     fn connect(port: u16) -> Option<TcpStream> {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()
+    }
+
+    #[test]
+    fn a_worker_whose_descriptors_cannot_be_read_is_said_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("10/fd")).expect("fd dir");
+        std::fs::create_dir_all(dir.path().join("11")).expect("no fd dir in it");
+        assert!(!fds_unreadable(dir.path(), 10));
+        assert!(fds_unreadable(dir.path(), 11));
     }
 
     #[test]

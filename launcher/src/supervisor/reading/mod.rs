@@ -168,12 +168,12 @@ impl Reader {
         self.snapshot.proc_dir()
     }
 
-    /// The kernel's OOM kill counter now.
     /// The dyno's pressure stall figures, where the kernel has them (cgroup v2).
     pub fn pressure(&self) -> Option<crate::usage::pressure::Pressure> {
         self.meter.pressure(&self.snapshot)
     }
 
+    /// The kernel's OOM kill counter now.
     pub fn oom_kills(&self) -> Option<u64> {
         self.meter.oom_kills(&self.snapshot)
     }
@@ -262,7 +262,7 @@ impl Reader {
             reading.waiting = diag::accepted(port)
                 .ok()
                 .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
-            reading.threads_busy = Some(threads::busy(&self.proc_dir(), &pids));
+            reading.threads_busy = threads::busy(&self.proc_dir(), &pids);
         }
         let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
         reading.gil_bound = Some(self.gil.read(&self.proc_dir(), &pids, now));
@@ -311,7 +311,13 @@ impl Reader {
         }
         let port = self.config.port.filter(|_| self.config.busy_known)?;
         let sockets = diag::accepted_sockets(port).ok()?;
-        let serving = busy::busy_workers(&self.proc_dir(), &unseen, &sockets);
+        let mut serving = busy::busy_workers(&self.proc_dir(), &unseen, &sockets);
+        // One that cannot be looked at is taken as serving: else it would hold adaptive growth,
+        // which waits for every worker to be seen serving, back for good.
+        let unknown = unseen
+            .iter()
+            .filter(|p| busy::fds_unreadable(&self.proc_dir(), **p));
+        serving.extend(unknown);
         self.serving.extend(&serving);
         Some(
             unseen

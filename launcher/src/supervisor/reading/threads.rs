@@ -31,19 +31,23 @@ const IDLE_SYSCALLS: [u64; 4] = [98, 22, 22, 441];
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const IDLE_SYSCALLS: [u64; 0] = [];
 
-/// The busy threads of `workers`, summed.
-pub fn busy(proc_dir: &Path, workers: &[i32]) -> u32 {
-    let busy_in = |pid: &i32| {
+/// The busy threads of `workers`, summed; None when no thread's `syscall` could be read (it
+/// needs the right to trace the worker: one that changed its user or made itself not dumpable
+/// keeps it), since counting those threads idle would have the shrink rule see idle workers.
+pub fn busy(proc_dir: &Path, workers: &[i32]) -> Option<u32> {
+    let (mut read, mut busy) = (0u32, 0u32);
+    for pid in workers {
         let Ok(tasks) = std::fs::read_dir(proc_dir.join(pid.to_string()).join("task")) else {
-            return 0;
+            continue;
         };
-        let busy = tasks.flatten().filter(|task| {
-            let text = read_text(&task.path().join("syscall"), MAX_BYTES).unwrap_or_default();
-            is_busy(&text)
-        });
-        busy.count() as u32
-    };
-    workers.iter().map(busy_in).sum()
+        for task in tasks.flatten() {
+            if let Ok(text) = read_text(&task.path().join("syscall"), MAX_BYTES) {
+                read += 1;
+                busy += u32::from(is_busy(&text));
+            }
+        }
+    }
+    (read > 0 || workers.is_empty()).then_some(busy)
 }
 
 /// Which workers are bound by their interpreter lock: each one's CPU time (`/proc/PID/stat`)
@@ -63,7 +67,8 @@ impl Gil {
         self.marks.retain(|pid, _| workers.contains(pid));
         self.shares.retain(|pid, _| workers.contains(pid));
         for &pid in workers {
-            let Some(ticks) = procs::cpu_ticks(proc_dir, pid) else {
+            // Its own time: a child it ran and reaped is not its threads waiting on its lock.
+            let Some(ticks) = procs::own_cpu_ticks(proc_dir, pid) else {
                 continue;
             };
             let Some(&(at, before)) = self.marks.get(&pid) else {
@@ -158,9 +163,19 @@ mod tests {
     #[test]
     fn this_process_has_a_busy_thread() {
         let proc_dir = crate::host::Snapshot::live().proc_dir();
-        assert!(
-            busy(&proc_dir, &[std::process::id() as i32]) >= 1,
-            "this one runs"
-        );
+        let busy = busy(&proc_dir, &[std::process::id() as i32]);
+        assert!(busy.is_some_and(|n| n >= 1), "this one runs: {busy:?}");
+    }
+
+    #[test]
+    fn threads_whose_system_calls_cannot_be_read_are_unknown_not_idle() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let task = |pid: i32, tid: i32| dir.path().join(format!("{pid}/task/{tid}"));
+        std::fs::create_dir_all(task(10, 10)).expect("task");
+        std::fs::create_dir_all(task(10, 11)).expect("task");
+        assert_eq!(busy(dir.path(), &[10]), None, "no syscall file read");
+        std::fs::write(task(10, 11).join("syscall"), "running\n").expect("write");
+        assert_eq!(busy(dir.path(), &[10]), Some(1), "the one read");
+        assert_eq!(busy(dir.path(), &[]), Some(0), "no worker, none busy");
     }
 }
