@@ -406,7 +406,7 @@ fn gunicorn_on_an_event_loop_is_refused_and_says_which_setting() {
 /// With the launcher's threads a gthread worker accepts only as many connections as it has
 /// threads, so what waits stays in the shared accept queue and an added worker takes from it;
 /// left at gunicorn's 1000, one worker took all 64 keep-alive clients and growth never came
-/// (issue 22).
+/// (docs/sizing.md, "Threads").
 #[test]
 fn gunicorn_gthread_grows_on_what_waits_inside_its_workers_and_comes_back_down() {
     needs_machine(|| {
@@ -507,7 +507,7 @@ fn a_dyno_stopped_at_its_peak_stays_under_its_quota() {
         // No ballast: 15 MB workers, as many as fit, then SIGTERM under load. Each gunicorn
         // worker copies the pages it shares with the master as it exits (7 MB here): counted in
         // the fit, the peak stays under the quota; counted by unique memory alone, 27 workers
-        // were OOM-killed as they stopped.
+        // ran, and the OOM killer ended three of them as they stopped.
         let (mut served, master) = gunicorn("launcher-test-adaptive-peak", &[], &[], STATIC)?;
         let load = Load::on(served.port, CLIENTS, "/sleep", secs(120));
         let (mut seen, mut changed_at) = (0, Instant::now());
@@ -533,7 +533,7 @@ fn a_dyno_stopped_at_its_peak_stays_under_its_quota() {
 }
 
 /// Sync workers that mostly wait while requests queue get one `hint`: threads would serve more
-/// at once (issue 22).
+/// at once (docs/supervisor.md, "Threads").
 #[test]
 fn sync_workers_that_mostly_wait_get_the_threads_hint_once() {
     needs_machine(|| {

@@ -1,5 +1,5 @@
 //! What a hostile trial found a worker could do to break a dyno while the launcher reported it
-//! healthy (issue 20, findings 1 to 6), each with the real server or a worker of our own
+//! healthy (findings 1 to 6 of that trial), each with the real server or a worker of our own
 //! (test/fixtures/hostile/worker.py) in a real cgroup v1 memory cgroup of 512 MB.
 
 mod support;

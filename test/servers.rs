@@ -249,7 +249,7 @@ fn puma_with_adaptive_sizing_grows_under_keep_alive_clients_and_comes_back_down(
 }
 
 /// puma's workers run threads and take kept-alive connections into their reactor: the requests
-/// wait in puma's own backlog, which its control app tells (issue 22).
+/// wait in puma's own backlog, which its control app tells (docs/supervisor.md, "Threads").
 #[test]
 fn puma_with_threads_grows_on_its_backlog_under_keep_alive_clients_and_comes_back_down() {
     needs_machine(|| {

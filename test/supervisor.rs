@@ -383,7 +383,7 @@ fn an_invalid_web_concurrency_is_reported_and_the_computed_default_boots() {
     });
 }
 
-// ---- What `launcher run` says of the server it runs (issue 25) ----------------------------------
+// ---- What `launcher run` says of the server it runs --------------------------------------------
 
 #[test]
 fn a_worker_count_the_command_pins_is_the_one_logged_and_run() {

@@ -282,7 +282,7 @@ fn the_sample_line_counts_workers_restarts_and_memory() {
 }
 
 /// A shell script's background job starts with SIGINT and SIGQUIT ignored; the launcher and its
-/// workers take them back, so that INT is a fast shutdown still (issue 25).
+/// workers take them back, so that INT is a fast shutdown still (docs/supervisor.md, "Signals").
 #[test]
 fn a_launcher_started_with_int_and_quit_ignored_stops_fast_on_int() {
     needs_machine(|| {

@@ -41,7 +41,7 @@ if [ -x "${HOME:-}/.launcher/bin/launcher" ] &&
       "export LAUNCHER_WEB_THREADS=$__launcher_value")
         export LAUNCHER_WEB_THREADS="$__launcher_value"
         # gunicorn's threads, unless GUNICORN_CMD_ARGS names them already; each worker then
-        # accepts only as many connections, and keeps none open unless told (report.rs,
+        # accepts only as many connections, and keeps none open unless told (threads.rs,
         # gunicorn_thread_args, says why).
         case " ${GUNICORN_CMD_ARGS:-} " in
           *" --threads "* | *" --threads="*) ;;

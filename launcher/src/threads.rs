@@ -62,7 +62,7 @@ pub fn threads_exports(threads: Option<u32>, env: &Env) -> Vec<(&'static str, St
 /// worker with every thread busy leaves connections in the shared accept queue, where a free
 /// worker takes them and the launcher sees them wait. And `--keep-alive 0` unless named: with no
 /// room to keep connections open gunicorn closes each after its response (as sync workers do)
-/// and, told so, does not warn about it. `bin/compile`'s `.profile.d` script does the same in bash.
+/// and, told so, does not warn about it. The `.profile.d` script (`profile::SCRIPT`) does the same in bash.
 pub fn gunicorn_thread_args(args: &str, threads: u32) -> Option<String> {
     let names = |option: &str| {
         args.split_whitespace()

@@ -206,7 +206,7 @@ pub const THREADS: Spec = Spec {
     doc: "threads per worker, for an app that is thread-safe: `auto` chooses them with the \
           worker count from the dyno's memory and CPUs, a number fixes them; exported as \
           gunicorn's `--threads` (its sync workers become gthread) and puma's \
-          `RAILS_MAX_THREADS`. Off: each server's own (see docs/sizing.md#threads)",
+          `RAILS_MAX_THREADS`. Off: each server's own (see [Threads](sizing.md#threads))",
 };
 
 pub const SIZING_WARMUP: Spec = Spec {

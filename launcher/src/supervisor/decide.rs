@@ -47,6 +47,18 @@ pub struct Config {
     pub threads: Option<u32>,
 }
 
+impl Config {
+    /// The sizing that runs: `measured` or `adaptive` asked for a user's `WEB_CONCURRENCY` is
+    /// static.
+    pub fn sizing(&self) -> Sizing {
+        match (&self.sizer, &self.adaptive) {
+            (Some(_), _) => Sizing::Measured,
+            (None, Some(_)) => Sizing::Adaptive,
+            (None, None) => Sizing::Static,
+        }
+    }
+}
+
 pub struct Control {
     pub config: Config,
     guard: Option<Guard>,
@@ -97,14 +109,9 @@ impl Control {
         }
     }
 
-    /// The sizing that runs: `measured` or `adaptive` asked for a user's `WEB_CONCURRENCY` is
-    /// static.
+    /// The sizing that runs (`Config::sizing`).
     pub fn sizing(&self) -> Sizing {
-        match (&self.sizer, &self.adaptive) {
-            (Some(_), _) => Sizing::Measured,
-            (None, Some(_)) => Sizing::Adaptive,
-            (None, None) => Sizing::Static,
-        }
+        self.config.sizing()
     }
 
     /// The last memory fit, of whichever sizing measures it.

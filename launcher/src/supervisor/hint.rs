@@ -1,7 +1,7 @@
 //! A hint, once: sync workers that spend most of their time waiting (little CPU used) while
 //! requests queue for them would serve more at once with threads. Free of I/O: fed the accept
-//! queue's reads and the dyno's CPU use, it says when and with which figures (issue 22's "say so
-//! once", docs/supervisor.md "Threads").
+//! queue's reads and the dyno's CPU use, it says when and with which figures, once
+//! (docs/supervisor.md, "Threads").
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

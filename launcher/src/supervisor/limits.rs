@@ -7,7 +7,7 @@
 //! (docs/architecture.md, "Limits that change").
 
 use super::log::Event;
-use super::memory::fit::{shed_to, Fit};
+use super::memory::fit::{over, shed_to, workers_under, Fit};
 use super::memory::Limits;
 use crate::host::Size;
 use crate::sizing::{cpu_cap, Formula, Sizing, MAX_WEB_CONCURRENCY};
@@ -37,10 +37,7 @@ pub struct Rules {
 impl Rules {
     /// The quota and the soft limit under these limits.
     pub fn limits(&self, size: &Size) -> Limits {
-        Limits {
-            quota_bytes: size.memory_bytes,
-            soft_limit_bytes: size.memory_bytes / 100 * self.soft_limit_percent,
-        }
+        Limits::of(size.memory_bytes, self.soft_limit_percent)
     }
 
     /// The count a boot with these limits chooses.
@@ -51,10 +48,15 @@ impl Rules {
 
     /// Measured sizing's most: the CPU term, and `LAUNCHER_MAX_WORKERS` under it.
     pub fn measured_max(&self, size: &Size) -> u32 {
-        let by_cpu = cpu_cap(size.cpus);
-        let max = self.max_workers.map_or(by_cpu, |cap| cap.min(by_cpu));
-        max.min(MAX_WEB_CONCURRENCY)
+        measured_max(size.cpus, self.max_workers)
     }
+}
+
+/// Measured sizing's most: the CPU term (`2 * cpus + 1`), and `LAUNCHER_MAX_WORKERS` under it.
+pub fn measured_max(cpus: u32, max_workers: Option<u32>) -> u32 {
+    let by_cpu = cpu_cap(cpus);
+    let max = max_workers.map_or(by_cpu, |cap| cap.min(by_cpu));
+    max.min(MAX_WEB_CONCURRENCY)
 }
 
 /// What a change of limits changes.
@@ -150,8 +152,7 @@ pub fn follow(
 /// How many workers fit under the new soft limit, with the base and the worker's cost last
 /// measured (`memory::fit`): `(soft limit - base) / cost`.
 fn under(fit: Fit, limits: Limits) -> f64 {
-    let room = limits.soft_limit_bytes.saturating_sub(fit.base_bytes);
-    room as f64 / fit.worker_bytes.max(1) as f64
+    workers_under(limits.soft_limit_bytes, fit.base_bytes, fit.worker_bytes)
 }
 
 /// The fit under the new soft limit on the line, once there is one.
@@ -165,7 +166,7 @@ fn with_fit(event: Event, fit: Option<Fit>, limits: Limits) -> Event {
 /// The count to shed to when fewer than `workers` fit under the new soft limit.
 fn refit(fit: Option<Fit>, limits: Limits, workers: u32) -> Option<u32> {
     let fits = under(fit?, limits);
-    (fits < f64::from(workers) && workers > 1).then(|| shed_to(fits, workers))
+    over(fits, workers).then(|| shed_to(fits, workers))
 }
 
 #[cfg(test)]

@@ -367,7 +367,8 @@ fn served_how(
 }
 
 /// The app's own puma control app, which the launcher's would replace (puma's command line wins
-/// over its config): its busy threads are then read from /proc instead.
+/// over its config): its figures are then not read, and adaptive sizing follows the accept queue
+/// alone, as for a puma of one thread per worker.
 fn puma_has_control(words: &[&str], config: Option<&str>) -> bool {
     let flag = |w: &&str| *w == "--control-url" || w.starts_with("--control-url=");
     words.iter().any(flag) || config.is_some_and(|c| c.contains("activate_control_app"))

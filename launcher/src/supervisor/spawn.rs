@@ -155,8 +155,8 @@ impl Prepared {
         }
         envp.push(std::ptr::null());
         let parent = nix::unistd::getpid().as_raw();
-        // SAFETY: single-threaded process; the child calls only async-signal-safe functions on
-        // memory allocated before the fork, then execs or _exits.
+        // SAFETY: the child of a process with one thread besides (the log writer's) calls only
+        // async-signal-safe functions on memory allocated before the fork, then execs or _exits.
         match unsafe { libc::fork() } {
             -1 => Err(nix::errno::Errno::last()),
             0 => unsafe {

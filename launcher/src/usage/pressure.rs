@@ -1,8 +1,9 @@
 //! Pressure stall information (PSI) of the dyno's cgroup: the share of the last 10 seconds in
 //! which some of its tasks (`some`), or all of them at once (`full`), waited for memory or for a
-//! CPU (cgroup v2 `memory.pressure`, `cpu.pressure`; docs/architecture.md, "From /proc to a
-//! decision"). Memory pressure is what a dyno short of memory feels before the OOM killer comes:
-//! its pages evicted and read back. Only where the kernel has it: cgroup v2, PSI on.
+//! CPU (cgroup v2 `memory.pressure`, `cpu.pressure`; docs/architecture.md, "Size at boot,
+//! and the dyno's memory"). Memory pressure is what a dyno short of memory feels before the OOM
+//! killer comes: its pages evicted and read back. Only where the kernel has it: cgroup v2, PSI
+//! on.
 
 use std::path::Path;
 

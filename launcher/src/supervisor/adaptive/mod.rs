@@ -1,16 +1,16 @@
 //! Adaptive sizing's policy, free of I/O: from the accept queue the launcher owns, the dyno's CPU
 //! use and the memory fit, when to add a worker and when to take one away. One step at a time,
-//! a step interval apart; never below the static count nor above `LAUNCHER_MAX_WORKERS` or what
-//! fits in memory; never growing while the CPUs are busy (a CPU-bound app would only queue
-//! inside more workers). See docs/architecture.md, "Adaptive sizing". `step` feeds it from a
-//! check's reading and writes its `resize` lines.
+//! a step interval apart; never below the static count for want of load (memory may shed below
+//! it) nor above `LAUNCHER_MAX_WORKERS` or what fits in memory; never growing while the CPUs are
+//! busy (a CPU-bound app would only queue inside more workers). See docs/architecture.md,
+//! "Adaptive sizing". `step` feeds it from a check's reading and writes its `resize` lines.
 
 pub mod step;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::supervisor::memory::fit::{shed_to, HEADROOM_WORKERS as FIT_HEADROOM};
+use crate::supervisor::memory::fit::{one_more_fits, over, shed_to};
 /// Busy workers must be this far under one fewer for a worker to go: half a worker to spare.
 pub const BUSY_HEADROOM: f64 = 0.5;
 /// A grow decision needs at least this many queue reads since the last step, or as many as the
@@ -229,10 +229,10 @@ impl Adaptive {
             figures,
         };
         // Memory first: never more workers than fit, whatever the queue says.
-        if let Some(fit) = fit.filter(|fit| *fit < f64::from(from) && from > 1) {
+        if let Some(fit) = fit.filter(|fit| over(*fit, from)) {
             return Some(self.take(step(shed_to(fit, from), "memory"), now));
         }
-        let fits = fit.is_some_and(|fit| fit >= f64::from(from + 1) + FIT_HEADROOM);
+        let fits = fit.is_some_and(|fit| one_more_fits(fit, from));
         if self.wants_more(now, ready, cpu_busy) && fits {
             // A shrink undone within its wait: the next one waits longer.
             if self

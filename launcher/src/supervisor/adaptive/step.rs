@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Adaptive, AdaptiveConfig};
 use crate::supervisor::log::Event;
-use crate::supervisor::memory::fit::{Fit, HEADROOM_WORKERS};
+use crate::supervisor::memory::fit::{one_more_fits, Fit};
 use crate::supervisor::reading::{Busy, Cpu, Reading, WorkerMemory};
 use crate::units::mb;
 
@@ -95,8 +95,10 @@ impl Sizing {
     /// `FIT_INTERVAL`. (At the memory cap the queue keeps asking for a worker; reading every
     /// worker's smaps_rollup at each check to be told no again cost 1% of a core.)
     pub fn fit_due(&self, reading: &Reading, now: Instant) -> bool {
-        let next = f64::from(self.controller.target() + 1) + HEADROOM_WORKERS;
-        let full = self.fit.is_some_and(|fit| fit.workers < next);
+        let target = self.controller.target();
+        let full = self
+            .fit
+            .is_some_and(|fit| !one_more_fits(fit.workers, target));
         let booted = self.booted(reading, now);
         now >= self.next_fit
             || (!full

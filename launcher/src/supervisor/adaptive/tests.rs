@@ -238,7 +238,7 @@ fn a_shrink_the_queue_undoes_makes_the_next_one_wait_longer() {
     assert_eq!(adaptive.shrink_wait(), 120 * SECOND);
 }
 
-/// A threaded app (issue 22) under a constant load of `clients` keep-alive clients, as the
+/// A threaded app (docs/supervisor.md, "Threads") under a constant load of `clients` keep-alive clients, as the
 /// controller is fed for threaded workers (decide.rs): a read counts as waiting when a request
 /// waits for a thread (in the accept queue or inside a worker) or a worker is bound by its
 /// interpreter lock, and busy is busy threads over threads per worker. Each request spends

@@ -39,9 +39,9 @@ const NOTIFY_BATCH: usize = 64;
 const NOTIFY_PAUSE: Duration = Duration::from_millis(50);
 /// How many adopted processes an `adopted_exit` line names.
 const ADOPTED_NAMED: usize = 10;
-/// A rolling restart's new worker is looked at for waiting on the socket this soon, then twice
-/// as long after each look, up to `SERVING_MOST`.
-const SERVING_FIRST: Duration = Duration::from_millis(100);
+/// A rolling restart's new worker is looked at for waiting on the socket at once, then this long
+/// after, then twice as long after each look, up to `SERVING_MOST`.
+const SERVING_FIRST: Duration = crate::supervisor::pool::SERVING_CHECK;
 const SERVING_MOST: Duration = Duration::from_secs(1);
 
 pub struct Loop {

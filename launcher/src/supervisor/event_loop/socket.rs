@@ -64,7 +64,7 @@ impl Loop {
     }
 
     /// A rolling restart's new worker that has not sent `READY=1`: is it waiting on the socket?
-    /// Looked at 0.1 s after it starts, then less and less often, down to once a second.
+    /// Looked at at once, then 0.1 s later, then less and less often, down to once a second.
     pub(super) fn check_serving(&mut self, now: Instant) {
         let Some(pid) = self.pool.awaiting_serving() else {
             return;

@@ -34,13 +34,28 @@ impl Fit {
         }
         let unique: u64 = reading.workers.iter().map(|w| w.uss_bytes).sum();
         let base_bytes = reading.usage_bytes.saturating_sub(unique);
-        let room = soft_limit_bytes.saturating_sub(base_bytes);
         Some(Fit {
             worker_bytes,
             base_bytes,
-            workers: room as f64 / worker_bytes as f64,
+            workers: workers_under(soft_limit_bytes, base_bytes, worker_bytes),
         })
     }
+}
+
+/// How many workers of `worker_bytes` fit over `base_bytes` under `soft_limit_bytes`, as a
+/// fraction: `(soft limit - base) / per worker`.
+pub fn workers_under(soft_limit_bytes: u64, base_bytes: u64, worker_bytes: u64) -> f64 {
+    soft_limit_bytes.saturating_sub(base_bytes) as f64 / worker_bytes.max(1) as f64
+}
+
+/// `from` workers no longer fit (and there is one to shed).
+pub fn over(fit: f64, from: u32) -> bool {
+    fit < f64::from(from) && from > 1
+}
+
+/// One worker more than `from` fits, with `HEADROOM_WORKERS` to spare.
+pub fn one_more_fits(fit: f64, from: u32) -> bool {
+    fit >= f64::from(from) + 1.0 + HEADROOM_WORKERS
 }
 
 /// More workers than fit: the count that fits, all at once, at least one fewer and never none

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::fit::{shed_to, Fit, HEADROOM_WORKERS};
+use super::fit::{one_more_fits, over, shed_to, Fit};
 use crate::supervisor::reading::{Reading, WorkerMemory};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,11 +60,9 @@ impl Sizer {
         let from = self.target;
         let to = if from > self.config.max_workers {
             self.config.max_workers
-        } else if fit.workers < f64::from(from) && from > 1 {
+        } else if over(fit.workers, from) {
             shed_to(fit.workers, from)
-        } else if fit.workers >= f64::from(from + 1) + HEADROOM_WORKERS
-            && from < self.config.max_workers
-        {
+        } else if one_more_fits(fit.workers, from) && from < self.config.max_workers {
             from + 1
         } else {
             return None;

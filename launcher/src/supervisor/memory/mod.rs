@@ -33,6 +33,14 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// A quota and its soft limit, `soft_limit_percent` of it (`LAUNCHER_SOFT_LIMIT_PERCENT`).
+    pub fn of(quota_bytes: u64, soft_limit_percent: u64) -> Limits {
+        Limits {
+            quota_bytes,
+            soft_limit_bytes: quota_bytes / 100 * soft_limit_percent,
+        }
+    }
+
     /// The dyno's figures on a decision's line.
     pub fn with_usage(self, event: Event, usage_bytes: u64) -> Event {
         event

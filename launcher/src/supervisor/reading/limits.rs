@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::host::{LimitFiles, Size, Snapshot};
 
-/// How often the limits are read again: a few small files each time (4 on a cgroup v1 host
-/// with a memory and a CPU limit, measured in docs/architecture.md).
+/// How often the limits are read again: a few small files each time (8 on this project's cgroup
+/// v1 machines: docs/architecture.md, "Limits that change", gives them and their cost).
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Limits {

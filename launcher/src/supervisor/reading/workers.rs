@@ -73,7 +73,7 @@ impl Finder {
                     .flat_map(|server| procs::children(proc_dir, server))
                     // A worker that has ended is no worker, zombie or not: its kill is claimed
                     // now, not when the server gets round to reaping it (docs/architecture.md,
-                    // "OOM kills").
+                    // "One turn of the loop", **OOM kills**).
                     .filter(|pid| !procs::has_ended(proc_dir, *pid))
                     .collect();
                 children.sort_unstable();

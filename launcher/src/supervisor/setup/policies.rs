@@ -4,10 +4,10 @@
 
 use crate::report::Report;
 use crate::servers::Mode;
-use crate::sizing::{cpu_cap, Outcome, Sizing, MAX_WEB_CONCURRENCY};
+use crate::sizing::{Outcome, Sizing, MAX_WEB_CONCURRENCY};
 use crate::supervisor::adaptive::AdaptiveConfig;
 use crate::supervisor::decide;
-use crate::supervisor::limits::{Count, Rules};
+use crate::supervisor::limits::{measured_max, Count, Rules};
 use crate::supervisor::memory::{GuardConfig, Limits, SizerConfig};
 use crate::supervisor::plan::Plan;
 use crate::supervisor::settings::RunSettings;
@@ -23,10 +23,7 @@ pub(super) fn control_config(
     port: Option<u16>,
 ) -> decide::Config {
     let quota_bytes = report.host.memory_bytes;
-    let limits = Limits {
-        quota_bytes,
-        soft_limit_bytes: quota_bytes / 100 * settings.soft_limit_percent,
-    };
+    let limits = Limits::of(quota_bytes, settings.soft_limit_percent);
     let guard = settings.memory_guard.then(|| GuardConfig {
         soft_limit_bytes: limits.soft_limit_bytes,
         worker_max_bytes: settings.worker_memory_max_mb.map(|mb| mb * MIB),
@@ -38,13 +35,10 @@ pub(super) fn control_config(
     // A delegated server without scaling signals is never resized by signals.
     let scalable = plan.mode == Mode::FanOut || plan.signals.scale.is_some();
     let sizes = |sizing: Sizing| settings.sizing == sizing && ours && scalable;
-    let by_cpu = cpu_cap(report.host.cpus);
     let max_workers = report.formula.max_workers;
     let sizer = sizes(Sizing::Measured).then_some(SizerConfig {
         soft_limit_bytes: limits.soft_limit_bytes,
-        max_workers: max_workers
-            .map_or(by_cpu, |cap| cap.min(by_cpu))
-            .min(MAX_WEB_CONCURRENCY),
+        max_workers: measured_max(report.host.cpus, max_workers),
         warmup: settings.sizing_warmup,
     });
     let follows_queue = port.is_some() && plan.queue_blind.is_none();
@@ -119,11 +113,7 @@ pub(super) fn follow_rules(
                 plan.server
             ))
         }
-        Outcome::Ours(_) => Count::Sized(match (&control.sizer, &control.adaptive) {
-            (Some(_), _) => Sizing::Measured,
-            (None, Some(_)) => Sizing::Adaptive,
-            (None, None) => Sizing::Static,
-        }),
+        Outcome::Ours(_) => Count::Sized(control.sizing()),
     };
     Rules {
         soft_limit_percent: settings.soft_limit_percent,
