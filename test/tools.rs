@@ -1,7 +1,8 @@
 //! The scripts a developer runs by hand. test/local-dyno: every argument is checked before
 //! anything is built (a build takes minutes when cold), `--help` is an answer and not an error,
 //! and a size without a unit is megabytes (512 bytes would only get the dyno killed).
-//! bin/build-launcher: the static binary bin/compile builds, where the user wants it.
+//! bin/build-launcher: the static binary bin/compile builds, where the user wants it. test/vm:
+//! a working directory under /tmp reaches the guest.
 
 use std::fs;
 use std::path::Path;
@@ -148,4 +149,39 @@ fn build_launcher_builds_what_bin_compile_builds_and_puts_it_where_asked() {
     );
     assert_eq!(help.status.code(), Some(0));
     assert!(text(&help.stdout).starts_with("Usage: bin/build-launcher [DEST]"));
+}
+
+/// test/vm run from a directory under /tmp (a checkout there, as a CI clone may be): the guest
+/// mounts its own tmpfs on /tmp, and the directory is shared with it on its own, so the command
+/// finds its files (before, the guest could not even `cd` to it and reported no status).
+#[test]
+fn test_vm_runs_its_command_in_a_working_directory_under_tmp() {
+    let vm = repo().join("test/vm");
+    let check = output_within(Command::new(&vm).arg("--check"), CHECKS);
+    if check.status.code() == Some(3) {
+        let ci = std::env::var("CI").as_deref() == Ok("true");
+        let no_vm = std::env::var(support::vm::NO_VM).unwrap_or_default();
+        match support::vm::skip(text(&check.stderr).trim(), ci, &no_vm) {
+            Ok(message) => return eprintln!("SKIPPED: {message}"),
+            Err(message) => panic!("{message}"),
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("launcher-test-vm-cwd")
+        .tempdir_in("/tmp")
+        .expect("a directory under /tmp");
+    fs::write(dir.path().join("marker"), "seen in the guest\n").expect("write");
+    let run = output_within(
+        Command::new(&vm)
+            .args(["--timeout", "180", "--", "cat", "marker"])
+            .current_dir(dir.path()),
+        Duration::from_secs(200),
+    );
+    let stdout = text(&run.stdout);
+    assert!(
+        run.status.success() && stdout.contains("seen in the guest"),
+        "{:?}\n{stdout}\n{}",
+        run.status,
+        text(&run.stderr)
+    );
 }
