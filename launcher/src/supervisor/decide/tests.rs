@@ -8,7 +8,8 @@ use crate::supervisor::reading::{Busy, Cpu, WorkerMemory};
 const MB: u64 = 1024 * 1024;
 const SECOND: Duration = Duration::from_secs(1);
 
-fn worker(pid: i32, uss_mb: u64) -> WorkerMemory {
+/// A warm, ready worker of `uss_mb` unique memory (the follow tests' too).
+pub(super) fn worker(pid: i32, uss_mb: u64) -> WorkerMemory {
     WorkerMemory {
         pid,
         slot: Some(pid as u32),

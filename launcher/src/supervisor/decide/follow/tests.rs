@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::super::tests::worker;
 use super::super::{Config, Control, Decision};
 use crate::host::Size;
 use crate::sizing::Sizing;
@@ -60,17 +61,7 @@ fn control(count: Count, measured: bool, now: Instant) -> Control {
 
 /// `n` warm workers of `uss_mb` each over a base of 35 MB, the pool's count `target`.
 fn reading(n: i32, uss_mb: u64, target: u32, limits: Option<Size>) -> Reading {
-    let workers: Vec<WorkerMemory> = (1..=n)
-        .map(|pid| WorkerMemory {
-            pid,
-            slot: Some(pid as u32),
-            uss_bytes: uss_mb * MB,
-            pss_bytes: uss_mb * MB,
-            shared_dirty_bytes: 0,
-            ready: true,
-            age: 60 * SECOND,
-        })
-        .collect();
+    let workers: Vec<WorkerMemory> = (1..=n).map(|pid| worker(pid, uss_mb)).collect();
     Reading {
         usage_bytes: 35 * MB + u64::from(n as u32) * uss_mb * MB,
         workers,
