@@ -36,7 +36,7 @@ impl Control {
         let left =
             || Some(deadline.checked_duration_since(Instant::now())?).filter(|d| !d.is_zero());
         let mut stream = UnixStream::connect(&self.socket).ok()?;
-        stream.set_write_timeout(left()).ok()?;
+        stream.set_write_timeout(Some(left()?)).ok()?;
         let request = format!("GET /stats?token={} HTTP/1.0\r\n\r\n", self.token);
         stream.write_all(request.as_bytes()).ok()?;
         // Each read gets what is left of the one deadline: a puma that trickles its answer
