@@ -22,7 +22,8 @@ pub const SETTING: &str = "LAUNCHER_THREADS=auto";
 pub struct WaitingWorkers {
     reads: VecDeque<(Instant, bool)>,
     first: Option<Instant>,
-    said: bool,
+    /// The hint's message, once said (`launcher size` shows it).
+    said: Option<String>,
 }
 
 impl WaitingWorkers {
@@ -45,7 +46,7 @@ impl WaitingWorkers {
             .first
             .is_some_and(|first| now.duration_since(first) >= WINDOW);
         let cpu = cpu_busy?;
-        if self.said || !full || self.reads.is_empty() || cpu >= CPU_BUSY {
+        if self.said.is_some() || !full || self.reads.is_empty() || cpu >= CPU_BUSY {
             return None;
         }
         let queued = self.reads.iter().filter(|(_, q)| *q).count();
@@ -53,7 +54,6 @@ impl WaitingWorkers {
         if share < QUEUED_SHARE {
             return None;
         }
-        self.said = true;
         let message = format!(
             "requests waited for a worker in {:.0}% of the last {} s while the workers used {:.0}% \
              of the CPUs: they spend their time waiting (on a database, an API), and threads would \
@@ -63,6 +63,7 @@ impl WaitingWorkers {
             WINDOW.as_secs(),
             cpu * 100.0
         );
+        self.said = Some(message.clone());
         Some(
             Event::warn("hint")
                 .with("queued_share", format!("{share:.2}"))
@@ -71,6 +72,11 @@ impl WaitingWorkers {
                 .with("setting", SETTING)
                 .with("message", message),
         )
+    }
+
+    /// The hint's message, once it has been said.
+    pub fn said(&self) -> Option<&str> {
+        self.said.as_deref()
     }
 }
 
@@ -102,6 +108,7 @@ mod tests {
             assert_eq!(got.is_some(), hint, "{share} {cpu:?} {seconds}");
             if let Some(event) = got {
                 assert_eq!(event.get("setting"), Some(SETTING));
+                assert_eq!(waiting.said(), event.get("message"));
                 assert_eq!(waiting.check(now, cpu, 2), None, "once");
             }
         }

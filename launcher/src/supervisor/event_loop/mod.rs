@@ -74,8 +74,6 @@ pub struct Loop {
     serving_check: Option<(i32, Instant, Duration)>,
     /// Workers that wait more than they compute while requests queue: said once (`hint`).
     waiting_hint: Option<crate::supervisor::hint::WaitingWorkers>,
-    /// The hint, once said, for `launcher size`.
-    hint_said: Option<String>,
     /// What recycled workers left outside their group, until it is gone or killed.
     detached: kill::Detached,
     next_detached: Option<Instant>,
@@ -108,7 +106,6 @@ impl Loop {
             wrapper_checked: false,
             last: None,
             serving_check: None,
-            hint_said: None,
             waiting_hint: setup
                 .threads_hint
                 .then(crate::supervisor::hint::WaitingWorkers::default),
@@ -382,11 +379,6 @@ impl Loop {
             let workers = self.pool.wanted();
             let hint = self.waiting_hint.as_mut();
             if let Some(event) = hint.and_then(|h| h.check(now, reading.cpu.busy, workers)) {
-                self.hint_said = event
-                    .fields
-                    .iter()
-                    .find(|(k, _)| *k == "message")
-                    .map(|f| f.1.clone());
                 event.emit();
             }
             self.last = Some(reading);

@@ -40,7 +40,7 @@ impl Loop {
             waiting: self.reader.inside_last.waiting,
             threads_busy: self.reader.inside_last.threads_busy,
             gil_bound: self.reader.inside_last.gil_bound,
-            hint: self.hint_said.as_deref(),
+            hint: self.waiting_hint.as_ref().and_then(|h| h.said()),
         }
     }
 

@@ -253,18 +253,17 @@ impl Reader {
     /// What threaded workers hold: the requests waiting for one of their threads, and their busy
     /// threads. The last figures are kept for the `sample#` line.
     fn inside(&mut self, reading: &mut Reading, now: Instant) {
+        let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
         if let Some(control) = &self.config.puma {
             let stats = control.stats();
             reading.waiting = stats.map(|s| s.backlog);
             reading.threads_busy = stats.map(|s| s.busy_threads);
         } else if let Some(port) = self.config.port {
-            let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
             reading.waiting = diag::accepted(port)
                 .ok()
                 .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
             reading.threads_busy = threads::busy(&self.proc_dir(), &pids);
         }
-        let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
         reading.gil_bound = Some(self.gil.read(&self.proc_dir(), &pids, now));
         self.inside_last = Inside {
             waiting: reading.waiting,
