@@ -130,7 +130,8 @@ impl Setup {
             spawn::Prepared::new(&path, &plan.argv, &env, listener_fd, plan.death_signal())
                 .map_err(fatal(2))?;
         let control = control_config(settings, report, &plan, port);
-        let reader = reader(&control, settings, report, &plan, port);
+        let threads_hint = threads_would_help(&plan, report, port);
+        let reader = reader(&control, settings, report, &plan, (port, threads_hint));
         log_start(&control, &reader, settings, report, &plan);
         let follow = (
             follow_rules(&control, settings, report, &plan),
@@ -147,7 +148,7 @@ impl Setup {
                 .max_workers
                 .unwrap_or(MAX_WEB_CONCURRENCY)
                 .min(MAX_WEB_CONCURRENCY),
-            threads_hint: threads_would_help(&plan, report, port),
+            threads_hint,
             listener,
             notify,
             command,
@@ -194,13 +195,13 @@ fn pool_config(
 }
 
 /// The reader: where the dyno's memory and CPU time are read, the accept queue, and what adaptive
-/// sizing needs besides (its CPU window: a step, at least a second).
+/// sizing needs besides (its CPU window: a step, at least a second), or the threads hint.
 fn reader(
     control: &decide::Config,
     settings: &RunSettings,
     report: &Report,
     plan: &Plan,
-    port: Option<u16>,
+    (port, threads_hint): (Option<u16>, bool),
 ) -> Reader {
     let snapshot = Snapshot::live();
     let me = std::process::id() as i32;
@@ -211,7 +212,7 @@ fn reader(
     // Adaptive sizing's CPU rule reads the CPU at each check; so does the threads hint.
     let cpu_window = match &control.adaptive {
         Some(a) => Some(a.step.max(Duration::from_secs(1))),
-        None => threads_would_help(plan, report, port).then_some(Duration::from_secs(10)),
+        None => threads_hint.then_some(Duration::from_secs(10)),
     };
     let config = reading::Config {
         mode: plan.mode,

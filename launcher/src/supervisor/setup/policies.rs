@@ -132,12 +132,7 @@ pub(super) fn not_running(
     plan: &Plan,
     port: Option<u16>,
 ) -> Option<String> {
-    let runs = match settings.sizing {
-        Sizing::Static => return None,
-        Sizing::Measured => control.sizer.is_some(),
-        Sizing::Adaptive => control.adaptive.is_some(),
-    };
-    if runs {
+    if settings.sizing == Sizing::Static || control.sizing() == settings.sizing {
         return None;
     }
     let why = match report.decision.outcome.owner() {
