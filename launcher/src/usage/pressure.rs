@@ -72,9 +72,7 @@ impl Pressure {
             files.display()
         )
     }
-}
 
-impl Pressure {
     /// `launcher size --json`'s `pressure`: each resource's `some` and `full` (null where the
     /// file has none), and the files' directory.
     pub fn to_json(&self) -> serde_json::Value {
