@@ -281,10 +281,21 @@ fn puma_with_threads_grows_on_its_backlog_under_keep_alive_clients_and_comes_bac
         run.wait("puma to grow by two workers", secs(40), || {
             (children(master).len() >= sized + 2).then_some(())
         });
-        let waiting = run.events("sample").iter().any(|e| {
-            e.opt("sample#requests_waiting")
-                .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
-        });
+        // puma's workers publish their stats every 5 s, and growth may come from the accept
+        // queue first: the sample lines are looked at until one shows the backlog, while the
+        // load still runs.
+        let shows_backlog = || {
+            run.events("sample").iter().any(|e| {
+                e.opt("sample#requests_waiting")
+                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
+            })
+        };
+        let deadline = std::time::Instant::now() + secs(20);
+        let mut waiting = shows_backlog();
+        while !waiting && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            waiting = shows_backlog();
+        }
         let tally = load.finish();
         assert!(waiting, "puma's backlog never seen\n{}", run.log());
         run.wait("puma back at the static count", secs(40), || {
