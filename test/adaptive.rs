@@ -403,10 +403,10 @@ fn gunicorn_on_an_event_loop_is_refused_and_says_which_setting() {
     });
 }
 
-/// With the launcher's threads a gthread worker accepts only as many connections as it has
-/// threads, so what waits stays in the shared accept queue and an added worker takes from it;
-/// left at gunicorn's 1000, one worker took all 64 keep-alive clients and growth never came
-/// (docs/sizing.md, "Threads").
+/// With the launcher's threads gunicorn closes each connection after its response, so every
+/// request comes back through the shared socket and an added worker takes its share; what waits
+/// inside a worker for a thread is read from its connections' unread bytes (docs/sizing.md,
+/// "Threads").
 #[test]
 fn gunicorn_gthread_grows_on_what_waits_inside_its_workers_and_comes_back_down() {
     needs_machine(|| {

@@ -548,13 +548,16 @@ fn a_users_config_var_wins() {
 fn threads_reach_gunicorn_through_the_profile_as_launcher_run_gives_them() {
     let slug = Slug::new();
     let cases = [
-        (None, "--threads 4 --worker-connections 4 --keep-alive 0"),
+        (None, "--threads 4 --keep-alive 0"),
         (
             Some("--timeout 60 --access-logformat '%(h)s  %(r)s'"),
-            "--timeout 60 --access-logformat '%(h)s  %(r)s' --threads 4 --worker-connections 4 --keep-alive 0",
+            "--timeout 60 --access-logformat '%(h)s  %(r)s' --threads 4 --keep-alive 0",
         ),
-        (Some("--keep-alive=5"), "--keep-alive=5 --threads 4 --worker-connections 4"),
-        (Some("--worker-connections 50"), "--worker-connections 50 --threads 4 --keep-alive 0"),
+        (Some("--keep-alive=5"), "--keep-alive=5 --threads 4"),
+        (
+            Some("--worker-connections 50"),
+            "--worker-connections 50 --threads 4 --keep-alive 0",
+        ),
         (Some("--threads 8"), "--threads 8"),
     ];
     for (args, want) in cases {

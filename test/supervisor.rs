@@ -133,6 +133,43 @@ fn delegate_runs_one_gunicorn_master_that_forks_web_concurrency_workers() {
     });
 }
 
+/// A gthread worker of gunicorn 23 or older that holds `--worker-connections` connections none of
+/// which has sent its request stops polling them and spins at full CPU for good (gunicorn issues
+/// #3146 and #3407): with the launcher's threads, two idle connections (a browser's preconnect, a
+/// TCP health check) once froze a worker of two threads. The launcher leaves gunicorn's 1000 and
+/// closes each connection after its response instead (docs/sizing.md, "Threads").
+#[test]
+fn idle_connections_do_not_freeze_a_gthread_worker_run_with_the_launchers_threads() {
+    needs_machine(|| {
+        let venv = venv(&["gunicorn"])?;
+        let port = free_port();
+        let port_text = port.to_string();
+        let env = [
+            ("PORT", port_text.as_str()),
+            ("WEB_CONCURRENCY", "1"),
+            ("LAUNCHER_THREADS", "2"),
+        ];
+        let run = Run::spawn(launcher(
+            &venv,
+            "flask-memory",
+            &env,
+            &["run", "--", "gunicorn", "app:app"],
+        ));
+        let master = run.wait_children(1, BOOT)[0];
+        run.wait_grandchildren(master, 1, BOOT);
+        run.wait_ready(1);
+        let idle: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let answer = support::http::get(port, "/", secs(5));
+        drop(idle);
+        let response = answer
+            .unwrap_or_else(|e| panic!("GET / with 2 idle connections open: {e}\n{}", run.log()));
+        assert_eq!(response.status, 200, "{}", response.body);
+        Ok(())
+    });
+}
 // ---- 3. Slow boot -----------------------------------------------------------------------------------
 
 #[test]

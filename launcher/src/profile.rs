@@ -40,17 +40,12 @@ if [ -x "${HOME:-}/.launcher/bin/launcher" ] &&
       "export RAILS_MAX_THREADS=$__launcher_value") export RAILS_MAX_THREADS="$__launcher_value" ;;
       "export LAUNCHER_WEB_THREADS=$__launcher_value")
         export LAUNCHER_WEB_THREADS="$__launcher_value"
-        # gunicorn's threads, unless GUNICORN_CMD_ARGS names them already; each worker then
-        # accepts only as many connections, and keeps none open unless told (threads.rs,
-        # gunicorn_thread_args, says why).
+        # gunicorn's threads, unless GUNICORN_CMD_ARGS names them already; each connection
+        # closed after its response unless told (threads.rs, gunicorn_thread_args, says why).
         case " ${GUNICORN_CMD_ARGS:-} " in
           *" --threads "* | *" --threads="*) ;;
           *)
             __launcher_line="--threads ${__launcher_value}"
-            case " ${GUNICORN_CMD_ARGS:-} " in
-              *" --worker-connections "* | *" --worker-connections="*) ;;
-              *) __launcher_line="${__launcher_line} --worker-connections ${__launcher_value}" ;;
-            esac
             case " ${GUNICORN_CMD_ARGS:-} " in
               *" --keep-alive "* | *" --keep-alive="*) ;;
               *) __launcher_line="${__launcher_line} --keep-alive 0" ;;

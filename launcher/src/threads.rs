@@ -56,13 +56,14 @@ pub fn threads_exports(threads: Option<u32>, env: &Env) -> Vec<(&'static str, St
 }
 
 /// `GUNICORN_CMD_ARGS` with `threads` added, or None when it names threads already (the user's
-/// tuning). With the threads, `--worker-connections` of as many: a gthread worker otherwise
-/// accepts up to 1000 connections, so under keep-alive one worker takes them all and queues
-/// them for its own threads while the others idle, and no added worker gets any; capped, a
-/// worker with every thread busy leaves connections in the shared accept queue, where a free
-/// worker takes them and the launcher sees them wait. And `--keep-alive 0` unless named: with no
-/// room to keep connections open gunicorn closes each after its response (as sync workers do)
-/// and, told so, does not warn about it. The `.profile.d` script (`profile::SCRIPT`) does the same in bash.
+/// tuning). With the threads, `--keep-alive 0` unless named: a gthread worker keeps a kept-alive
+/// connection for itself, so under keep-alive the workers running hold every client and a worker
+/// added later gets none; closed after each response, every request comes back through the
+/// shared socket, where any worker may take it. `--worker-connections` stays gunicorn's 1000:
+/// capped at the threads, a gthread worker of gunicorn 23 or older that holds that many
+/// connections none of which has sent its request stops polling them and spins for good
+/// (gunicorn #3146, #3407), which two idle connections did to a worker of two threads (test
+/// supervisor.rs). The `.profile.d` script (`profile::SCRIPT`) does the same in bash.
 pub fn gunicorn_thread_args(args: &str, threads: u32) -> Option<String> {
     let names = |option: &str| {
         args.split_whitespace()
@@ -80,9 +81,6 @@ pub fn gunicorn_thread_args(args: &str, threads: u32) -> Option<String> {
         out.push_str(&option);
     };
     add(format!("--threads {threads}"));
-    if !names("--worker-connections") {
-        add(format!("--worker-connections {threads}"));
-    }
     if !names("--keep-alive") {
         add("--keep-alive 0".to_owned());
     }
@@ -117,13 +115,16 @@ mod tests {
     #[test]
     fn gunicorn_gets_threads_capped_connections_and_no_keep_alive_around_the_users_text() {
         let cases = [
-            ("", Some("--threads 4 --worker-connections 4 --keep-alive 0")),
+            ("", Some("--threads 4 --keep-alive 0")),
             (
                 "--timeout 60 --access-logformat '%(h)s  %(r)s'",
-                Some("--timeout 60 --access-logformat '%(h)s  %(r)s' --threads 4 --worker-connections 4 --keep-alive 0"),
+                Some("--timeout 60 --access-logformat '%(h)s  %(r)s' --threads 4 --keep-alive 0"),
             ),
-            ("--keep-alive=5", Some("--keep-alive=5 --threads 4 --worker-connections 4")),
-            ("--worker-connections 50", Some("--worker-connections 50 --threads 4 --keep-alive 0")),
+            ("--keep-alive=5", Some("--keep-alive=5 --threads 4")),
+            (
+                "--worker-connections 50",
+                Some("--worker-connections 50 --threads 4 --keep-alive 0"),
+            ),
             ("--threads 8", None),
             ("--threads=8 --timeout 5", None),
         ];
