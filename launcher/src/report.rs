@@ -34,6 +34,8 @@ pub struct Report {
     pub threads: Option<u32>,
     /// How the servers are told `threads` (`threads::threads_exports`).
     pub thread_exports: Vec<(&'static str, String)>,
+    /// The most workers adaptive sizing may add up to, when it may (`auto` threads are fewer).
+    pub grows_to: Option<u32>,
     /// The dyno's PSI, where the kernel has it (`launcher size` only).
     pub pressure: Option<Pressure>,
 }
@@ -57,16 +59,27 @@ impl Report {
             platform_value: env.platform_value(),
         };
         let decision = sizing::decide(incoming, &formula, settings.switch(&settings::DISABLE));
+        // Adaptive sizing adds workers to a count of ours, never to a user's.
+        let adaptive = sizing::Sizing::parse(settings.choice(&settings::SIZING))
+            == Some(sizing::Sizing::Adaptive);
+        let grows_to = match decision.outcome {
+            sizing::Outcome::Ours(_) if adaptive => {
+                Some(max_workers.map_or(sizing::MAX_WEB_CONCURRENCY, |n| n as u32))
+            }
+            _ => None,
+        };
         let threads = match decision.outcome {
             sizing::Outcome::Disabled { .. } => None,
             _ => {
                 let workers = decision.outcome.web_concurrency().unwrap_or(formula.value);
-                threads::threads_per_worker(settings.threads(), host.memory_mb(), workers)
+                let memory_mb = host.memory_mb();
+                threads::threads_per_worker(settings.threads(), memory_mb, workers, grows_to)
             }
         };
         Report {
             thread_exports: threads::threads_exports(threads, env),
             threads,
+            grows_to,
             host,
             settings,
             formula,
@@ -236,14 +249,24 @@ impl Report {
     /// Why `threads`: the setting, and `auto`'s formula.
     fn threads_reason(&self) -> String {
         match self.settings.threads() {
-            threads::ThreadsSetting::Auto => format!(
-                "LAUNCHER_THREADS=auto: {} MB / {} MB per request in flight, shared among the \
-                 workers, between {} and {}",
-                self.host.memory_mb(),
-                threads::REQUEST_MEMORY_MB,
-                threads::AUTO_THREADS.0,
-                threads::AUTO_THREADS.1
-            ),
+            threads::ThreadsSetting::Auto => {
+                let adaptive = match self.grows_to {
+                    Some(most) => format!(
+                        "; at most {}, as adaptive sizing adds workers of as many (up to \
+                         {most})",
+                        threads::ADAPTIVE_AUTO_THREADS
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "LAUNCHER_THREADS=auto: {} MB / {} MB per request in flight, shared among \
+                     the workers, between {} and {}{adaptive}",
+                    self.host.memory_mb(),
+                    threads::REQUEST_MEMORY_MB,
+                    threads::AUTO_THREADS.0,
+                    threads::AUTO_THREADS.1
+                )
+            }
             _ => "LAUNCHER_THREADS".to_owned(),
         }
     }

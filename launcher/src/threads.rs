@@ -19,16 +19,35 @@ pub const REQUEST_MEMORY_MB: u64 = 8;
 /// The fewest and most threads per worker `auto` chooses.
 pub const AUTO_THREADS: (u32, u32) = (2, 32);
 
+/// Under adaptive sizing `auto` gives a worker at most this many threads, since adaptive sizing
+/// adds workers of as many while requests wait: fewer threads share each interpreter lock. 2
+/// workers of 8 threads served a CPU-heavy endpoint 0.97x what 2 sync workers did where 2 of 32
+/// served 0.88x (docs/benchmarks.md).
+pub const ADAPTIVE_AUTO_THREADS: u32 = 8;
+
 /// Threads per worker, chosen with the worker count (docs/sizing.md#threads): `auto` shares the
 /// requests the dyno's memory serves at once (`memory_mb / REQUEST_MEMORY_MB`) among the
-/// `workers`, rounded up, between 2 and 32; a number as given; off: none.
-pub fn threads_per_worker(setting: ThreadsSetting, memory_mb: u64, workers: u32) -> Option<u32> {
+/// `workers`, rounded up, between 2 and 32; when adaptive sizing may add workers up to
+/// `grows_to`, no more than `ADAPTIVE_AUTO_THREADS` unless `grows_to` of them would not serve
+/// those requests. A number as given; off: none.
+pub fn threads_per_worker(
+    setting: ThreadsSetting,
+    memory_mb: u64,
+    workers: u32,
+    grows_to: Option<u32>,
+) -> Option<u32> {
     match setting {
         ThreadsSetting::Off => None,
         ThreadsSetting::Fixed(n) => Some(n),
         ThreadsSetting::Auto => {
             let requests = memory_mb / REQUEST_MEMORY_MB;
-            let each = requests.div_ceil(u64::from(workers.max(1)));
+            let share = |n: u32| requests.div_ceil(u64::from(n.max(1)));
+            let each = match grows_to {
+                None => share(workers),
+                Some(most) => share(workers)
+                    .min(u64::from(ADAPTIVE_AUTO_THREADS))
+                    .max(share(most)),
+            };
             let (fewest, most) = AUTO_THREADS;
             Some(each.clamp(u64::from(fewest), u64::from(most)) as u32)
         }
@@ -93,22 +112,31 @@ mod tests {
 
     #[test]
     fn threads_are_chosen_with_the_worker_count() {
-        // (setting, memory MB, workers) -> threads per worker: the dynos of the table and a few.
+        // (setting, memory MB, workers, adaptive sizing's most) -> threads per worker: the dynos
+        // of the table and a few.
         let rows = [
-            (ThreadsSetting::Auto, 512, 2, Some(32)),
-            (ThreadsSetting::Auto, 512, 4, Some(16)),
-            (ThreadsSetting::Auto, 1024, 4, Some(32)),
-            (ThreadsSetting::Auto, 2560, 5, Some(32)),
-            (ThreadsSetting::Auto, 512, 64, Some(2)),
-            (ThreadsSetting::Auto, 64, 1, Some(8)),
-            (ThreadsSetting::Fixed(5), 512, 2, Some(5)),
-            (ThreadsSetting::Off, 512, 2, None),
+            (ThreadsSetting::Auto, 512, 2, None, Some(32)),
+            (ThreadsSetting::Auto, 512, 4, None, Some(16)),
+            (ThreadsSetting::Auto, 1024, 4, None, Some(32)),
+            (ThreadsSetting::Auto, 2560, 5, None, Some(32)),
+            (ThreadsSetting::Auto, 512, 64, None, Some(2)),
+            (ThreadsSetting::Auto, 64, 1, None, Some(8)),
+            // Adaptive sizing adds workers: 8 each, unless its most would not serve the dyno's
+            // requests (LAUNCHER_MAX_WORKERS=4 on 512 MB: 64 / 4).
+            (ThreadsSetting::Auto, 512, 2, Some(1024), Some(8)),
+            (ThreadsSetting::Auto, 14336, 8, Some(1024), Some(8)),
+            (ThreadsSetting::Auto, 512, 2, Some(4), Some(16)),
+            (ThreadsSetting::Auto, 512, 2, Some(2), Some(32)),
+            (ThreadsSetting::Auto, 512, 64, Some(1024), Some(2)),
+            (ThreadsSetting::Fixed(5), 512, 2, Some(1024), Some(5)),
+            (ThreadsSetting::Fixed(5), 512, 2, None, Some(5)),
+            (ThreadsSetting::Off, 512, 2, None, None),
         ];
-        for (setting, memory_mb, workers, threads) in rows {
+        for (setting, memory_mb, workers, grows_to, threads) in rows {
             assert_eq!(
-                threads_per_worker(setting, memory_mb, workers),
+                threads_per_worker(setting, memory_mb, workers, grows_to),
                 threads,
-                "{setting:?} {memory_mb} MB {workers} workers"
+                "{setting:?} {memory_mb} MB {workers} workers, growing to {grows_to:?}"
             );
         }
     }

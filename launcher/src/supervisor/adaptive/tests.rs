@@ -142,6 +142,30 @@ fn a_cpu_bound_app_with_a_full_queue_never_grows() {
     assert_eq!(adaptive.target(), 5);
 }
 
+/// The CPU rule goes by the larger of use and demand, but for threaded workers by use alone: the
+/// demand of many threads woken together overstates what they ask of the CPUs.
+#[test]
+fn threaded_workers_are_held_by_the_cpu_use_not_by_their_threads_summed_waits() {
+    use crate::supervisor::reading::Cpu;
+    let cpu = |busy, demand| Cpu { busy, demand };
+    // (busy, demand, threaded) -> what the rule compares with cpu_max.
+    let rows = [
+        (Some(0.36), Some(0.79), false, Some(0.79)),
+        (Some(0.36), Some(0.79), true, Some(0.36)),
+        (Some(0.50), None, false, Some(0.50)),
+        (Some(0.90), Some(0.30), true, Some(0.90)),
+        (None, Some(0.79), false, None),
+        (None, Some(0.79), true, None),
+    ];
+    for (busy, demand, threaded, want) in rows {
+        assert_eq!(
+            step::cpu_rule(cpu(busy, demand), threaded),
+            want,
+            "{busy:?} {demand:?} {threaded}"
+        );
+    }
+}
+
 /// A constant load that needs `demand` workers: connections wait whenever there are fewer, and
 /// `min(demand, workers)` of them are busy. Returns the counts over `minutes`, a decision every
 /// 0.5 s.
