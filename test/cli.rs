@@ -542,6 +542,27 @@ fn a_users_config_var_wins() {
     assert_eq!(report["set_by"], serde_json::Value::Null);
 }
 
+/// `auto` threads on a 512 MB dyno with 8 CPUs (2 workers): the memory's 64 requests shared
+/// among the workers, or 16 a worker under adaptive sizing, which adds workers of as many; more
+/// when LAUNCHER_MAX_WORKERS would not serve the requests; a user's worker count is never grown.
+#[test]
+fn auto_threads_are_fewer_where_adaptive_sizing_adds_workers() {
+    let root = cedar_root(512, 8);
+    let auto = ("LAUNCHER_THREADS", "auto");
+    let adaptive = ("LAUNCHER_SIZING", "adaptive");
+    let cases: [(&[(&str, &str)], u64); 5] = [
+        (&[auto], 32),
+        (&[auto, adaptive], 16),
+        (&[auto, adaptive, ("LAUNCHER_MAX_WORKERS", "3")], 22),
+        (&[auto, adaptive, ("WEB_CONCURRENCY", "2")], 32),
+        (&[auto, ("LAUNCHER_SIZING", "measured")], 32),
+    ];
+    for (env, want) in cases {
+        let report = size_json(root.path(), env);
+        assert_eq!(report["threads"], want, "{env:?}: {report}");
+    }
+}
+
 /// The script adds gunicorn's thread options in bash; these are the cases of report.rs's
 /// `gunicorn_thread_args` unit test, which `launcher run` and the CNB exec.d use: both agree.
 #[test]

@@ -20,10 +20,12 @@ pub const REQUEST_MEMORY_MB: u64 = 8;
 pub const AUTO_THREADS: (u32, u32) = (2, 32);
 
 /// Under adaptive sizing `auto` gives a worker at most this many threads, since adaptive sizing
-/// adds workers of as many while requests wait: fewer threads share each interpreter lock. 2
-/// workers of 8 threads served a CPU-heavy endpoint 0.97x what 2 sync workers did where 2 of 32
-/// served 0.88x (docs/benchmarks.md).
-pub const ADAPTIVE_AUTO_THREADS: u32 = 8;
+/// adds workers of as many while requests wait: fewer threads share each interpreter lock. In
+/// side runs (test/bench/threads), 2 workers of 16 threads served a CPU-heavy endpoint 0.95x
+/// what 2 sync workers did where 2 of 32 served 0.88x; with 8, a 50 ms sleep needed 9 workers,
+/// which served 0.70x what 2 of 32 did (a gthread worker takes connections its threads cannot
+/// serve yet while another's threads idle).
+pub const ADAPTIVE_AUTO_THREADS: u32 = 16;
 
 /// Threads per worker, chosen with the worker count (docs/sizing.md#threads): `auto` shares the
 /// requests the dyno's memory serves at once (`memory_mb / REQUEST_MEMORY_MB`) among the
@@ -121,11 +123,13 @@ mod tests {
             (ThreadsSetting::Auto, 2560, 5, None, Some(32)),
             (ThreadsSetting::Auto, 512, 64, None, Some(2)),
             (ThreadsSetting::Auto, 64, 1, None, Some(8)),
-            // Adaptive sizing adds workers: 8 each, unless its most would not serve the dyno's
-            // requests (LAUNCHER_MAX_WORKERS=4 on 512 MB: 64 / 4).
-            (ThreadsSetting::Auto, 512, 2, Some(1024), Some(8)),
-            (ThreadsSetting::Auto, 14336, 8, Some(1024), Some(8)),
-            (ThreadsSetting::Auto, 512, 2, Some(4), Some(16)),
+            // Adaptive sizing adds workers: 16 each, unless its most would not serve the dyno's
+            // requests (LAUNCHER_MAX_WORKERS=2 on 512 MB: 64 / 2).
+            (ThreadsSetting::Auto, 512, 2, Some(1024), Some(16)),
+            (ThreadsSetting::Auto, 14336, 8, Some(1024), Some(16)),
+            (ThreadsSetting::Auto, 512, 4, Some(1024), Some(16)),
+            (ThreadsSetting::Auto, 512, 8, Some(1024), Some(8)),
+            (ThreadsSetting::Auto, 512, 2, Some(3), Some(22)),
             (ThreadsSetting::Auto, 512, 2, Some(2), Some(32)),
             (ThreadsSetting::Auto, 512, 64, Some(1024), Some(2)),
             (ThreadsSetting::Fixed(5), 512, 2, Some(1024), Some(5)),

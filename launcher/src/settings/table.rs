@@ -204,7 +204,8 @@ pub const THREADS: Spec = Spec {
     default: "off",
     when: SIZE,
     doc: "threads per worker, for an app that is thread-safe: `auto` chooses them with the \
-          worker count from the dyno's memory and CPUs, a number fixes them; exported as \
+          worker count from the dyno's memory and CPUs (16 at most under adaptive sizing, which \
+          adds workers), a number fixes them; exported as \
           gunicorn's `--threads` (its sync workers become gthread) and puma's \
           `RAILS_MAX_THREADS`. Off: each server's own (see [Threads](sizing.md#threads))",
 };

@@ -252,8 +252,9 @@ fn oom_kills_of_a_delegated_servers_workers_are_claimed_when_they_vanish() {
     assert_eq!(control.oom_total(), 2);
 }
 
-#[test]
-fn threaded_workers_grow_on_the_requests_waiting_inside_them() {
+/// Two workers of 16 threads, `busy` of them busy, with `waiting` requests waiting inside the
+/// workers at each check for up to ten seconds: the decision that came, and the control.
+fn threaded_checks(waiting: u32, busy: u32) -> (Vec<Decision>, Control) {
     let t0 = Instant::now();
     let config = Config {
         limits: limits(),
@@ -272,13 +273,12 @@ fn threaded_workers_grow_on_the_requests_waiting_inside_them() {
     for i in 1..=100 {
         control.queue_read(t0 + SECOND / 10 * i, false);
     }
-    // Ten seconds of checks that find requests waiting inside the workers, 32 threads busy.
     let mut last = Vec::new();
     for i in 1..=20 {
         let now = t0 + SECOND / 2 * i;
         let mut reading = reading(2, 30, 2);
-        reading.waiting = Some(12);
-        reading.threads_busy = Some(32);
+        reading.waiting = Some(waiting);
+        reading.threads_busy = Some(busy);
         reading.not_serving = Some(vec![]);
         let wants = control.wants(&reading, now, false);
         assert!(wants.inside && !wants.busy, "{wants:?}");
@@ -288,6 +288,12 @@ fn threaded_workers_grow_on_the_requests_waiting_inside_them() {
             break;
         }
     }
+    (last, control)
+}
+
+#[test]
+fn threaded_workers_grow_on_the_requests_waiting_inside_them() {
+    let (last, mut control) = threaded_checks(12, 32);
     assert_eq!(last, vec![Decision::Resize { to: 3 }]);
     let line = control.take_events().pop().expect("a resize line");
     assert_eq!(line.get("reason"), Some("queue"), "{line:?}");
@@ -296,4 +302,16 @@ fn threaded_workers_grow_on_the_requests_waiting_inside_them() {
         Some("2.00"),
         "32 busy threads of 16 each"
     );
+    // 24 busy, 8 idle: more wait than the idle threads would take.
+    assert_eq!(threaded_checks(12, 24).0, vec![Decision::Resize { to: 3 }]);
+}
+
+/// Requests waiting inside one gthread worker (it accepted while its threads were busy) while
+/// as many threads idle elsewhere: a worker more would not serve them sooner.
+#[test]
+fn threaded_workers_with_threads_idle_for_what_waits_do_not_grow() {
+    for (waiting, busy) in [(12, 20), (12, 0), (4, 10), (0, 32)] {
+        let what = format!("{waiting} waiting, {busy} of 32 threads busy");
+        assert_eq!(threaded_checks(waiting, busy).0, vec![], "{what}");
+    }
 }
