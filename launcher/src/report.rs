@@ -60,8 +60,7 @@ impl Report {
         };
         let decision = sizing::decide(incoming, &formula, settings.switch(&settings::DISABLE));
         // Adaptive sizing adds workers to a count of ours, never to a user's.
-        let adaptive = sizing::Sizing::parse(settings.choice(&settings::SIZING))
-            == Some(sizing::Sizing::Adaptive);
+        let adaptive = settings.sizing() == sizing::Sizing::Adaptive;
         let grows_to = match decision.outcome {
             sizing::Outcome::Ours(_) if adaptive => {
                 Some(max_workers.map_or(sizing::MAX_WEB_CONCURRENCY, |n| n as u32))

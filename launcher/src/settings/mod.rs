@@ -24,6 +24,11 @@ impl Settings {
 }
 
 impl Settings {
+    /// `LAUNCHER_SIZING` / `launcher.toml`'s `sizing` as the reader took it.
+    pub fn sizing(&self) -> crate::sizing::Sizing {
+        crate::sizing::Sizing::parse(self.choice(&SIZING)).unwrap_or(crate::sizing::Sizing::Static)
+    }
+
     /// `LAUNCHER_THREADS` / `launcher.toml`'s `threads` as the reader took it.
     pub fn threads(&self) -> crate::threads::ThreadsSetting {
         use crate::threads::ThreadsSetting;

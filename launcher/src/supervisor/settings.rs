@@ -72,7 +72,7 @@ impl RunSettings {
             soft_limit_percent: settings.number(&table::MEMORY_SOFT_LIMIT),
             worker_memory_max_mb: settings.whole(&table::WORKER_MEMORY_MAX),
             memory_cooldown: settings.seconds(&table::MEMORY_COOLDOWN),
-            sizing: Sizing::parse(settings.choice(&table::SIZING)).unwrap_or(Sizing::Static),
+            sizing: settings.sizing(),
             sizing_warmup: settings.seconds(&table::SIZING_WARMUP),
             queue_read_interval: Duration::from_millis(
                 settings.number(&table::QUEUE_READ_INTERVAL),
