@@ -21,7 +21,7 @@ use support::harness::{delegate, launcher, secs, Run, BOOT, LAUNCHER, SECOND, SY
 use support::http::{get_json, json_pid, Conn};
 use support::logfmt::Event;
 use support::procs::children;
-use support::{free_port, needs_machine, venv};
+use support::{free_port, needs_machine, new_gunicorn_venv, venv};
 
 // ---- 1. Fan-out with real uvicorn ------------------------------------------------------------------
 
@@ -170,6 +170,70 @@ fn idle_connections_do_not_freeze_a_gthread_worker_run_with_the_launchers_thread
         Ok(())
     });
 }
+/// On gunicorn 24 and newer, `launcher run` caps a gthread worker's connections at the threads it
+/// gives it: a request that no thread can take waits in the shared socket's accept queue, where
+/// the next free thread of any worker takes it and adaptive sizing sees it. On gunicorn 23, where
+/// that cap can freeze a worker (above), it does not, and the worker takes the request in.
+#[test]
+fn gthread_workers_take_no_more_connections_than_threads_on_a_gunicorn_that_allows_it() {
+    needs_machine(|| {
+        for (venv, capped) in [(new_gunicorn_venv()?, true), (venv(&["gunicorn"])?, false)] {
+            let port = free_port();
+            let port_text = port.to_string();
+            let env = [
+                ("PORT", port_text.as_str()),
+                ("WEB_CONCURRENCY", "1"),
+                ("LAUNCHER_THREADS", "2"),
+                ("SLEEP_MS", "3000"),
+            ];
+            let run = Run::spawn(launcher(
+                &venv,
+                "flask-memory",
+                &env,
+                &["run", "--", "gunicorn", "app:app"],
+            ));
+            let master = run.wait_children(1, BOOT)[0];
+            run.wait_grandchildren(master, 1, BOOT);
+            run.wait_ready(1);
+            let start = &run.events("start")[0];
+            let want = capped.then_some("2");
+            assert_eq!(start.opt("worker_connections"), want, "{}", run.log());
+
+            // 3 requests of 3 s for 2 threads: the third waits, in the queue if capped.
+            let requests = support::http::in_flight(port, "/sleep", 3);
+            std::thread::sleep(Duration::from_millis(1500));
+            let queued = accept_queue(port);
+            let statuses: Vec<_> = requests.into_iter().map(|r| r.join().unwrap()).collect();
+            let venv = venv.display();
+            assert_eq!(queued, Some(u32::from(capped)), "{venv}\n{}", run.log());
+            assert_eq!(
+                statuses,
+                [Ok(200), Ok(200), Ok(200)],
+                "{venv}\n{}",
+                run.log()
+            );
+        }
+        Ok(())
+    });
+}
+
+/// The connections waiting in the accept queue of the listening TCP socket on `port`: its
+/// `rx_queue` in /proc/net/tcp or tcp6 (`st` 0A is LISTEN).
+fn accept_queue(port: u16) -> Option<u32> {
+    let hex = |text: &str| u32::from_str_radix(text, 16).ok();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port = fields.get(1)?.rsplit(':').next()?;
+                let listening = hex(local_port)? == u32::from(port) && fields.get(3)? == &"0A";
+                listening.then(|| hex(fields.get(4)?.split(':').nth(1)?))?
+            })
+        })
+}
+
 // ---- 3. Slow boot -----------------------------------------------------------------------------------
 
 #[test]

@@ -80,32 +80,52 @@ pub fn threads_exports(threads: Option<u32>, env: &Env) -> Vec<(&'static str, St
 /// tuning). With the threads, `--keep-alive 0` unless named: a gthread worker keeps a kept-alive
 /// connection for itself, so under keep-alive the workers running hold every client and a worker
 /// added later gets none; closed after each response, every request comes back through the
-/// shared socket, where any worker may take it. `--worker-connections` stays gunicorn's 1000:
-/// capped at the threads, a gthread worker of gunicorn 23 or older that holds that many
+/// shared socket, where any worker may take it. `--worker-connections` stays gunicorn's 1000
+/// here: capped at the threads, a gthread worker of gunicorn 23 or older that holds that many
 /// connections none of which has sent its request stops polling them and spins for good
 /// (gunicorn #3146, #3407), which two idle connections did to a worker of two threads (test
-/// supervisor.rs). The `.profile.d` script (`profile::SCRIPT`) does the same in bash.
+/// supervisor.rs); `launcher run`, which knows the gunicorn it runs, caps them where that is safe
+/// (`gunicorn_capped_args`). The `.profile.d` script (`profile::SCRIPT`) does the same in bash.
 pub fn gunicorn_thread_args(args: &str, threads: u32) -> Option<String> {
-    let names = |option: &str| {
-        args.split_whitespace()
-            .any(|word| word == option || word.starts_with(&format!("{option}=")))
-    };
-    if names("--threads") {
+    if names(args, "--threads") {
         return None;
     }
-    // The user's text is kept as written: gunicorn splits it as a shell does (quotes included).
     let mut out = args.trim().to_owned();
-    let mut add = |option: String| {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(&option);
-    };
-    add(format!("--threads {threads}"));
-    if !names("--keep-alive") {
-        add("--keep-alive 0".to_owned());
+    add(&mut out, &format!("--threads {threads}"));
+    if !names(args, "--keep-alive") {
+        add(&mut out, "--keep-alive 0");
     }
     Some(out)
+}
+
+/// `GUNICORN_CMD_ARGS` as `gunicorn_thread_args` made it, with `--worker-connections T` (the
+/// threads) unless named, for a gunicorn where that is safe (24 and newer,
+/// `servers::GTHREAD_CAP_SAFE`): a worker that holds as many connections as it has threads
+/// stops accepting, so a request waits in the shared socket's queue, where the next free thread
+/// of any worker takes it and adaptive sizing sees it, not inside a worker whose threads are all
+/// busy while another's idle. None when the user's text names it.
+pub fn gunicorn_capped_args(args: &str, threads: u32) -> Option<String> {
+    if names(args, "--worker-connections") {
+        return None;
+    }
+    let mut out = args.to_owned();
+    add(&mut out, &format!("--worker-connections {threads}"));
+    Some(out)
+}
+
+/// Whether gunicorn options name `option` (`--threads 4` or `--threads=4`).
+fn names(args: &str, option: &str) -> bool {
+    args.split_whitespace()
+        .any(|word| word == option || word.starts_with(&format!("{option}=")))
+}
+
+/// Appends an option after the user's text, which is kept as written: gunicorn splits it as a
+/// shell does (quotes included).
+fn add(args: &mut String, option: &str) {
+    if !args.is_empty() {
+        args.push(' ');
+    }
+    args.push_str(option);
 }
 
 #[cfg(test)]
@@ -145,7 +165,7 @@ mod tests {
         }
     }
     #[test]
-    fn gunicorn_gets_threads_capped_connections_and_no_keep_alive_around_the_users_text() {
+    fn gunicorn_gets_threads_and_no_keep_alive_around_the_users_text() {
         let cases = [
             ("", Some("--threads 4 --keep-alive 0")),
             (
@@ -162,6 +182,21 @@ mod tests {
         ];
         for (args, want) in cases {
             assert_eq!(gunicorn_thread_args(args, 4).as_deref(), want, "{args}");
+        }
+    }
+
+    #[test]
+    fn worker_connections_are_capped_at_the_threads_unless_named() {
+        let cases = [
+            (
+                "--threads 4 --keep-alive 0",
+                Some("--threads 4 --keep-alive 0 --worker-connections 4"),
+            ),
+            ("--worker-connections=50 --threads 4", None),
+            ("--worker-connections 50 --threads 4", None),
+        ];
+        for (args, want) in cases {
+            assert_eq!(gunicorn_capped_args(args, 4).as_deref(), want, "{args}");
         }
     }
 

@@ -299,18 +299,40 @@ pub fn fixture(name: &str) -> PathBuf {
 /// test/run makes it and sets `LAUNCHER_TEST_VENV`; under CI that variable is required (a venv
 /// found by chance is not the one CI made). Elsewhere it falls back to `<repo>/.venv`.
 pub fn venv(programs: &[&str]) -> Result<PathBuf, String> {
-    let venv = match std::env::var_os("LAUNCHER_TEST_VENV") {
+    venv_of("LAUNCHER_TEST_VENV", ".venv", "requirements.txt", programs)
+}
+
+/// The venv of test/requirements-new-gunicorn.txt: the newest gunicorn release, whose gthread
+/// worker differs from that of test/requirements.txt's (23.0.0). test/run makes it and sets
+/// `LAUNCHER_TEST_NEW_GUNICORN_VENV`, as for `venv`.
+pub fn new_gunicorn_venv() -> Result<PathBuf, String> {
+    let requirements = "requirements-new-gunicorn.txt";
+    venv_of(
+        "LAUNCHER_TEST_NEW_GUNICORN_VENV",
+        ".venv-new-gunicorn",
+        requirements,
+        &["gunicorn"],
+    )
+}
+
+fn venv_of(
+    var: &str,
+    fallback: &str,
+    requirements: &str,
+    programs: &[&str],
+) -> Result<PathBuf, String> {
+    let venv = match std::env::var_os(var) {
         Some(dir) => PathBuf::from(dir),
         None if std::env::var("CI").as_deref() == Ok("true") => {
-            return Err("LAUNCHER_TEST_VENV is not set: run the tests through test/run".to_owned())
+            return Err(format!("{var} is not set: run the tests through test/run"))
         }
-        None => repo().join(".venv"),
+        None => repo().join(fallback),
     };
     for program in programs {
         let path = venv.join("bin").join(program);
         if !path.exists() {
             return Err(format!(
-                "no {program} at {} (test/run makes the venv; or python3 -m venv .venv && .venv/bin/pip install -r test/requirements.txt, or set LAUNCHER_TEST_VENV)",
+                "no {program} at {} (test/run makes the venv; or python3 -m venv {fallback} && {fallback}/bin/pip install -r test/{requirements}, or set {var})",
                 path.display()
             ));
         }

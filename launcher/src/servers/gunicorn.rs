@@ -53,6 +53,12 @@ pub fn workers(args: &[&str], cmd_args: Option<&str>, config: Option<&str>) -> W
     }
 }
 
+/// Whether the command line (`option`) or the config file (`setting`) sets one of gunicorn's
+/// settings: the user's, which the launcher leaves as it is.
+pub fn sets(args: &[&str], config: Option<&str>, (option, setting): (&str, &str)) -> bool {
+    flag(args, &[option]).is_some() || config.is_some_and(|c| assigned(c, setting).is_some())
+}
+
 fn is_sync(class: &str) -> bool {
     let class = class.to_ascii_lowercase();
     class == "sync" || class == "egg:gunicorn#sync" || class == "gunicorn.workers.sync.syncworker"
@@ -183,6 +189,20 @@ mod tests {
         let config = "worker_class = 'gthread'\nthreads = 4\n";
         let got = workers(&["app:app"], None, Some(config));
         assert_eq!(got, threads(4, "worker_class = 'gthread'"));
+    }
+
+    #[test]
+    fn settings_are_seen_on_the_command_line_and_in_the_file() {
+        let connections = ("--worker-connections", "worker_connections");
+        assert!(sets(
+            &words("--worker-connections 8 app:app"),
+            None,
+            connections
+        ));
+        assert!(sets(&words("--worker-connections=8"), None, connections));
+        assert!(sets(&[], Some("worker_connections = 50\n"), connections));
+        let threads = Some("threads = 8\n");
+        assert!(!sets(&words("--threads 8 app:app"), threads, connections));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod gunicorn;
+mod installed;
 mod ruby;
 mod socket;
 mod table;
@@ -19,7 +20,10 @@ use std::fmt;
 
 use nix::sys::signal::Signal;
 
-pub use gunicorn::{workers as gunicorn_workers, Workers as GunicornWorkers};
+pub use gunicorn::{
+    sets as gunicorn_sets, workers as gunicorn_workers, Workers as GunicornWorkers,
+};
+pub use installed::{gunicorn_version, Version as GunicornVersion, GTHREAD_CAP_SAFE};
 #[cfg(test)]
 pub use ruby::UnicornConfig;
 pub use ruby::{puma_restart, puma_threads, unicorn_config};

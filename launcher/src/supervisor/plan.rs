@@ -62,6 +62,9 @@ pub struct Plan {
     /// Why the accept queue does not show the requests waiting for this server's workers, from
     /// the behaviour table and gunicorn's worker class; None: it does (adaptive sizing can run).
     pub queue_blind: Option<String>,
+    /// gunicorn's worker connections capped at the launcher's threads (`capped_connections`):
+    /// the cap, and the `GUNICORN_CMD_ARGS` the children get instead of the profile's.
+    pub capped: Option<(u32, String)>,
 }
 
 impl Plan {
@@ -113,6 +116,22 @@ impl Plan {
         }
         let (threads, queue_blind) =
             served_how(found.server, &words, report, env, config.as_deref());
+        // The user's worker connections, or keep-alive on the command line (it wins over the
+        // launcher's `--keep-alive 0`, and a capped worker keeps no connection alive), stay.
+        let users = |setting, config| servers::gunicorn_sets(&words, config, setting);
+        let capped = (found.server == servers::Server::Gunicorn
+            && !users(
+                ("--worker-connections", "worker_connections"),
+                config.as_deref(),
+            )
+            && !users(("--keep-alive", "keepalive"), None))
+        .then(|| {
+            capped_connections(&report.thread_exports, || {
+                let path = env.get("PATH").map(std::ffi::OsStr::new);
+                servers::gunicorn_version(argv, found.args_from, path, app_dir)
+            })
+        })
+        .flatten();
         let follows_puma = found.server == servers::Server::Puma
             && mode == Mode::Delegate
             && settings.sizing == crate::sizing::Sizing::Adaptive
@@ -150,6 +169,7 @@ impl Plan {
             restart_reason,
             binds_itself,
             queue_blind,
+            capped,
         }
     }
 
@@ -164,6 +184,9 @@ impl Plan {
         }
         if let Some(threads) = self.threads {
             start = start.with("threads", threads);
+        }
+        if let Some((connections, _)) = &self.capped {
+            start = start.with("worker_connections", connections);
         }
         start = start
             .with("mode_reason", &self.mode_reason)
@@ -313,6 +336,10 @@ impl Plan {
                 replaced.push("WEB_CONCURRENCY");
                 set.retain(|(name, _)| *name != "WEB_CONCURRENCY");
                 set.push(("WEB_CONCURRENCY", self.workers.to_string()));
+                if let Some((_, args)) = &self.capped {
+                    set.retain(|(name, _)| *name != "GUNICORN_CMD_ARGS");
+                    set.push(("GUNICORN_CMD_ARGS", args.clone()));
+                }
             }
         }
         if let Some(name) = notify {
@@ -366,6 +393,31 @@ fn served_how(
     }
 }
 
+/// gunicorn's worker connections capped at the threads the launcher gives it
+/// (`threads::gunicorn_capped_args`): only where the launcher adds the threads and closes each
+/// connection after its response (a user's `--threads` or `--keep-alive` is the user's tuning)
+/// and the gunicorn the command runs is one where that is safe (`version`, read only then:
+/// `servers::GTHREAD_CAP_SAFE`); an unknown version is not capped.
+fn capped_connections(
+    thread_exports: &[(&str, String)],
+    version: impl FnOnce() -> Option<servers::GunicornVersion>,
+) -> Option<(u32, String)> {
+    let ours = |name: &str| {
+        let found = thread_exports.iter().find(|(n, _)| *n == name);
+        found.map(|(_, value)| value.as_str())
+    };
+    let args = ours("GUNICORN_CMD_ARGS")?;
+    let threads: u32 = ours("LAUNCHER_WEB_THREADS")?.parse().ok()?;
+    if !args.ends_with(&format!("--threads {threads} --keep-alive 0")) {
+        return None;
+    }
+    if version()? < servers::GTHREAD_CAP_SAFE {
+        return None;
+    }
+    let capped = crate::threads::gunicorn_capped_args(args, threads)?;
+    Some((threads, capped))
+}
+
 /// The app's own puma control app, which the launcher's would replace (puma's command line wins
 /// over its config): its figures are then not read, and adaptive sizing follows the accept queue
 /// alone, as for a puma of one thread per worker.
@@ -393,7 +445,42 @@ fn puma_control(state_dir: &Path) -> crate::supervisor::reading::puma::Control {
 
 #[cfg(test)]
 mod tests {
-    use super::puma_has_control;
+    use super::{capped_connections, puma_has_control};
+
+    #[test]
+    fn worker_connections_are_capped_only_on_a_gunicorn_where_that_is_safe() {
+        let exports = |args: &str| {
+            vec![
+                ("LAUNCHER_WEB_THREADS", "16".to_owned()),
+                ("GUNICORN_CMD_ARGS", args.to_owned()),
+            ]
+        };
+        let ours = exports("--timeout 60 --threads 16 --keep-alive 0");
+        let capped = "--timeout 60 --threads 16 --keep-alive 0 --worker-connections 16";
+        let cases = [
+            (&ours, Some((27, 0)), Some((16, capped.to_owned()))),
+            (&ours, Some((24, 0)), Some((16, capped.to_owned()))),
+            (&ours, Some((23, 0)), None),
+            (&ours, None, None),
+            // The user's keep-alive, or worker connections, in GUNICORN_CMD_ARGS.
+            (&exports("--keep-alive 5 --threads 16"), Some((27, 0)), None),
+            (
+                &exports("--worker-connections 50 --threads 16 --keep-alive 0"),
+                Some((27, 0)),
+                None,
+            ),
+        ];
+        for (exports, version, want) in cases {
+            assert_eq!(
+                capped_connections(exports, || version),
+                want,
+                "{exports:?} {version:?}"
+            );
+        }
+        // No threads of the launcher's (the user's --threads): the version is not even read.
+        let users = vec![("RAILS_MAX_THREADS", "5".to_owned())];
+        assert_eq!(capped_connections(&users, || panic!("read")), None);
+    }
 
     #[test]
     fn the_apps_own_puma_control_app_is_kept() {
