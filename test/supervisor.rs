@@ -345,6 +345,29 @@ fn finish(env: &[(&str, &str)], args: &[&str], timeout: Duration) -> Output {
     Run::output(command, timeout)
 }
 
+/// In fan-out each copy gets `WEB_CONCURRENCY=1` and the threads' exports, after the user's own
+/// `GUNICORN_CMD_ARGS` (the copies once got neither: the user's text was dropped with the threads).
+#[test]
+fn fan_out_copies_get_the_threads_and_keep_the_users_gunicorn_args() {
+    // Each copy says what it got; after a second (both have), one stops the launcher.
+    let script = r#"echo "args=[$GUNICORN_CMD_ARGS] rails=[$RAILS_MAX_THREADS] web=[$WEB_CONCURRENCY]"; sleep 1; kill -TERM $PPID; exec sleep 30"#;
+    let env = [
+        ("LAUNCHER_THREADS", "4"),
+        ("GUNICORN_CMD_ARGS", "--timeout 60"),
+        ("WEB_CONCURRENCY", "2"),
+    ];
+    let output = finish(&env, &["run", "--", "sh", "-c", script], secs(10));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("args=")).collect();
+    let want = "args=[--timeout 60 --threads 4 --keep-alive 0] rails=[4] web=[1]";
+    assert_eq!(
+        lines,
+        [want; 2],
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// One line on stderr, `launcher: error: ...`, and exit code `code`.
 fn assert_error(case: &str, output: &Output, code: i32) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();

@@ -309,7 +309,8 @@ impl Plan {
     /// a child must see. One rule (docs/architecture.md, "What children get"):
     /// - fan-out: `WEB_CONCURRENCY=1`, marked as the launcher's, with the launcher's computed value
     ///   in `LAUNCHER_WEB_CONCURRENCY`: the profile run again in the child keeps 1, as a value set
-    ///   inline (servers would multiply a count of N by N copies otherwise);
+    ///   inline (servers would multiply a count of N by N copies otherwise); the threads' exports
+    ///   as in delegate mode (each copy runs that many);
     /// - delegate: `WEB_CONCURRENCY=N`, its `WEB_CONCURRENCY_SET_BY` and `LAUNCHER_WEB_CONCURRENCY`
     ///   exactly as the profile set them: a user's value stays the user's.
     pub fn child_env(&self, report: &Report, notify: Option<&str>) -> Vec<(OsString, OsString)> {
@@ -324,9 +325,14 @@ impl Plan {
         let mut set: Vec<(&str, String)> = exports;
         match self.mode {
             Mode::FanOut => {
-                replaced.extend(["WEB_CONCURRENCY", "WEB_CONCURRENCY_SET_BY"]);
-                replaced.push("LAUNCHER_WEB_CONCURRENCY");
-                set.retain(|(name, _)| name.starts_with("DYNO"));
+                // The count's exports are each copy's own; `DYNO_RAM` and the threads' stay.
+                let count = [
+                    "WEB_CONCURRENCY",
+                    "WEB_CONCURRENCY_SET_BY",
+                    "LAUNCHER_WEB_CONCURRENCY",
+                ];
+                replaced.extend(count);
+                set.retain(|(name, _)| !count.contains(name));
                 set.push(("WEB_CONCURRENCY", "1".to_owned()));
                 set.push(("WEB_CONCURRENCY_SET_BY", SET_BY.to_owned()));
                 let computed = report.formula.value.to_string();
@@ -336,11 +342,11 @@ impl Plan {
                 replaced.push("WEB_CONCURRENCY");
                 set.retain(|(name, _)| *name != "WEB_CONCURRENCY");
                 set.push(("WEB_CONCURRENCY", self.workers.to_string()));
-                if let Some((_, args)) = &self.capped {
-                    set.retain(|(name, _)| *name != "GUNICORN_CMD_ARGS");
-                    set.push(("GUNICORN_CMD_ARGS", args.clone()));
-                }
             }
+        }
+        if let Some((_, args)) = &self.capped {
+            set.retain(|(name, _)| *name != "GUNICORN_CMD_ARGS");
+            set.push(("GUNICORN_CMD_ARGS", args.clone()));
         }
         if let Some(name) = notify {
             replaced.push("NOTIFY_SOCKET");
