@@ -217,6 +217,42 @@ fn gthread_workers_take_no_more_connections_than_threads_on_a_gunicorn_that_allo
     });
 }
 
+/// An event loop's worker connections are its concurrency: with the launcher's threads asked for
+/// all the same, gunicorn's uvicorn worker keeps its 1000 (it had the threads' cap once).
+#[test]
+fn event_loop_workers_keep_their_worker_connections() {
+    needs_machine(|| {
+        let venv = new_gunicorn_venv()?;
+        let port = free_port();
+        let port_text = port.to_string();
+        let env = [
+            ("PORT", port_text.as_str()),
+            ("WEB_CONCURRENCY", "1"),
+            ("LAUNCHER_THREADS", "2"),
+        ];
+        let worker = "uvicorn.workers.UvicornWorker";
+        let args = ["run", "--", "gunicorn", "-k", worker, "app:app"];
+        let run = Run::spawn(launcher(&venv, "asgi", &env, &args));
+        let start = run.wait_event("start", BOOT, |_| true);
+        assert_eq!(start.opt("worker_connections"), None, "{}", start.line);
+        let master = run.wait_children(1, BOOT)[0];
+        let workers = run.wait_grandchildren(master, 1, BOOT);
+        let environ =
+            fs::read(format!("/proc/{}/environ", workers[0])).map_err(|e| e.to_string())?;
+        let environ = String::from_utf8_lossy(&environ);
+        let args = environ
+            .split('\0')
+            .find(|v| v.starts_with("GUNICORN_CMD_ARGS="));
+        assert_eq!(
+            args,
+            Some("GUNICORN_CMD_ARGS=--threads 2 --keep-alive 0"),
+            "{}",
+            run.log()
+        );
+        Ok(())
+    });
+}
+
 /// The connections waiting in the accept queue of the listening TCP socket on `port`: its
 /// `rx_queue` in /proc/net/tcp or tcp6 (`st` 0A is LISTEN).
 fn accept_queue(port: u16) -> Option<u32> {

@@ -116,10 +116,12 @@ impl Plan {
         }
         let (threads, queue_blind) =
             served_how(found.server, &words, report, env, config.as_deref());
-        // The user's worker connections, or keep-alive on the command line (it wins over the
+        // gthread workers only (an event loop's worker connections are its concurrency); the
+        // user's worker connections, or keep-alive on the command line (it wins over the
         // launcher's `--keep-alive 0`, and a capped worker keeps no connection alive), stay.
         let users = |setting, config| servers::gunicorn_sets(&words, config, setting);
         let capped = (found.server == servers::Server::Gunicorn
+            && threads.is_some()
             && !users(
                 ("--worker-connections", "worker_connections"),
                 config.as_deref(),
