@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -141,23 +142,7 @@ fn delegate_runs_one_gunicorn_master_that_forks_web_concurrency_workers() {
 #[test]
 fn idle_connections_do_not_freeze_a_gthread_worker_run_with_the_launchers_threads() {
     needs_machine(|| {
-        let venv = venv(&["gunicorn"])?;
-        let port = free_port();
-        let port_text = port.to_string();
-        let env = [
-            ("PORT", port_text.as_str()),
-            ("WEB_CONCURRENCY", "1"),
-            ("LAUNCHER_THREADS", "2"),
-        ];
-        let run = Run::spawn(launcher(
-            &venv,
-            "flask-memory",
-            &env,
-            &["run", "--", "gunicorn", "app:app"],
-        ));
-        let master = run.wait_children(1, BOOT)[0];
-        run.wait_grandchildren(master, 1, BOOT);
-        run.wait_ready(1);
+        let (run, port) = one_gthread_worker_of_2_threads(&venv(&["gunicorn"])?, &[]);
         let idle: Vec<_> = (0..2)
             .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
             .collect();
@@ -170,6 +155,26 @@ fn idle_connections_do_not_freeze_a_gthread_worker_run_with_the_launchers_thread
         Ok(())
     });
 }
+
+/// `launcher run -- gunicorn app:app` serving test/fixtures/flask-memory with one worker and
+/// `LAUNCHER_THREADS=2`, and the `extra` settings, once it is ready; with its port.
+fn one_gthread_worker_of_2_threads(venv: &Path, extra: &[(&str, &str)]) -> (Run, u16) {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut env = vec![
+        ("PORT", port_text.as_str()),
+        ("WEB_CONCURRENCY", "1"),
+        ("LAUNCHER_THREADS", "2"),
+    ];
+    env.extend_from_slice(extra);
+    let args = ["run", "--", "gunicorn", "app:app"];
+    let run = Run::spawn(launcher(venv, "flask-memory", &env, &args));
+    let master = run.wait_children(1, BOOT)[0];
+    run.wait_grandchildren(master, 1, BOOT);
+    run.wait_ready(1);
+    (run, port)
+}
+
 /// On gunicorn 24 and newer, `launcher run` caps a gthread worker's connections at the threads it
 /// gives it: a request that no thread can take waits in the shared socket's accept queue, where
 /// the next free thread of any worker takes it and adaptive sizing sees it. On gunicorn 23, where
@@ -178,23 +183,7 @@ fn idle_connections_do_not_freeze_a_gthread_worker_run_with_the_launchers_thread
 fn gthread_workers_take_no_more_connections_than_threads_on_a_gunicorn_that_allows_it() {
     needs_machine(|| {
         for (venv, capped) in [(new_gunicorn_venv()?, true), (venv(&["gunicorn"])?, false)] {
-            let port = free_port();
-            let port_text = port.to_string();
-            let env = [
-                ("PORT", port_text.as_str()),
-                ("WEB_CONCURRENCY", "1"),
-                ("LAUNCHER_THREADS", "2"),
-                ("SLEEP_MS", "3000"),
-            ];
-            let run = Run::spawn(launcher(
-                &venv,
-                "flask-memory",
-                &env,
-                &["run", "--", "gunicorn", "app:app"],
-            ));
-            let master = run.wait_children(1, BOOT)[0];
-            run.wait_grandchildren(master, 1, BOOT);
-            run.wait_ready(1);
+            let (run, port) = one_gthread_worker_of_2_threads(&venv, &[("SLEEP_MS", "3000")]);
             let start = &run.events("start")[0];
             let want = capped.then_some("2");
             assert_eq!(start.opt("worker_connections"), want, "{}", run.log());
