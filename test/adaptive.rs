@@ -299,7 +299,7 @@ fn it_waits_for_each_new_worker_to_boot_before_the_next() {
                 run.log()
             );
         }
-        assert!(tally.failures.is_empty(), "{tally:?}");
+        assert!(tally.failures.is_empty(), "{tally:?}\n{}", run.log());
         assert_eq!(cgroup.oom_kills(), 0, "{}", run.log());
         Ok(())
     });
