@@ -273,7 +273,8 @@ pub const ADAPTIVE_CPU_MAX: Spec = Spec {
     default: "80",
     when: RUN,
     doc: "adaptive: add a worker only while the dyno's CPU use, scaled up by one worker more, \
-          stays under this",
+          stays under this (threaded workers: the CPU use itself; while one is lock-bound, 95% \
+          unless this is set; [docs/supervisor.md](supervisor.md#threads))",
 };
 
 pub const ADAPTIVE_SHRINK_AFTER: Spec = Spec {

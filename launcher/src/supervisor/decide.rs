@@ -248,7 +248,8 @@ impl Control {
     /// Threaded workers: a check counts as a read of the wait when more requests wait (inside
     /// the workers and in the accept queue) than the workers have idle threads, or when a worker
     /// is bound by its interpreter lock (its requests wait for the lock, which another worker
-    /// would not share); their busy threads count as busy workers' worth (threads busy / threads
+    /// would not share, and the CPU rule then lets workers grow until the CPUs are saturated,
+    /// `adaptive::LOCK_BOUND_CPU_MAX`); their busy threads count as busy workers' worth (threads busy / threads
     /// per worker), for the shrink rule. A gthread worker accepts while its threads are busy, so
     /// requests wait inside one worker while another's threads idle: a worker more would not
     /// serve those sooner: counting every wait grew workers of 8 threads to 18 (317 MB) under
@@ -257,11 +258,13 @@ impl Control {
         let (Some(threads), Some(adaptive)) = (self.config.threads, self.adaptive.as_mut()) else {
             return;
         };
+        let lock_bound = reading.gil_bound.is_some_and(|n| n > 0);
+        adaptive.controller.lock_bound_read(lock_bound);
         if let Some(waiting) = reading.waiting {
             let waits = waiting.saturating_add(reading.queued.unwrap_or(0));
             let all = threads.saturating_mul(reading.workers.len() as u32);
             let idle = reading.threads_busy.map(|busy| all.saturating_sub(busy));
-            let queued = waits > idle.unwrap_or(0) || reading.gil_bound.is_some_and(|n| n > 0);
+            let queued = waits > idle.unwrap_or(0) || lock_bound;
             adaptive.controller.queue_read(now, queued);
         }
         if let Some(busy) = reading.threads_busy {

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use crate::servers::ModeChoice;
-use crate::settings::{self as table, Settings};
+use crate::settings::{self as table, Settings, Source};
 use crate::sizing::Sizing;
+use crate::supervisor::adaptive::LOCK_BOUND_CPU_MAX;
 
 /// Heroku sends SIGKILL 30 s after SIGTERM; the launcher must be done before that: the graceful
 /// timeout, then at most `pool::STUCK_WAIT` (2 s) for what the final SIGKILL cannot end at once.
@@ -19,6 +20,9 @@ pub struct AdaptiveSettings {
     pub grow_share: f64,
     /// A share of the dyno's CPUs, 0.1 to 1.
     pub cpu_max: f64,
+    /// The bound for threaded workers bound by their interpreter lock: the CPUs saturated, or
+    /// `cpu_max` when the user set it.
+    pub lock_bound_cpu_max: f64,
     pub shrink_after: Duration,
     pub step: Duration,
 }
@@ -61,6 +65,12 @@ impl RunSettings {
             graceful_timeout = HEROKU_MAX_GRACEFUL;
         }
         let sample_interval = settings.seconds(&table::SAMPLE_INTERVAL);
+        let cpu_max = percent(settings.number(&table::ADAPTIVE_CPU_MAX));
+        let set = |spec| {
+            settings
+                .entry(spec)
+                .is_some_and(|e| e.source != Source::Default && !settings.was_replaced(spec))
+        };
         RunSettings {
             mode: settings.mode(),
             graceful_timeout,
@@ -80,7 +90,11 @@ impl RunSettings {
             adaptive: AdaptiveSettings {
                 grow_window: settings.seconds(&table::ADAPTIVE_GROW_WINDOW),
                 grow_share: percent(settings.number(&table::ADAPTIVE_GROW_SHARE)),
-                cpu_max: percent(settings.number(&table::ADAPTIVE_CPU_MAX)),
+                cpu_max,
+                lock_bound_cpu_max: match set(&table::ADAPTIVE_CPU_MAX) {
+                    true => cpu_max,
+                    false => LOCK_BOUND_CPU_MAX,
+                },
                 shrink_after: settings.seconds(&table::ADAPTIVE_SHRINK_AFTER),
                 step: settings.seconds(&table::ADAPTIVE_STEP),
             },
@@ -145,9 +159,17 @@ mod tests {
         let adaptive = defaults.adaptive;
         assert_eq!(adaptive.grow_window, Duration::from_secs(10));
         assert_eq!((adaptive.grow_share, adaptive.cpu_max), (0.5, 0.8));
+        assert_eq!(adaptive.lock_bound_cpu_max, 0.95, "the CPUs saturated");
         assert_eq!(adaptive.shrink_after, Duration::from_secs(60));
         assert_eq!(adaptive.step, Duration::from_secs(2));
         let chosen = run_settings(&[("LAUNCHER_SIZING", "adaptive")], false);
         assert_eq!(chosen.sizing, Sizing::Adaptive);
+        // A CPU bound the user set holds for lock-bound threaded workers too.
+        let lower = run_settings(&[("LAUNCHER_ADAPTIVE_CPU_MAX", "60")], false).adaptive;
+        assert_eq!((lower.cpu_max, lower.lock_bound_cpu_max), (0.6, 0.6));
+        let higher = run_settings(&[("LAUNCHER_ADAPTIVE_CPU_MAX", "99")], false).adaptive;
+        assert_eq!((higher.cpu_max, higher.lock_bound_cpu_max), (0.99, 0.99));
+        let invalid = run_settings(&[("LAUNCHER_ADAPTIVE_CPU_MAX", "lots")], false).adaptive;
+        assert_eq!((invalid.cpu_max, invalid.lock_bound_cpu_max), (0.8, 0.95));
     }
 }

@@ -16,6 +16,9 @@ pub const BUSY_HEADROOM: f64 = 0.5;
 /// A grow decision needs at least this many queue reads since the last step, or as many as the
 /// grow window and the step interval leave room for when the reads are further apart.
 pub const MIN_READS: usize = 10;
+/// Threaded workers bound by their interpreter lock grow until the CPUs are this busy, unless
+/// the user set `LAUNCHER_ADAPTIVE_CPU_MAX`: saturated, short of a reading's noise.
+pub const LOCK_BOUND_CPU_MAX: f64 = 0.95;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdaptiveConfig {
@@ -30,6 +33,8 @@ pub struct AdaptiveConfig {
     /// Never grow when the dyno's CPU use, scaled up by one worker more, would reach this share
     /// of its CPUs.
     pub cpu_max: f64,
+    /// The same for threaded workers while one is bound by its interpreter lock.
+    pub lock_bound_cpu_max: f64,
     /// Shrink when the queue was empty in every read for this long and the workers were idle.
     pub shrink_after: Duration,
     /// The least time between two steps.
@@ -84,6 +89,8 @@ pub struct Adaptive {
     /// A shrink the queue undid soon after: shrinking waits twice as long before it tries again.
     shrink_backoff: u32,
     last_shrink: Option<Instant>,
+    /// A threaded worker was bound by its interpreter lock at the last check.
+    lock_bound: bool,
 }
 
 impl Adaptive {
@@ -97,6 +104,7 @@ impl Adaptive {
             busy: VecDeque::new(),
             shrink_backoff: 0,
             last_shrink: None,
+            lock_bound: false,
         }
     }
 
@@ -137,6 +145,11 @@ impl Adaptive {
         {
             self.busy.pop_front();
         }
+    }
+
+    /// Whether a threaded worker is bound by its interpreter lock, at one check.
+    pub fn lock_bound_read(&mut self, bound: bool) {
+        self.lock_bound = bound;
     }
 
     /// Busy workers cannot be counted: what was counted before is not taken as current.
@@ -186,14 +199,20 @@ impl Adaptive {
     /// not (the third would only share the same CPUs). Threaded workers: the CPU use is under
     /// `cpu_max`, since a worker whose threads wait for its interpreter lock leaves CPU unused
     /// that a worker more (a lock of its own) takes: two of 32 threads used 75% of 2 CPUs where
-    /// four of 16 used 88% and served 17% more. Unknown before two readings: no growth.
+    /// four of 16 used 88% and served 17% more. And while a worker is lock-bound, under
+    /// `lock_bound_cpu_max`: its lock changes hands at every switch between its threads, and
+    /// the CPU left idle in those hand-offs is what another worker fills, up to the CPUs being
+    /// saturated (two lock-bound workers on 2 CPUs used 85% of them and served 0.94x what two
+    /// sync workers did, three 0.96x; test/bench/threads). Unknown before two readings: no
+    /// growth.
     fn cpu_room(&self, cpu_busy: Option<f64>) -> bool {
         let n = f64::from(self.target.max(1));
-        let projected = |busy: f64| match self.config.threaded {
-            true => busy,
-            false => busy * (n + 1.0) / n,
+        let (projected, max) = match (self.config.threaded, self.lock_bound) {
+            (true, true) => (1.0, self.config.lock_bound_cpu_max),
+            (true, false) => (1.0, self.config.cpu_max),
+            (false, _) => ((n + 1.0) / n, self.config.cpu_max),
         };
-        cpu_busy.is_some_and(|busy| projected(busy) < self.config.cpu_max)
+        cpu_busy.is_some_and(|busy| busy * projected < max)
     }
 
     /// One decision: a step of one worker, or None. `ready`: every wanted worker is up and ready

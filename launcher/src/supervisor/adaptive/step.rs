@@ -154,6 +154,9 @@ impl Sizing {
         if let Some(fit) = fit {
             event = event.with("worker_cost", mb(fit.worker_bytes));
         }
+        if let Some(bound) = reading.gil_bound {
+            event = event.with("workers_gil_bound", bound);
+        }
         Some((step.to, event))
     }
 }

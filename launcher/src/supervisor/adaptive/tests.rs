@@ -12,6 +12,7 @@ fn config() -> AdaptiveConfig {
         grow_window: 10 * SECOND,
         grow_share: 0.5,
         cpu_max: 0.8,
+        lock_bound_cpu_max: LOCK_BOUND_CPU_MAX,
         shrink_after: 60 * SECOND,
         step: 3 * SECOND,
         read_interval: SECOND / 10,
@@ -166,6 +167,42 @@ fn threaded_workers_are_held_by_the_cpu_use_not_by_their_threads_summed_waits() 
     }
 }
 
+/// The CPU rule's bound: one worker more scaled in for sync workers, the CPU use for threaded
+/// ones, and for lock-bound threaded ones the CPUs saturated (or the user's `cpu_max`).
+#[test]
+fn lock_bound_threaded_workers_may_grow_until_the_cpus_are_saturated() {
+    // (threaded, lock-bound, cpu_max, lock_bound_cpu_max, cpu_busy with 2 workers) -> room.
+    let rows = [
+        (false, false, 0.8, 0.95, 0.60, false),
+        (false, true, 0.8, 0.95, 0.60, false),
+        (false, true, 0.8, 0.95, 0.30, true),
+        (true, false, 0.8, 0.95, 0.79, true),
+        (true, false, 0.8, 0.95, 0.85, false),
+        (true, true, 0.8, 0.95, 0.85, true),
+        (true, true, 0.8, 0.95, 0.94, true),
+        (true, true, 0.8, 0.95, 0.95, false),
+        // The user's bound, lower or higher, holds.
+        (true, true, 0.5, 0.5, 0.60, false),
+        (true, true, 0.99, 0.99, 0.97, true),
+    ];
+    for (threaded, lock_bound, cpu_max, lock_bound_cpu_max, busy, room) in rows {
+        let config = AdaptiveConfig {
+            threaded,
+            cpu_max,
+            lock_bound_cpu_max,
+            ..config()
+        };
+        let mut adaptive = Adaptive::new(config, 2, Instant::now());
+        adaptive.lock_bound_read(lock_bound);
+        let row = format!("threaded {threaded}, lock-bound {lock_bound}, {cpu_max}, {busy}");
+        assert_eq!(adaptive.cpu_room(Some(busy)), room, "{row}");
+        assert!(
+            !adaptive.cpu_room(None),
+            "{row}: no CPU figure yet: no growth"
+        );
+    }
+}
+
 /// A constant load that needs `demand` workers: connections wait whenever there are fewer, and
 /// `min(demand, workers)` of them are busy. Returns the counts over `minutes`, a decision every
 /// 0.5 s.
@@ -296,6 +333,7 @@ impl Threaded {
             let gil_bound = asked >= crate::supervisor::reading::threads::GIL_BOUND;
             let used = if gil_bound { self.gil_use } else { asked };
             let cpu = (used * workers).min(self.cpus) / self.cpus;
+            adaptive.lock_bound_read(gil_bound);
             adaptive.queue_read(now, self.clients > workers * self.threads || gil_bound);
             if tick % 5 == 4 {
                 adaptive.busy_sample(now, in_flight / self.threads);
@@ -320,17 +358,20 @@ fn turns(counts: &[u32]) -> usize {
 /// settles from 2.
 #[test]
 fn threaded_workers_grow_while_waiting_and_not_past_what_the_cpus_carry() {
-    let table: [(f64, f64, f64, f64, f64, u32); 6] = [
+    let table: [(f64, f64, f64, f64, f64, u32); 7] = [
         // I/O-bound: requests wait for a thread until 64 clients have 64 threads.
         (64.0, 4.0, 0.01, 0.75, 2.0, 16),
         (64.0, 16.0, 0.01, 0.75, 2.0, 4),
         // Lock-bound with CPUs to spare: a worker more (a lock of its own), not threads, until
-        // the CPUs are near full. 10 ms of CPU in 50 ms on 2 CPUs: 2 workers of 32 threads use
-        // 75% of them, a third takes the rest.
+        // the CPUs are saturated. 10 ms of CPU in 50 ms on 2 CPUs: 2 workers of 32 threads use
+        // 75% of them, a third takes the rest; on 4 CPUs, 5 workers use 94%, a sixth the rest.
         (64.0, 32.0, 0.2, 0.75, 2.0, 3),
-        (64.0, 16.0, 0.3, 0.75, 4.0, 5),
+        (64.0, 16.0, 0.3, 0.75, 4.0, 6),
+        // CPU-bound with lock hand-offs (20 ms of CPU, test/bench/threads' /cpu): two workers
+        // use 85% of 2 CPUs, over `cpu_max`; a third fills the hand-offs, and then nothing.
+        (64.0, 16.0, 1.0, 0.85, 2.0, 3),
         // CPU-bound: two lock-bound workers fill 2 CPUs; nothing grows.
-        (64.0, 16.0, 1.0, 0.95, 2.0, 2),
+        (64.0, 16.0, 1.0, 0.98, 2.0, 2),
         // No load: the floor.
         (0.0, 16.0, 0.5, 0.75, 2.0, 2),
     ];

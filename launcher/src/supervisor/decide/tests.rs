@@ -68,6 +68,7 @@ fn adaptive() -> Option<AdaptiveConfig> {
         grow_window: 10 * SECOND,
         grow_share: 0.5,
         cpu_max: 0.8,
+        lock_bound_cpu_max: crate::supervisor::adaptive::LOCK_BOUND_CPU_MAX,
         shrink_after: 60 * SECOND,
         step: 2 * SECOND,
         read_interval: SECOND / 10,
@@ -255,6 +256,15 @@ fn oom_kills_of_a_delegated_servers_workers_are_claimed_when_they_vanish() {
 /// Two workers of 16 threads, `busy` of them busy, with `waiting` requests waiting inside the
 /// workers at each check for up to ten seconds: the decision that came, and the control.
 fn threaded_checks(waiting: u32, busy: u32) -> (Vec<Decision>, Control) {
+    threaded_checks_of(waiting, busy, |_| ())
+}
+
+/// The same, each reading changed by `change` first.
+fn threaded_checks_of(
+    waiting: u32,
+    busy: u32,
+    change: impl Fn(&mut Reading),
+) -> (Vec<Decision>, Control) {
     let t0 = Instant::now();
     let config = Config {
         limits: limits(),
@@ -280,6 +290,7 @@ fn threaded_checks(waiting: u32, busy: u32) -> (Vec<Decision>, Control) {
         reading.waiting = Some(waiting);
         reading.threads_busy = Some(busy);
         reading.not_serving = Some(vec![]);
+        change(&mut reading);
         let wants = control.wants(&reading, now, false);
         assert!(wants.inside && !wants.busy, "{wants:?}");
         control.wants_memory(&reading, now, false);
@@ -304,6 +315,30 @@ fn threaded_workers_grow_on_the_requests_waiting_inside_them() {
     );
     // 24 busy, 8 idle: more wait than the idle threads would take.
     assert_eq!(threaded_checks(12, 24).0, vec![Decision::Resize { to: 3 }]);
+}
+
+/// Lock-bound threaded workers on CPUs 85% busy (over `cpu_max`, 80%): the hand-offs of their
+/// locks leave CPU that a worker more fills, so one comes, and the line says why; without a
+/// lock-bound worker, none.
+#[test]
+fn lock_bound_threaded_workers_grow_until_the_cpus_are_saturated() {
+    let busy_cpus = |gil_bound: u32, busy: f64| {
+        move |reading: &mut Reading| {
+            reading.gil_bound = Some(gil_bound);
+            reading.cpu = Cpu {
+                busy: Some(busy),
+                demand: Some(busy),
+            };
+        }
+    };
+    let (last, mut control) = threaded_checks_of(0, 32, busy_cpus(2, 0.85));
+    assert_eq!(last, vec![Decision::Resize { to: 3 }]);
+    let line = control.take_events().pop().expect("a resize line");
+    assert_eq!(line.get("workers_gil_bound"), Some("2"), "{line:?}");
+    assert_eq!(line.get("cpu_busy"), Some("0.85"), "{line:?}");
+    let none: Vec<Decision> = vec![];
+    assert_eq!(threaded_checks_of(12, 32, busy_cpus(0, 0.85)).0, none);
+    assert_eq!(threaded_checks_of(0, 32, busy_cpus(2, 0.96)).0, none);
 }
 
 /// Requests waiting inside one gthread worker (it accepted while its threads were busy) while

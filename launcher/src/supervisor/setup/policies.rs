@@ -52,6 +52,7 @@ pub(super) fn control_config(
             grow_window: a.grow_window,
             grow_share: a.grow_share,
             cpu_max: a.cpu_max,
+            lock_bound_cpu_max: a.lock_bound_cpu_max,
             shrink_after: a.shrink_after,
             step: a.step,
             // Threaded workers are followed at each check, not at each read of the queue.
