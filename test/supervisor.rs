@@ -570,7 +570,17 @@ fn a_delegated_server_whose_app_cannot_load_is_never_logged_ready() {
             &venv,
             "broken",
             &[("PORT", &port), ("WEB_CONCURRENCY", "2")],
-            &["run", "--", "gunicorn", "app:app"],
+            // When both workers exit at once, gunicorn's arbiter reaps the first, halts, and
+            // waits its graceful timeout (30 s) for the second, whose SIGCHLD it has already
+            // taken: the arbiter's stop() only sleeps. 1 s keeps that wait inside the ready grace.
+            &[
+                "run",
+                "--",
+                "gunicorn",
+                "--graceful-timeout",
+                "1",
+                "app:app",
+            ],
         ));
         // gunicorn's arbiter says READY=1 at start; its workers fail to boot, and it exits 3.
         let exits = run.wait_events("worker_exit", 2, BOOT, |_| true);
