@@ -25,7 +25,7 @@ pub const AUTO_THREADS: (u32, u32) = (2, 32);
 /// what 2 sync workers did where 2 of 32 served 0.88x; with 8, a 50 ms sleep needed 9 workers,
 /// which served 0.70x what 2 of 32 did on gunicorn 23 (a gthread worker takes connections its
 /// threads cannot serve yet while another's threads idle); on gunicorn 27, capped, 8 served that
-/// sleep with 9 workers in 205 MB where 16 took 5 in 118 MB (docs/benchmarks.md, "Threads").
+/// sleep with 9 workers in 205 MB where 16 took 5 in about 120 MB (docs/benchmarks.md, "Threads").
 pub const ADAPTIVE_AUTO_THREADS: u32 = 16;
 
 /// Threads per worker, chosen with the worker count (docs/sizing.md#threads): `auto` shares the

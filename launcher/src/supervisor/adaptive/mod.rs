@@ -202,9 +202,9 @@ impl Adaptive {
     /// four of 16 used 88% and served 17% more. And while a worker is lock-bound, under
     /// `lock_bound_cpu_max`: its lock changes hands at every switch between its threads, and
     /// the CPU left idle in those hand-offs is what another worker fills, up to the CPUs being
-    /// saturated (two lock-bound workers on 2 CPUs used 85% of them and served 0.94x what two
-    /// sync workers did, three 0.96x; test/bench/threads). Unknown before two readings: no
-    /// growth.
+    /// saturated (two lock-bound workers on 2 CPUs used 85-93% of them and served 0.95x what
+    /// two sync workers did, three 0.99x; docs/benchmarks.md, "Threads"). Unknown before two
+    /// readings: no growth.
     fn cpu_room(&self, cpu_busy: Option<f64>) -> bool {
         let n = f64::from(self.target.max(1));
         let (projected, max) = match (self.config.threaded, self.lock_bound) {

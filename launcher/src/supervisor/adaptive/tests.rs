@@ -368,7 +368,7 @@ fn threaded_workers_grow_while_waiting_and_not_past_what_the_cpus_carry() {
         (64.0, 32.0, 0.2, 0.75, 2.0, 3),
         (64.0, 16.0, 0.3, 0.75, 4.0, 6),
         // CPU-bound with lock hand-offs (20 ms of CPU, test/bench/threads' /cpu): two workers
-        // use 85% of 2 CPUs, over `cpu_max`; a third fills the hand-offs, and then nothing.
+        // use 85-93% of 2 CPUs, over `cpu_max`; a third fills the hand-offs, then nothing.
         (64.0, 16.0, 1.0, 0.85, 2.0, 3),
         // CPU-bound: two lock-bound workers fill 2 CPUs; nothing grows.
         (64.0, 16.0, 1.0, 0.98, 2.0, 2),
