@@ -249,11 +249,12 @@ impl Control {
     /// the workers and in the accept queue) than the workers have idle threads, or when a worker
     /// is bound by its interpreter lock (its requests wait for the lock, which another worker
     /// would not share, and the CPU rule then lets workers grow until the CPUs are saturated,
-    /// `adaptive::LOCK_BOUND_CPU_MAX`); their busy threads count as busy workers' worth (threads busy / threads
-    /// per worker), for the shrink rule. A gthread worker accepts while its threads are busy, so
-    /// requests wait inside one worker while another's threads idle: a worker more would not
-    /// serve those sooner: counting every wait grew workers of 8 threads to 18 (317 MB) under
-    /// 64 clients; weighed against the idle threads, to 9 (test/bench/threads).
+    /// `adaptive::LOCK_BOUND_CPU_MAX`); their busy threads count as busy workers' worth
+    /// (threads busy / threads per worker), for the shrink rule. A gthread worker accepts while
+    /// its threads are busy, so requests wait inside one worker while another's threads idle: a
+    /// worker more would not serve those sooner: counting every wait grew workers of 8 threads
+    /// to 18 (317 MB) under 64 clients; weighed against the idle threads, to 9
+    /// (test/bench/threads).
     fn inside(&mut self, reading: &Reading, now: Instant) {
         let (Some(threads), Some(adaptive)) = (self.config.threads, self.adaptive.as_mut()) else {
             return;
