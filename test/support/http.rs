@@ -60,7 +60,16 @@ impl Conn {
         if let Err(e) = self.reader.get_mut().write_all(request.as_bytes()) {
             return Err(Failed::BeforeAnyByte(format!("write: {e}")));
         }
-        match self.reader.fill_buf().map(|bytes| bytes.is_empty()) {
+        // A read interrupted by a signal is tried again, as std's read_line and read_exact below
+        // do; BufReader::fill_buf does not. (signal(7): a socket with a receive timeout fails
+        // with EINTR when its process is stopped and resumed, even with no handler; CI met one.)
+        let first = loop {
+            match self.reader.fill_buf() {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => break other.map(|bytes| bytes.is_empty()),
+            }
+        };
+        match first {
             Ok(false) => {}
             Ok(true) => return Err(Failed::BeforeAnyByte("EOF".to_owned())),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
