@@ -66,11 +66,10 @@ impl RunSettings {
         }
         let sample_interval = settings.seconds(&table::SAMPLE_INTERVAL);
         let cpu_max = percent(settings.number(&table::ADAPTIVE_CPU_MAX));
-        let set = |spec| {
-            settings
-                .entry(spec)
-                .is_some_and(|e| e.source != Source::Default && !settings.was_replaced(spec))
-        };
+        // A valid config var or launcher.toml entry; an invalid one falls back to the next.
+        let cpu_max_set = settings
+            .entry(&table::ADAPTIVE_CPU_MAX)
+            .is_some_and(|e| e.source != Source::Default);
         RunSettings {
             mode: settings.mode(),
             graceful_timeout,
@@ -91,7 +90,7 @@ impl RunSettings {
                 grow_window: settings.seconds(&table::ADAPTIVE_GROW_WINDOW),
                 grow_share: percent(settings.number(&table::ADAPTIVE_GROW_SHARE)),
                 cpu_max,
-                lock_bound_cpu_max: match set(&table::ADAPTIVE_CPU_MAX) {
+                lock_bound_cpu_max: match cpu_max_set {
                     true => cpu_max,
                     false => LOCK_BOUND_CPU_MAX,
                 },
@@ -171,5 +170,17 @@ mod tests {
         assert_eq!((higher.cpu_max, higher.lock_bound_cpu_max), (0.99, 0.99));
         let invalid = run_settings(&[("LAUNCHER_ADAPTIVE_CPU_MAX", "lots")], false).adaptive;
         assert_eq!((invalid.cpu_max, invalid.lock_bound_cpu_max), (0.8, 0.95));
+    }
+
+    /// An invalid config var falls back to launcher.toml's value, which is the user's setting.
+    #[test]
+    fn a_cpu_bound_from_launcher_toml_under_an_invalid_config_var_is_the_users() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let file = dir.path().join(crate::settings::FILE_NAME);
+        std::fs::write(file, "adaptive_cpu_max = 60\n").expect("write");
+        let env = Env::from_pairs([("LAUNCHER_ADAPTIVE_CPU_MAX".to_owned(), "lots".to_owned())]);
+        let settings = Settings::load(&env, Some(dir.path()));
+        let adaptive = RunSettings::new(&settings, false).adaptive;
+        assert_eq!((adaptive.cpu_max, adaptive.lock_bound_cpu_max), (0.6, 0.6));
     }
 }
