@@ -12,6 +12,7 @@ use crate::servers::Mode;
 use crate::sizing::Sizing;
 use crate::state;
 use crate::units::{mb, tenths_mb};
+use crate::usage::pressure::Pressure;
 
 /// The figures a report takes from the loop.
 pub struct Figures<'a> {
@@ -36,12 +37,13 @@ pub struct Figures<'a> {
     pub hint: Option<&'a str>,
 }
 
-/// The `sample#` line: workers, restarts, the accept queue, the dyno's CPU and memory, and the
-/// launcher's own.
+/// The `sample#` line: workers, restarts, the accept queue, the dyno's CPU, memory and pressure
+/// since the last sample, and the launcher's own memory.
 pub fn sample(
     pool: &Pool,
     figures: &Figures,
     load: &LoadFigures,
+    pressure: Option<&Pressure>,
     reader: &Reader,
 ) -> crate::supervisor::log::Event {
     let (mut workers, mut ready, restarts) = pool.counts();
@@ -97,9 +99,9 @@ pub fn sample(
             .with("sample#worker_uss_max", mb(uss.unwrap_or(0)))
             .with("sample#worker_pss_total", mb(pss));
     }
-    // The dyno's PSI where the kernel has it (cgroup v2): avg10, in percent.
-    let pressure = reader.pressure();
-    if let Some(memory) = pressure.as_ref().and_then(|p| p.memory) {
+    // The dyno's PSI where the kernel has it (cgroup v2): the share of the time since the last
+    // sample, in percent.
+    if let Some(memory) = pressure.and_then(|p| p.memory) {
         event = event.with("sample#memory_pressure_some", format!("{:.2}", memory.some));
         if let Some(full) = memory.full {
             event = event.with("sample#memory_pressure_full", format!("{full:.2}"));

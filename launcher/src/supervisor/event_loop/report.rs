@@ -21,8 +21,9 @@ impl Loop {
             .reader
             .load
             .sample(&self.reader.snapshot, now, interval);
+        let pressure = self.reader.pressure_since(now);
         let figures = self.figures();
-        figures::sample(&self.pool, &figures, &load, &self.reader).emit();
+        figures::sample(&self.pool, &figures, &load, pressure.as_ref(), &self.reader).emit();
     }
 
     pub(super) fn figures(&self) -> figures::Figures<'_> {

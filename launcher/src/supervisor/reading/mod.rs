@@ -23,6 +23,7 @@ use crate::host::{LimitFiles, Size, Snapshot};
 use crate::servers::Mode;
 use crate::supervisor::pool::Pool;
 use crate::usage::cpu::Demand;
+use crate::usage::pressure::Pressure;
 use crate::usage::{Meter, Usage};
 pub use load::Load;
 pub use workers::WorkerMemory;
@@ -143,12 +144,16 @@ pub struct Reader {
     /// Requests waiting inside threaded workers, and their busy threads, at the last look.
     pub inside_last: Inside,
     gil: threads::Gil,
+    /// The dyno's pressure at the last sample (at boot before the first), and when.
+    pressure_last: Option<(Instant, Pressure)>,
 }
 
 impl Reader {
     pub fn new(snapshot: Snapshot, meter: Meter, load: Load, config: Config) -> Reader {
         let limits = limits::Limits::new(config.limit_files.clone(), Instant::now());
+        let pressure_last = meter.pressure(&snapshot).map(|p| (Instant::now(), p));
         Reader {
+            pressure_last,
             limits,
             snapshot,
             meter,
@@ -168,9 +173,14 @@ impl Reader {
         self.snapshot.proc_dir()
     }
 
-    /// The dyno's pressure stall figures, where the kernel has them (cgroup v2).
-    pub fn pressure(&self) -> Option<crate::usage::pressure::Pressure> {
-        self.meter.pressure(&self.snapshot)
+    /// The share of the time since the last call (since boot, the first time) in which the
+    /// dyno's tasks stalled, for the `sample#` line; where the kernel has the figures (cgroup v2,
+    /// PSI on) and had them at the last call.
+    pub fn pressure_since(&mut self, now: Instant) -> Option<Pressure> {
+        let reading = self.meter.pressure(&self.snapshot);
+        let last = std::mem::replace(&mut self.pressure_last, reading.clone().map(|p| (now, p)));
+        let (then, before) = last?;
+        Some(reading?.since(&before, now.duration_since(then)))
     }
 
     /// The kernel's OOM kill counter now.
