@@ -71,7 +71,8 @@ mod tests {
         let client = connect(port).expect("connect");
         let proc_dir = &Snapshot::live().proc_dir();
         let me = [std::process::id() as i32];
-        let accepted = || super::super::diag::accepted_sockets(port).expect("sock_diag");
+        let socket = super::super::diag::Socket::of(&std).expect("bound");
+        let accepted = || super::super::diag::accepted_sockets(socket).expect("sock_diag");
         assert_eq!(
             busy_workers(proc_dir, &me, &accepted()).len(),
             0,

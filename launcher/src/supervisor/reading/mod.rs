@@ -111,8 +111,8 @@ pub struct Wants {
 pub struct Config {
     pub mode: Mode,
     pub ready_grace: Duration,
-    /// The launcher's socket's port, where its accepted connections are found; None: no socket.
-    pub port: Option<u16>,
+    /// The launcher's socket, where its accepted connections are found; None: no socket.
+    pub socket: Option<diag::Socket>,
     /// Whether a worker holding a connection is a busy one (a server that accepts when free).
     pub busy_known: bool,
     /// The CPUs the dyno may use (`Host::cpu_capacity`), for the workers' CPU demand.
@@ -268,8 +268,8 @@ impl Reader {
             let stats = control.stats();
             reading.waiting = stats.map(|s| s.backlog);
             reading.threads_busy = stats.map(|s| s.busy_threads);
-        } else if let Some(port) = self.config.port {
-            reading.waiting = diag::accepted(port)
+        } else if let Some(socket) = self.config.socket {
+            reading.waiting = diag::accepted(socket)
                 .ok()
                 .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
             reading.threads_busy = threads::busy(&self.proc_dir(), &pids);
@@ -292,12 +292,12 @@ impl Reader {
     /// in the queue, every worker is busy (they accept when free): the kernel is not asked.
     /// None: there is no socket, or holding one does not mean busy for this server.
     fn count_busy(&mut self, workers: &[WorkerMemory]) -> Option<Busy> {
-        let port = self.config.port.filter(|_| self.config.busy_known)?;
+        let socket = self.config.socket.filter(|_| self.config.busy_known)?;
         let pids: Vec<i32> = workers.iter().map(|w| w.pid).collect();
         let queued = self.load.last.is_some_and(|read| read.queued > 0);
         let counted = match queued {
             true => Some(pids.len() as u32),
-            false => diag::accepted_sockets(port).ok().map(|sockets| {
+            false => diag::accepted_sockets(socket).ok().map(|sockets| {
                 let busy = busy::busy_workers(&self.proc_dir(), &pids, &sockets);
                 self.serving.extend(&busy);
                 busy.len() as u32
@@ -318,8 +318,8 @@ impl Reader {
         if unseen.is_empty() {
             return Some(unseen);
         }
-        let port = self.config.port.filter(|_| self.config.busy_known)?;
-        let sockets = diag::accepted_sockets(port).ok()?;
+        let socket = self.config.socket.filter(|_| self.config.busy_known)?;
+        let sockets = diag::accepted_sockets(socket).ok()?;
         let mut serving = busy::busy_workers(&self.proc_dir(), &unseen, &sockets);
         // One that cannot be looked at is taken as serving: else it would hold adaptive growth,
         // which waits for every worker to be seen serving, back for good.

@@ -18,7 +18,7 @@ use super::log::Event;
 use super::net::{self, Listener, Notify};
 use super::plan::{port, Plan};
 use super::pool;
-use super::reading::{self, Load, Reader};
+use super::reading::{self, diag, Load, Reader};
 use super::settings::RunSettings;
 use super::spawn;
 use super::{fatal, Fatal, Request};
@@ -131,7 +131,12 @@ impl Setup {
                 .map_err(fatal(2))?;
         let control = control_config(settings, report, &plan, port);
         let threads_hint = threads_would_help(&plan, report, port);
-        let reader = reader(&control, settings, report, &plan, (port, threads_hint));
+        let socket = listener.as_ref().map(|l| diag::Socket::of(&l.fd));
+        let socket = socket.transpose().map_err(|e| Fatal {
+            message: format!("cannot read the address of the socket just bound: {e}"),
+            exit_code: 1,
+        })?;
+        let reader = reader(&control, settings, report, &plan, (socket, threads_hint));
         log_start(&control, &reader, settings, report, &plan);
         let follow = (
             follow_rules(&control, settings, report, &plan),
@@ -201,7 +206,7 @@ fn reader(
     settings: &RunSettings,
     report: &Report,
     plan: &Plan,
-    (port, threads_hint): (Option<u16>, bool),
+    (socket, threads_hint): (Option<diag::Socket>, bool),
 ) -> Reader {
     let snapshot = Snapshot::live();
     let me = std::process::id() as i32;
@@ -217,7 +222,7 @@ fn reader(
     let config = reading::Config {
         mode: plan.mode,
         ready_grace: settings.ready_grace,
-        port,
+        socket,
         busy_known: plan.queue_blind.is_none(),
         cpu_capacity: capacity,
         cpu_window,
@@ -237,7 +242,13 @@ fn log_start(
     report: &Report,
     plan: &Plan,
 ) {
-    if let Some(message) = not_running(control, settings, report, plan, reader.config.port) {
+    if let Some(message) = not_running(
+        control,
+        settings,
+        report,
+        plan,
+        reader.config.socket.map(|s| s.port),
+    ) {
         Event::warn("config").with("message", message).emit();
     }
     let worker_max = control.guard.as_ref().and_then(|g| g.worker_max_bytes);
