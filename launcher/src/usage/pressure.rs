@@ -29,14 +29,10 @@ impl Stall {
     /// The share of `wall` in which tasks stalled between `before` and this reading, from the
     /// totals: exact, whatever the kernel's averages have folded in yet.
     fn since(&self, before: &Stall, wall: Duration) -> Stall {
+        // The rise of a running total over the wall time, as the CPU meter takes it: of one.
         let share = |now: Duration, then: Duration| {
-            let stalled = now.saturating_sub(then).as_secs_f64();
-            let wall = wall.as_secs_f64();
-            if wall > 0.0 {
-                (stalled / wall * 100.0).min(100.0)
-            } else {
-                0.0
-            }
+            let stalled = now.saturating_sub(then);
+            crate::usage::cpu::busy(stalled, wall, 1.0).map_or(0.0, |s| (s * 100.0).min(100.0))
         };
         Stall {
             some: share(self.some_total, before.some_total),
