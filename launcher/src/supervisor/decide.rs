@@ -189,6 +189,18 @@ impl Control {
         }
     }
 
+    /// Whether the requests waiting inside threaded workers are needed where the kernel is asked
+    /// for them (`Reader::waiting`: a walk of its whole TCP table): for every figure, and for
+    /// adaptive sizing unless the check counts as a read of the wait without them (`waited`: a
+    /// lock-bound worker, or more in the accept queue than idle threads), which is when the CPUs
+    /// or the threads are short.
+    pub fn wants_waiting(&self, reading: &Reading, all_figures: bool) -> bool {
+        let Some(threads) = self.config.threads else {
+            return false;
+        };
+        all_figures || (self.adaptive.is_some() && waited(reading, threads).is_none())
+    }
+
     /// Whether each worker's memory is needed (only then: smaps_rollup walks each worker's page
     /// tables): for every figure, above the soft limit, under a per-worker cap, when measured
     /// sizing is due, or for adaptive sizing's fit. A worker still stopping holds memory the usage
@@ -245,27 +257,16 @@ impl Control {
         decisions
     }
 
-    /// Threaded workers: a check counts as a read of the wait when more requests wait (inside
-    /// the workers and in the accept queue) than the workers have idle threads, or when a worker
-    /// is bound by its interpreter lock (its requests wait for the lock, which another worker
-    /// would not share, and the CPU rule then lets workers grow until the CPUs are saturated,
-    /// `adaptive::LOCK_BOUND_CPU_MAX`); their busy threads count as busy workers' worth
-    /// (threads busy / threads per worker), for the shrink rule. A gthread worker accepts while
-    /// its threads are busy, so requests wait inside one worker while another's threads idle: a
-    /// worker more would not serve those sooner: counting every wait grew workers of 8 threads
-    /// to 18 (317 MB) under 64 clients; weighed against the idle threads, to 9
-    /// (test/bench/threads).
+    /// Threaded workers: a check is a read of the wait (`waited`); their busy threads count as
+    /// busy workers' worth (threads busy / threads per worker), for the shrink rule.
     fn inside(&mut self, reading: &Reading, now: Instant) {
         let (Some(threads), Some(adaptive)) = (self.config.threads, self.adaptive.as_mut()) else {
             return;
         };
-        let lock_bound = reading.gil_bound.is_some_and(|n| n > 0);
-        adaptive.controller.lock_bound_read(lock_bound);
-        if let Some(waiting) = reading.waiting {
-            let waits = waiting.saturating_add(reading.queued.unwrap_or(0));
-            let all = threads.saturating_mul(reading.workers.len() as u32);
-            let idle = reading.threads_busy.map(|busy| all.saturating_sub(busy));
-            let queued = waits > idle.unwrap_or(0) || lock_bound;
+        adaptive
+            .controller
+            .lock_bound_read(reading.gil_bound.is_some_and(|n| n > 0));
+        if let Some(queued) = waited(reading, threads) {
             adaptive.controller.queue_read(now, queued);
         }
         if let Some(busy) = reading.threads_busy {
@@ -315,6 +316,29 @@ impl Control {
             .push(limits.with_usage(event, reading.usage_bytes));
         Some(Decision::Resize { to })
     }
+}
+
+/// Whether threaded workers of `threads` each kept requests waiting at this check: when more
+/// requests wait (inside the workers and in the accept queue) than the workers have idle threads,
+/// or when a worker is bound by its interpreter lock (its requests wait for the lock, which
+/// another worker would not share, and the CPU rule then lets workers grow until the CPUs are
+/// saturated, `adaptive::LOCK_BOUND_CPU_MAX`). None: it depends on the requests waiting inside,
+/// not read. A gthread worker accepts while its threads are busy, so requests wait inside one
+/// worker while another's threads idle: a worker more would not serve those sooner: counting
+/// every wait grew workers of 8 threads to 18 (317 MB) under 64 clients; weighed against the
+/// idle threads, to 9 (test/bench/threads).
+fn waited(reading: &Reading, threads: u32) -> Option<bool> {
+    let all = threads.saturating_mul(reading.workers.len() as u32);
+    let idle = reading
+        .threads_busy
+        .map_or(0, |busy| all.saturating_sub(busy));
+    let queued = reading.queued.unwrap_or(0);
+    if reading.gil_bound.is_some_and(|n| n > 0) || queued > idle {
+        return Some(true);
+    }
+    reading
+        .waiting
+        .map(|waiting| waiting.saturating_add(queued) > idle)
 }
 
 #[cfg(test)]

@@ -341,6 +341,61 @@ fn lock_bound_threaded_workers_grow_until_the_cpus_are_saturated() {
     assert_eq!(threaded_checks_of(0, 32, busy_cpus(2, 0.96)).0, none);
 }
 
+/// The requests waiting inside gunicorn's workers cost a walk of the kernel's whole TCP table:
+/// a check does not ask for them while a worker is lock-bound or more wait in the accept queue
+/// than threads idle (either counts as waiting anyway), and the workers grow the same without
+/// them; a sample asks.
+#[test]
+fn workers_grow_without_the_requests_waiting_inside_them_where_those_change_nothing() {
+    let lock_bound = |reading: &mut Reading| {
+        reading.gil_bound = Some(1);
+        reading.cpu = Cpu {
+            busy: Some(0.85),
+            demand: Some(0.85),
+        };
+    };
+    let (_, control) = threaded_checks_of(0, 32, lock_bound);
+    let mut check = reading(2, 30, 2);
+    assert!(control.wants_waiting(&check, false), "no lock-bound worker");
+    lock_bound(&mut check);
+    assert!(!control.wants_waiting(&check, false), "a lock-bound worker");
+    assert!(control.wants_waiting(&check, true), "for the sample line");
+    let unread = |reading: &mut Reading| {
+        lock_bound(reading);
+        reading.waiting = None;
+    };
+    assert_eq!(
+        threaded_checks_of(0, 32, unread).0,
+        vec![Decision::Resize { to: 3 }]
+    );
+    // 28 of 32 threads busy: 4 idle.
+    let queued = |n: u32| {
+        move |reading: &mut Reading| {
+            reading.queued = Some(n);
+            reading.threads_busy = Some(28);
+        }
+    };
+    let mut busy = reading(2, 30, 2);
+    queued(4)(&mut busy);
+    assert!(
+        control.wants_waiting(&busy, false),
+        "as many queued as idle"
+    );
+    queued(5)(&mut busy);
+    assert!(
+        !control.wants_waiting(&busy, false),
+        "more queued than idle"
+    );
+    let unread = |reading: &mut Reading| {
+        queued(5)(reading);
+        reading.waiting = None;
+    };
+    assert_eq!(
+        threaded_checks_of(0, 28, unread).0,
+        vec![Decision::Resize { to: 3 }]
+    );
+}
+
 /// Requests waiting inside one gthread worker (it accepted while its threads were busy) while
 /// as many threads idle elsewhere: a worker more would not serve them sooner.
 #[test]

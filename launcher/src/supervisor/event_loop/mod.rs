@@ -371,6 +371,9 @@ impl Loop {
             let mut decisions = self.control.follow_limits(&reading, now);
             let wants = self.control.wants(&reading, now, all_figures);
             self.reader.complete(&mut reading, wants, now);
+            if self.control.wants_waiting(&reading, all_figures) {
+                self.reader.waiting(&mut reading);
+            }
             if self.control.wants_memory(&reading, now, all_figures) {
                 self.reader.measure(&mut reading);
             }

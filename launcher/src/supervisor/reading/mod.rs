@@ -260,26 +260,41 @@ impl Reader {
         }
     }
 
-    /// What threaded workers hold: the requests waiting for one of their threads, and their busy
-    /// threads. The last figures are kept for the `sample#` line.
+    /// What threaded workers hold: their busy threads, the workers bound by their interpreter
+    /// lock and, from puma's control app, the requests waiting for a thread (gunicorn's are read
+    /// apart, when wanted: `waiting`). The last figures are kept for the `sample#` line.
     fn inside(&mut self, reading: &mut Reading, now: Instant) {
         let pids: Vec<i32> = reading.workers.iter().map(|w| w.pid).collect();
         if let Some(control) = &self.config.puma {
             let stats = control.stats();
             reading.waiting = stats.map(|s| s.backlog);
             reading.threads_busy = stats.map(|s| s.busy_threads);
-        } else if let Some(socket) = self.config.socket {
-            reading.waiting = diag::accepted(socket)
-                .ok()
-                .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
+        } else if self.config.socket.is_some() {
             reading.threads_busy = threads::busy(&self.proc_dir(), &pids);
         }
         reading.gil_bound = Some(self.gil.read(&self.proc_dir(), &pids, now));
         self.inside_last = Inside {
-            waiting: reading.waiting,
+            waiting: match self.config.puma {
+                Some(_) => reading.waiting,
+                None => self.inside_last.waiting,
+            },
             threads_busy: reading.threads_busy,
             gil_bound: reading.gil_bound,
         };
+    }
+
+    /// The requests waiting inside threaded workers for a thread, where the server does not say
+    /// (gunicorn): their accepted connections with unread bytes, from one `sock_diag` dump, which
+    /// walks the kernel's whole TCP table, so only when asked (`Control::wants_waiting`).
+    pub fn waiting(&mut self, reading: &mut Reading) {
+        let from_kernel = self.config.threads.is_some() && self.config.puma.is_none();
+        let Some(socket) = self.config.socket.filter(|_| from_kernel) else {
+            return;
+        };
+        reading.waiting = diag::accepted(socket)
+            .ok()
+            .map(|held| held.values().filter(|unread| **unread > 0).count() as u32);
+        self.inside_last.waiting = reading.waiting;
     }
 
     /// Each worker's memory (`smaps_rollup`: a walk of its page tables, so only when asked).
