@@ -285,10 +285,10 @@ impl Reader {
 
     /// The requests waiting inside threaded workers for a thread, where the server does not say
     /// (gunicorn): their accepted connections with unread bytes, from one `sock_diag` dump, which
-    /// walks the kernel's whole TCP table, so only when asked (`Control::wants_waiting`).
+    /// walks the kernel's whole TCP table, so only when asked (`Control::wants_waiting`, for
+    /// threaded workers alone); puma's came with its stats (`inside`).
     pub fn waiting(&mut self, reading: &mut Reading) {
-        let from_kernel = self.config.threads.is_some() && self.config.puma.is_none();
-        let Some(socket) = self.config.socket.filter(|_| from_kernel) else {
+        let Some(socket) = self.config.socket.filter(|_| self.config.puma.is_none()) else {
             return;
         };
         reading.waiting = diag::accepted(socket)
