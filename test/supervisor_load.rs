@@ -1,17 +1,19 @@
-//! Black-box tests of `launcher run` under keep-alive load on loopback: a worker killed with
-//! connections open, a fan-out rolling restart (SIGHUP), and SIGHUP forwarded to gunicorn, which
-//! replaces its own workers. Real uvicorn and gunicorn serve the fixtures; the load generator
+//! Black-box tests of `launcher run` under load on loopback: a worker killed with keep-alive
+//! connections open, fan-out rolling restarts (SIGHUP) under keep-alive clients and under a new
+//! connection per request (old workers out of the accept set first, also for a launcher running
+//! as nobody), and SIGHUP forwarded to gunicorn, which replaces its own workers. Real uvicorn and gunicorn serve the fixtures; the load generator
 //! (support/http.rs) is bounded in requests and time, and counts every failed request.
 
 use std::collections::HashSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::harness::{delegate, fanout, secs, BOOT, SECOND};
+use support::harness::{delegate, fanout, secs, Run, BOOT, LAUNCHER, SECOND, SYSTEM_PATH};
 use support::http::{get_json, json_pid, percentile, Load};
 use support::logfmt::Event;
 use support::procs::{alive, children, established_connections, signal};
-use support::{free_port, needs_machine, venv};
+use support::{fixture, free_port, needs_machine, venv};
 
 // ---- Fan-out: real uvicorn ---------------------------------------------------------------------------
 
@@ -167,6 +169,86 @@ fn hup_replaces_every_worker_one_at_a_time_without_a_failed_request() {
             "p99 {p99:?} during the restart ({tally:?})"
         );
         eprintln!("rolling restart in {restart:?}: p99 {p99:?}, {tally:?}");
+        Ok(())
+    });
+}
+
+/// Rolling restarts in a row in `rolling_restarts_lose_no_request_on_new_connections`.
+const HUPS: usize = 5;
+
+#[test]
+fn rolling_restarts_lose_no_request_on_new_connections() {
+    needs_machine(|| {
+        let venv = venv(&["uvicorn"])?;
+        let port = free_port();
+        let (run, _) = fanout(&venv, port, 2, &[]);
+        let load = Load::fresh(port, 8);
+        load.wait_more(200, &run);
+        for round in 1..=HUPS {
+            signal("HUP", &[run.pid()]);
+            run.wait(&format!("restart {round} done"), secs(30), || {
+                (run.events("restart_done").len() >= round).then_some(())
+            });
+            load.wait_more(100, &run);
+        }
+        let tally = load.finish();
+        assert!(tally.failures.is_empty(), "lost: {tally:?}\n{}", run.log());
+        // Each old worker was out of the accept set before its TERM.
+        let stops = run.events("worker_stop");
+        assert_eq!(stops.len(), 2 * HUPS, "\n{}", run.log());
+        for stop in stops {
+            let drain = run.wait_event("worker_drain", SECOND, |e| e.pid() == stop.pid());
+            assert!(drain.index > stop.index, "{}", drain.line);
+            assert_eq!(drain.get("epoll_sets"), "1", "{}", drain.line);
+        }
+        assert!(run.events("drain_failed").is_empty(), "\n{}", run.log());
+        eprintln!("{HUPS} rolling restarts, a new connection per request: {tally:?}");
+        Ok(())
+    });
+}
+
+/// A dyno runs the launcher as a user without root's capabilities: taking a worker out of the
+/// accept set needs ptrace rights over it, which a parent running as the same user has. Node
+/// (libuv waits on the inherited fd 3 itself, where uvicorn waits on a dup of it) from a copy of
+/// its fixture in a directory every user can enter, with the system's node.
+#[test]
+fn a_supervisor_running_as_nobody_takes_its_workers_out_of_the_accept_set() {
+    needs_machine(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root, to run a supervisor as nobody".to_owned());
+        }
+        let tmp = tempfile::TempDir::new().expect("temp dir");
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o1777);
+        std::fs::set_permissions(tmp.path(), mode).expect("chmod");
+        let server = fixture("node").join("server.js");
+        std::fs::copy(server, tmp.path().join("server.js")).expect("copy server.js");
+        let mut launcher = Command::new("setpriv");
+        launcher
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                LAUNCHER,
+            ])
+            .args(["run", "--", "node", "server.js"])
+            .current_dir(tmp.path())
+            .env_clear()
+            .env("PATH", SYSTEM_PATH)
+            .env("PORT", free_port().to_string())
+            .env("WEB_CONCURRENCY", "2")
+            .env("TMPDIR", tmp.path());
+        let run = Run::spawn(launcher);
+        run.wait_ready(2);
+        signal("HUP", &[run.pid()]);
+        run.wait_event("restart_done", secs(30), |_| true);
+        let stops = run.events("worker_stop");
+        assert_eq!(stops.len(), 2, "\n{}", run.log());
+        for stop in stops {
+            let drain = run.wait_event("worker_drain", SECOND, |e| e.pid() == stop.pid());
+            assert_eq!(drain.get("epoll_sets"), "1", "{}", drain.line);
+        }
+        assert!(run.events("drain_failed").is_empty(), "\n{}", run.log());
         Ok(())
     });
 }

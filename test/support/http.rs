@@ -161,7 +161,8 @@ const MAX_REQUESTS_PER_CLIENT: usize = 4000;
 const MAX_LOAD_TIME: Duration = Duration::from_secs(40);
 const PAUSE: Duration = Duration::from_millis(10);
 
-/// K clients, each looping GET on its own persistent connection.
+/// K clients, each looping GET on its own persistent connection, or on a new connection per
+/// request (`Load::fresh`).
 pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
@@ -176,12 +177,23 @@ impl Load {
 
     /// GET `path` for at most `limit`.
     pub fn on(port: u16, clients: usize, path: &'static str, limit: Duration) -> Load {
+        Self::spawn(port, clients, path, limit, Pace::KeepAlive)
+    }
+
+    /// GET / for at most `MAX_LOAD_TIME`, each request on a new connection and sent at once
+    /// after the one before (no pause), as Heroku's legacy router sends requests to a dyno:
+    /// nothing is retried, so a connection closed before its response is a failure.
+    pub fn fresh(port: u16, clients: usize) -> Load {
+        Self::spawn(port, clients, "/", MAX_LOAD_TIME, Pace::Fresh)
+    }
+
+    fn spawn(port: u16, clients: usize, path: &'static str, limit: Duration, pace: Pace) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let clients = (0..clients)
             .map(|_| {
                 let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
-                std::thread::spawn(move || client(port, path, limit, &stop, &ok))
+                std::thread::spawn(move || client(port, path, limit, pace, (&stop, &ok)))
             })
             .collect();
         Load { stop, ok, clients }
@@ -216,11 +228,29 @@ impl Drop for Load {
     }
 }
 
-fn client(port: u16, path: &str, limit: Duration, stop: &AtomicBool, ok: &AtomicUsize) -> Tally {
+/// How a client sends its requests.
+#[derive(Clone, Copy, PartialEq)]
+enum Pace {
+    /// On one persistent connection, `PAUSE` apart.
+    KeepAlive,
+    /// Each on a new connection, at once after the one before.
+    Fresh,
+}
+
+fn client(
+    port: u16,
+    path: &str,
+    limit: Duration,
+    pace: Pace,
+    (stop, ok): (&AtomicBool, &AtomicUsize),
+) -> Tally {
     let deadline = Instant::now() + limit;
     let mut tally = Tally::default();
     let mut conn: Option<Conn> = None;
-    let requests = (limit.as_millis() / PAUSE.as_millis()) as usize;
+    let requests = match pace {
+        Pace::KeepAlive => (limit.as_millis() / PAUSE.as_millis()) as usize,
+        Pace::Fresh => MAX_REQUESTS_PER_CLIENT,
+    };
     for _ in 0..requests.min(MAX_REQUESTS_PER_CLIENT * 10) {
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
@@ -234,7 +264,10 @@ fn client(port: u16, path: &str, limit: Duration, stop: &AtomicBool, ok: &Atomic
             }
             Err(why) => tally.failures.push(why),
         }
-        std::thread::sleep(PAUSE);
+        match pace {
+            Pace::KeepAlive => std::thread::sleep(PAUSE),
+            Pace::Fresh => conn = None,
+        }
     }
     tally
 }

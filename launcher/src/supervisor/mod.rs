@@ -6,6 +6,7 @@
 mod adaptive;
 mod backoff;
 mod decide;
+mod drain;
 mod event_loop;
 mod figures;
 mod hint;

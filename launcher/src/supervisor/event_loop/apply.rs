@@ -3,6 +3,7 @@
 //! signals to a delegated server. What was decided is logged before it is done, so that the
 //! app's reaction comes after in the log.
 
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use nix::sys::signal::{self, Signal};
@@ -11,8 +12,10 @@ use nix::unistd::Pid;
 use super::Loop;
 use crate::servers::Mode;
 use crate::supervisor::decide::Decision;
-use crate::supervisor::kill;
+use crate::supervisor::log::Event;
 use crate::supervisor::pool::{Action, KillTarget};
+use crate::supervisor::reading::serving;
+use crate::supervisor::{drain, kill};
 
 impl Loop {
     pub(super) fn carry_out(&mut self, actions: Vec<Action>) {
@@ -57,7 +60,7 @@ impl Loop {
         let kill_at = now + self.pool.graceful_timeout();
         let stopped = self.detached.stop(pid, group, Signal::SIGTERM, kill_at);
         if stopped > 0 {
-            crate::supervisor::log::Event::info("detached_stop")
+            Event::info("detached_stop")
                 .with("pid", pid)
                 .with("processes", stopped)
                 .with("signal", "TERM")
@@ -78,10 +81,8 @@ impl Loop {
             Action::Signal { pid, signal } => {
                 kill::sent(signal::kill(Pid::from_raw(pid), signal), "pid", pid, signal);
             }
-            Action::SignalGroup { pgid, signal } => {
-                let result = signal::killpg(Pid::from_raw(pgid), signal);
-                kill::sent(result, "group", pgid, signal);
-            }
+            Action::SignalGroup { pgid, signal } => signal_group(pgid, signal),
+            Action::Retire { pgid, signal } => self.retire(pgid, signal, Instant::now()),
             Action::Kill { target, report } => {
                 let killed = match target {
                     KillTarget::Group(pgid) => kill::group(pgid),
@@ -101,6 +102,55 @@ impl Loop {
         }
     }
 
+    /// A fan-out worker out of the accept set (`drain`), its signal `drain::WAIT` later; at once
+    /// where it waits on the socket in no epoll set, or the kernel refuses (said once).
+    fn retire(&mut self, pgid: i32, signal: Signal, now: Instant) {
+        let proc_dir = self.reader.proc_dir();
+        let drained = self.listener.as_ref().and_then(|listener| {
+            let inode = serving::socket_inode(&listener.fd)?;
+            Some(drain::drain(&proc_dir, pgid, listener.fd.as_fd(), inode))
+        });
+        match drained {
+            Some(Ok(sets)) if sets > 0 => {
+                Event::info("worker_drain")
+                    .with("pid", pgid)
+                    .with("epoll_sets", sets)
+                    .with("signal_in_ms", drain::WAIT.as_millis())
+                    .emit();
+                self.retiring.push((now + drain::WAIT, pgid, signal));
+                return;
+            }
+            Some(Err(err)) if !self.drain_refused => {
+                self.drain_refused = true;
+                Event::warn("drain_failed")
+                    .with("pid", pgid)
+                    .with("error", err.desc())
+                    .with(
+                        "message",
+                        "the kernel refused to take a stopping worker out of the accept set \
+                         (pidfd_getfd, Linux 5.6, with ptrace rights over the worker): workers \
+                         are stopped at once, and a server that drops the connections it has \
+                         accepted but not read (uvicorn) loses a request now and then in a \
+                         rolling restart or scale-down",
+                    )
+                    .emit();
+            }
+            _ => {}
+        }
+        signal_group(pgid, signal);
+    }
+
+    /// The signals of retired workers that are due.
+    pub(super) fn signal_retired(&mut self, now: Instant) {
+        let (due, later) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|(at, ..)| *at <= now);
+        self.retiring = later;
+        for (_, pgid, signal) in due {
+            signal_group(pgid, signal);
+        }
+    }
+
     pub(super) fn emit_events(&mut self) {
         let events = (self.reader.load.take_events().into_iter())
             .chain(self.control.take_events())
@@ -109,4 +159,13 @@ impl Loop {
             event.emit();
         }
     }
+}
+
+fn signal_group(pgid: i32, signal: Signal) {
+    kill::sent(
+        signal::killpg(Pid::from_raw(pgid), signal),
+        "group",
+        pgid,
+        signal,
+    );
 }

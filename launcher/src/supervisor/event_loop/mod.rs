@@ -77,6 +77,10 @@ pub struct Loop {
     /// What recycled workers left outside their group, until it is gone or killed.
     detached: kill::Detached,
     next_detached: Option<Instant>,
+    /// Workers out of the accept set: when each gets its signal (its group's id, the signal).
+    retiring: Vec<(Instant, i32, Signal)>,
+    /// Whether the kernel's refusal to take a worker out of the accept set has been said.
+    drain_refused: bool,
 }
 
 impl Loop {
@@ -111,6 +115,8 @@ impl Loop {
                 .then(crate::supervisor::hint::WaitingWorkers::default),
             detached: kill::Detached::default(),
             next_detached: None,
+            retiring: Vec::new(),
+            drain_refused: false,
         }
     }
 
@@ -125,6 +131,7 @@ impl Loop {
             self.wait();
             let now = Instant::now();
             self.read_signals(now);
+            self.signal_retired(now);
             self.reap(now);
             self.look_at_groups();
             self.next_detached = self.detached.sweep(now);
@@ -185,6 +192,7 @@ impl Loop {
             self.notify_paused_until,
             queue,
             self.next_detached,
+            self.retiring.iter().map(|(at, ..)| *at).min(),
         ];
         let timeout = wakeups
             .into_iter()

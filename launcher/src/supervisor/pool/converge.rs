@@ -196,10 +196,10 @@ impl Pool {
             .workers
             .iter()
             .position(|w| w.slot == slot && !w.stopping)?;
-        let action = self.stop(self.workers[index].pid, Signal::SIGTERM);
+        let action = self.retire(self.workers[index].pid, Signal::SIGTERM);
         let worker = &mut self.workers[index];
         worker.stopping = true;
-        worker.group_signalled = matches!(action, Action::SignalGroup { .. });
+        worker.group_signalled = matches!(action, Action::Retire { .. });
         worker.kill_at = Some(now + self.config.graceful_timeout);
         self.events.push(
             Event::info("worker_stop")

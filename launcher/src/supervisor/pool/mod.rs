@@ -63,6 +63,10 @@ pub enum Action {
     /// A signal to a worker's whole process group: the worker and everything it started that
     /// stayed in its group (a shell that does not `exec` and its server).
     SignalGroup { pgid: i32, signal: Signal },
+    /// A fan-out worker stopped while the others serve on (a rolling restart, a scale-down, a
+    /// recycle): taken out of the accept set first where it can be (`drain`), then `signal` to
+    /// its whole group.
+    Retire { pgid: i32, signal: Signal },
     /// SIGKILL to a group or to every process under the launcher; `report`, if any, is logged
     /// with `killed=N`, the processes that were still there.
     Kill {
@@ -347,6 +351,14 @@ impl Pool {
         match self.config.mode {
             Mode::FanOut => Action::SignalGroup { pgid: pid, signal },
             Mode::Delegate => Action::Signal { pid, signal },
+        }
+    }
+
+    /// The same for a worker the pool stops while it serves on: a fan-out worker is retired.
+    fn retire(&self, pid: i32, signal: Signal) -> Action {
+        match self.stop(pid, signal) {
+            Action::SignalGroup { pgid, signal } => Action::Retire { pgid, signal },
+            other => other,
         }
     }
 

@@ -37,8 +37,31 @@ pub fn waits_on(proc_dir: &Path, pid: i32, inode: u64) -> bool {
 pub const MAX_FDS_LOOKED_AT: usize = 1024;
 
 fn process_waits_on(dir: &Path, inode: u64) -> bool {
+    let found = look(dir, inode, true);
+    !found.epolls.is_empty()
+        || (!found.holding.is_empty() && blocked_in_accept(dir, &found.holding))
+}
+
+/// The epoll sets of the process at `dir` (`/proc/PID`) that watch the socket whose inode is
+/// `inode`: (the set's fd, the fd number the socket was added under), what `drain` removes.
+pub fn epoll_sets(dir: &Path, inode: u64) -> Vec<(i32, i32)> {
+    look(dir, inode, false).epolls
+}
+
+/// What a process holds of the socket: the fds that are it, and the epoll sets that watch it.
+struct Found {
+    holding: Vec<u64>,
+    epolls: Vec<(i32, i32)>,
+}
+
+/// Looks through the process's fds for the socket (`first`: only until one epoll set watches it).
+fn look(dir: &Path, inode: u64, first: bool) -> Found {
+    let mut found = Found {
+        holding: Vec::new(),
+        epolls: Vec::new(),
+    };
     let Ok(entries) = std::fs::read_dir(dir.join("fd")) else {
-        return false;
+        return found;
     };
     let mut fds: Vec<u64> = entries
         .flatten()
@@ -47,21 +70,26 @@ fn process_waits_on(dir: &Path, inode: u64) -> bool {
     fds.sort_unstable();
     fds.truncate(MAX_FDS_LOOKED_AT);
     let socket = format!("socket:[{inode}]");
-    let mut holding = Vec::new();
     for number in fds {
         let Ok(target) = std::fs::read_link(dir.join("fd").join(number.to_string())) else {
             continue;
         };
         if target.as_os_str() == socket.as_str() {
-            holding.push(number);
+            found.holding.push(number);
         } else if target.as_os_str() == "anon_inode:[eventpoll]" {
             let info = read_text(&dir.join("fdinfo").join(number.to_string()), MAX_BYTES);
-            if info.is_ok_and(|text| epoll_targets(&text).contains(&inode)) {
-                return true;
+            let watched = info.map_or(Vec::new(), |text| epoll_targets(&text));
+            let added = watched.iter().filter(|(_, ino)| *ino == inode);
+            let epoll = i32::try_from(number).unwrap_or(-1);
+            found
+                .epolls
+                .extend(added.filter_map(|(tfd, _)| Some((epoll, i32::try_from(*tfd).ok()?))));
+            if first && !found.epolls.is_empty() {
+                break;
             }
         }
     }
-    !holding.is_empty() && blocked_in_accept(dir, &holding)
+    found
 }
 
 /// Whether a thread of the process is in accept/accept4 on one of `fds`.
@@ -75,17 +103,19 @@ fn blocked_in_accept(dir: &Path, fds: &[u64]) -> bool {
     })
 }
 
-/// The inodes an epoll fd watches, from its fdinfo: `tfd: 7 events: 19 data: 7 pos:0 ino:1a2b
-/// sdev:8` per watched file, the inode in hex.
-pub fn epoll_targets(fdinfo: &str) -> Vec<u64> {
+/// What an epoll fd watches, from its fdinfo: `tfd: 7 events: 19 data: 7 pos:0 ino:1a2b sdev:8`
+/// per watched file: (the fd number it was added under, its inode, in hex there).
+pub fn epoll_targets(fdinfo: &str) -> Vec<(u64, u64)> {
     fdinfo
         .lines()
-        .filter(|line| line.starts_with("tfd:"))
         .filter_map(|line| {
-            let ino = line
-                .split_whitespace()
-                .find_map(|f| f.strip_prefix("ino:"))?;
-            u64::from_str_radix(ino, 16).ok()
+            let mut fields = line.split_whitespace();
+            if fields.next()? != "tfd:" {
+                return None;
+            }
+            let tfd = fields.next()?.parse().ok()?;
+            let ino = fields.find_map(|f| f.strip_prefix("ino:"))?;
+            Some((tfd, u64::from_str_radix(ino, 16).ok()?))
         })
         .collect()
 }
@@ -112,7 +142,7 @@ mod tests {
         let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
                       tfd:        3 events:       19 data:                3  pos:0 ino:6c5e sdev:9\n\
                       tfd:        9 events:       19 data:                9  pos:0 ino:1f sdev:9\n";
-        assert_eq!(epoll_targets(fdinfo), vec![0x6c5e, 0x1f]);
+        assert_eq!(epoll_targets(fdinfo), vec![(3, 0x6c5e), (9, 0x1f)]);
         assert!(epoll_targets("pos:\t0\nflags:\t02\n").is_empty());
     }
 

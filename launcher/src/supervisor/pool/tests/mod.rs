@@ -96,7 +96,9 @@ fn signals(actions: &[Action]) -> Vec<(i32, Signal)> {
         .iter()
         .filter_map(|a| match a {
             Action::Signal { pid, signal } => Some((*pid, *signal)),
-            Action::SignalGroup { pgid, signal } => Some((*pgid, *signal)),
+            Action::SignalGroup { pgid, signal } | Action::Retire { pgid, signal } => {
+                Some((*pgid, *signal))
+            }
             Action::Kill {
                 target: KillTarget::Group(pgid),
                 ..
