@@ -305,6 +305,14 @@ mod tests {
     }
 
     #[test]
+    fn the_users_gunicorn_arguments_come_through_whole() {
+        let text = "--access-logformat '\"%(r)s\" \\ \u{7f}\t\u{e9}' --timeout\n5";
+        let out = output(&[("GUNICORN_CMD_ARGS", text), ("LAUNCHER_THREADS", "4")]);
+        let want = format!("{text} --threads 4 --keep-alive 0");
+        assert_eq!(get(&out, "GUNICORN_CMD_ARGS"), Some(want.as_str()));
+    }
+
+    #[test]
     fn disabled_writes_nothing() {
         assert!(output(&[("LAUNCHER_DISABLE", "1")]).is_empty());
     }

@@ -99,29 +99,14 @@ pub fn render(exports: &[(&'static str, String)]) -> String {
         .collect()
 }
 
-/// The same exports as a CNB exec.d program's output: TOML `NAME = "value"` lines. Every value is
-/// an integer or a token but `GUNICORN_CMD_ARGS`, which holds the user's text (`toml_string`).
+/// The same exports as a CNB exec.d program's output: a TOML table of strings (`NAME = "value"`),
+/// written by the toml crate, which quotes and escapes `GUNICORN_CMD_ARGS`, the user's text.
 pub fn render_toml(exports: &[(&'static str, String)]) -> String {
-    exports
+    let table: toml::Table = exports
         .iter()
-        .map(|(name, value)| format!("{name} = {}\n", toml_string(value)))
-        .collect()
-}
-
-/// A TOML basic string: `GUNICORN_CMD_ARGS` carries the user's text, quoted and escaped.
-fn toml_string(value: &str) -> String {
-    let mut quoted = String::with_capacity(value.len() + 2);
-    quoted.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => quoted.push_str("\\\""),
-            '\\' => quoted.push_str("\\\\"),
-            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => quoted.push(c),
-        }
-    }
-    quoted.push('"');
-    quoted
+        .map(|(name, value)| ((*name).to_owned(), toml::Value::String(value.clone())))
+        .collect();
+    table.to_string()
 }
 
 /// Logs what the boot does on stderr: a warning line per setting or value that was replaced (a
