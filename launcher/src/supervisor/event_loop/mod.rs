@@ -12,9 +12,9 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
 mod apply;
+mod reap;
 mod report;
 mod socket;
 
@@ -29,7 +29,8 @@ use crate::procs;
 use crate::servers::{self, Mode};
 use crate::sizing::MAX_WEB_CONCURRENCY;
 use crate::state;
-use report::{adopted_exits, report_stuck};
+use reap::has_children;
+use report::report_stuck;
 
 /// How often the state file for `launcher size` is rewritten, at most.
 const STATE_INTERVAL: Duration = Duration::from_secs(10);
@@ -254,58 +255,6 @@ impl Loop {
         self.pool.set_cap(Cap { workers, why });
     }
 
-    /// Reaps every child that ended: workers, and orphans adopted as subreaper, whose exits are
-    /// summed up in one line per turn. The OOM kill counter is read once for all the workers
-    /// SIGKILLed in the turn, so that a mass kill is attributed to every worker it ended.
-    fn reap(&mut self, now: Instant) {
-        let workers = self.pool.worker_pids();
-        let mut ended: Vec<(i32, String, bool)> = Vec::new();
-        let mut adopted: Vec<(i32, String)> = Vec::new();
-        loop {
-            let (pid, status, killed) =
-                match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit:{code}"), false),
-                    Ok(WaitStatus::Signaled(pid, signal, _)) => (
-                        pid,
-                        format!("signal:{}", signal as i32),
-                        signal == Signal::SIGKILL,
-                    ),
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(_) => continue,
-                };
-            let pid = pid.as_raw();
-            if workers.contains(&pid) {
-                ended.push((pid, status, killed));
-            } else {
-                adopted.push((pid, status));
-            }
-        }
-        let killed: Vec<i32> = ended.iter().filter(|e| e.2).map(|e| e.0).collect();
-        let counted = match killed.is_empty() {
-            true => None,
-            false => self.reader.oom_kills(),
-        };
-        let oom_killed = self.control.claim_oom_kills(counted, &killed, now);
-        for (pid, status, _) in ended {
-            let cause = oom_killed.contains(&pid).then_some("oom_kill");
-            let group_alive = kill::group_alive(pid);
-            let actions = self.pool.exited(pid, &status, cause, group_alive, now);
-            self.carry_out(actions);
-        }
-        if !adopted.is_empty() {
-            adopted_exits(&adopted).emit();
-        }
-    }
-
-    /// Groups that workers left behind: done with once no process is left in them.
-    fn look_at_groups(&mut self) {
-        for pgid in self.pool.lingering_groups() {
-            if !kill::group_alive(pgid) {
-                self.pool.group_gone(pgid);
-            }
-        }
-    }
-
     fn read_notify(&mut self, now: Instant) {
         if self.notify_paused_until.is_some_and(|until| now < until) {
             return;
@@ -399,17 +348,6 @@ impl Loop {
             self.write_state();
         }
     }
-}
-
-/// Whether any child (worker or adopted orphan) is left to wait for.
-fn has_children() -> bool {
-    !matches!(
-        nix::sys::wait::waitid(
-            nix::sys::wait::Id::All,
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
-        ),
-        Err(Errno::ECHILD)
-    )
 }
 
 /// A seed for the restart jitter, different per launcher.
