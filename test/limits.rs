@@ -1,7 +1,8 @@
 //! Limits that change while the app runs (docs/architecture.md, "Limits that change"): a running
 //! dyno's cgroup v1 memory limit (`memory.limit_in_bytes`) and CPU quota (`cpu.cfs_quota_us`, in
 //! a cpu cgroup of its own) rewritten under a real gunicorn or uvicorn serving a load, as a
-//! platform resizing a container in place (Kubernetes) rewrites them. Root only.
+//! platform resizing a container in place (Kubernetes) rewrites them; and the scaling signals
+//! of a resize reaching a delegated server held off the CPUs (a v1 freezer cgroup). Root only.
 
 mod support;
 
@@ -179,6 +180,92 @@ fn halving_a_running_dynos_memory_sheds_to_a_fresh_boots_count_and_doubling_grow
             "{}",
             sample.line
         );
+        Ok(())
+    });
+}
+
+/// Whether `signal` (its number) is pending at process `pid`, sent to the process and not yet
+/// delivered: /proc/PID/status's `ShdPnd` mask.
+fn pending(pid: u32, signal: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("ShdPnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+/// A cgroup of its own in the v1 freezer hierarchy, to hold a process off the CPUs without a
+/// signal (SIGSTOP would do, but the SIGCONT after it discards a pending TTIN or TTOU); thawed
+/// and removed on drop, the processes left in it killed.
+struct Freezer {
+    dir: PathBuf,
+}
+
+impl Freezer {
+    fn create(name: &str) -> Result<Freezer, String> {
+        let mount = Path::new("/sys/fs/cgroup/freezer");
+        if !mount.join("cgroup.procs").exists() {
+            return Err("no cgroup v1 freezer at /sys/fs/cgroup/freezer".to_owned());
+        }
+        let dir = mount.join(format!("{name}-{}", std::process::id()));
+        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(Freezer { dir })
+    }
+
+    fn freeze(&self, pid: u32) {
+        write(&self.dir.join("cgroup.procs"), &pid.to_string());
+        write(&self.dir.join("freezer.state"), "FROZEN");
+    }
+
+    fn thaw(&self) {
+        write(&self.dir.join("freezer.state"), "THAWED");
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        let _ = fs::write(self.dir.join("freezer.state"), "THAWED");
+        let deadline = Instant::now() + secs(10);
+        while fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A resize by two sends a delegated server two scaling signals; a standard signal is pending
+/// once, so two that reach a server before it runs again are one. Held off the CPUs for 300 ms
+/// here, as a server starved of CPU is (gunicorn in the cgroup v2 guest of a loaded host ran 3
+/// workers where 2 were asked, with the signals 50 ms apart); the launcher spaces them 1 s apart.
+#[test]
+fn a_resize_by_two_reaches_a_server_that_did_not_run_for_a_moment() {
+    needs_machine(|| {
+        let venv = venv(&["gunicorn"])?;
+        let cgroup = MemoryCgroup::create(&["launcher-test-limits-spacing"], 1024 * MB)?;
+        let freezer = Freezer::create("launcher-test-limits-spacing")?;
+        let port = free_port().to_string();
+        let args = ["run", "--", "gunicorn", "app:app"];
+        let command = launcher(&venv, "flask", &[("PORT", port.as_str())], &args);
+        let run = Run::spawn(cgroup.wrap(&command));
+        let master = run.wait_children(1, BOOT)[0];
+        run.wait_grandchildren(master, 4, BOOT);
+        run.wait_event("worker_ready", BOOT, |_| true);
+        freezer.freeze(master);
+        let lowered = set_memory(&cgroup, 512 * MB);
+        let sigttou = 22;
+        run.wait("a TTOU pending at the frozen server", secs(10), || {
+            pending(master, sigttou).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        freezer.thaw();
+        let workers = || children(master).len();
+        run.settles_at(2, lowered, FOLLOWED_WITHIN, workers);
+        let change = &run.events("limits_changed")[0];
+        assert_eq!(change.get("workers"), "2", "{}", change.line);
         Ok(())
     });
 }

@@ -35,8 +35,11 @@ pub const SERVING_CHECK: Duration = Duration::from_millis(100);
 /// it has been up this long.
 pub const SINGLE_PROCESS_READY: Duration = Duration::from_secs(5);
 /// Between two scaling signals to a delegated server: the first is handled by then, so the
-/// second is not merged into it.
-pub const SCALE_SPACING: Duration = Duration::from_millis(50);
+/// second is not merged into it (a standard signal is pending once, and Python runs a handler
+/// once for a signal delivered twice before it gets to it). 50 ms was too short for a server
+/// starved of CPU: gunicorn in the cgroup v2 guest of a loaded host, and one held frozen for
+/// 300 ms (test/limits.rs), ran 3 workers where 2 were asked.
+pub const SCALE_SPACING: Duration = Duration::from_secs(1);
 
 /// The most workers TTIN may take the count to (`memory::fit::ttin_cap`), and what sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -157,12 +157,13 @@ fn a_delegated_servers_count_follows_scaling_reloads_and_restarts() {
         vec![(100, Signal::SIGTTIN)],
         "one signal per worker of the change: the first at once"
     );
+    assert!(signals(&h.at(0.5)).is_empty(), "not the second yet");
     assert_eq!(
-        signals(&h.at(0.1)),
+        signals(&h.at(1.0)),
         vec![(100, Signal::SIGTTIN)],
         "the second once the first is handled, not merged into it"
     );
-    assert!(signals(&h.at(0.2)).is_empty(), "two in all");
+    assert!(signals(&h.at(2.5)).is_empty(), "two in all");
     h.exit(100, "signal:9");
     h.at(5.0);
     steps.push(("a new server", h.pool.wanted()));
