@@ -21,20 +21,26 @@ const MB: u64 = 1024 * 1024;
 /// The bound: from the rewrite to the count a fresh boot would choose.
 const FOLLOWED_WITHIN: Duration = Duration::from_secs(10);
 
-/// A cgroup of its own in the v1 cpu hierarchy, for a CPU quota; removed on drop.
-struct CpuCgroup {
+/// A cgroup of its own in a v1 hierarchy: `cpu` for a CPU quota, `freezer` to hold a process off
+/// the CPUs without a signal (SIGSTOP would do, but the SIGCONT after it discards a pending TTIN
+/// or TTOU). On drop it is thawed, the processes left in it are killed, and it is removed.
+struct V1Cgroup {
     dir: PathBuf,
 }
 
-impl CpuCgroup {
-    fn create(name: &str) -> Result<CpuCgroup, String> {
-        let mount = Path::new("/sys/fs/cgroup/cpu");
-        if !mount.join("cpu.cfs_quota_us").exists() {
-            return Err("no cgroup v1 cpu controller at /sys/fs/cgroup/cpu".to_owned());
+impl V1Cgroup {
+    /// `controller`'s cgroup `name`, where its mount has `file`.
+    fn create(controller: &str, file: &str, name: &str) -> Result<V1Cgroup, String> {
+        let mount = Path::new("/sys/fs/cgroup").join(controller);
+        if !mount.join(file).exists() {
+            return Err(format!(
+                "no cgroup v1 {controller} controller at {}",
+                mount.display()
+            ));
         }
         let dir = mount.join(format!("{name}-{}", std::process::id()));
         fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(CpuCgroup { dir })
+        Ok(V1Cgroup { dir })
     }
 
     /// `command` run inside this cgroup (see `support::wrap_in`).
@@ -42,13 +48,14 @@ impl CpuCgroup {
         support::wrap_in(&[self.dir.join("cgroup.procs")], command)
     }
 
-    fn quota(&self, quota_us: i64) {
-        write(&self.dir.join("cpu.cfs_quota_us"), &quota_us.to_string());
+    fn set(&self, file: &str, value: &str) {
+        write(&self.dir.join(file), value);
     }
 }
 
-impl Drop for CpuCgroup {
+impl Drop for V1Cgroup {
     fn drop(&mut self) {
+        let _ = fs::write(self.dir.join("freezer.state"), "THAWED");
         let deadline = Instant::now() + secs(10);
         while fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
             let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
@@ -195,48 +202,6 @@ fn pending(pid: u32, signal: u32) -> bool {
         .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
 
-/// A cgroup of its own in the v1 freezer hierarchy, to hold a process off the CPUs without a
-/// signal (SIGSTOP would do, but the SIGCONT after it discards a pending TTIN or TTOU); thawed
-/// and removed on drop, the processes left in it killed.
-struct Freezer {
-    dir: PathBuf,
-}
-
-impl Freezer {
-    fn create(name: &str) -> Result<Freezer, String> {
-        let mount = Path::new("/sys/fs/cgroup/freezer");
-        if !mount.join("cgroup.procs").exists() {
-            return Err("no cgroup v1 freezer at /sys/fs/cgroup/freezer".to_owned());
-        }
-        let dir = mount.join(format!("{name}-{}", std::process::id()));
-        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(Freezer { dir })
-    }
-
-    fn freeze(&self, pid: u32) {
-        write(&self.dir.join("cgroup.procs"), &pid.to_string());
-        write(&self.dir.join("freezer.state"), "FROZEN");
-    }
-
-    fn thaw(&self) {
-        write(&self.dir.join("freezer.state"), "THAWED");
-    }
-}
-
-impl Drop for Freezer {
-    fn drop(&mut self) {
-        let _ = fs::write(self.dir.join("freezer.state"), "THAWED");
-        let deadline = Instant::now() + secs(10);
-        while fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
-            let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines() {
-                let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// A resize by two sends a delegated server two scaling signals; a standard signal is pending
 /// once, so two that reach a server before it runs again are one. Held off the CPUs for 300 ms
 /// here, as a server starved of CPU is (gunicorn in the cgroup v2 guest of a loaded host ran 3
@@ -246,7 +211,7 @@ fn a_resize_by_two_reaches_a_server_that_did_not_run_for_a_moment() {
     needs_machine(|| {
         let venv = venv(&["gunicorn"])?;
         let cgroup = MemoryCgroup::create(&["launcher-test-limits-spacing"], 1024 * MB)?;
-        let freezer = Freezer::create("launcher-test-limits-spacing")?;
+        let freezer = V1Cgroup::create("freezer", "cgroup.procs", "launcher-test-limits-spacing")?;
         let port = free_port().to_string();
         let args = ["run", "--", "gunicorn", "app:app"];
         let command = launcher(&venv, "flask", &[("PORT", port.as_str())], &args);
@@ -254,14 +219,15 @@ fn a_resize_by_two_reaches_a_server_that_did_not_run_for_a_moment() {
         let master = run.wait_children(1, BOOT)[0];
         run.wait_grandchildren(master, 4, BOOT);
         run.wait_event("worker_ready", BOOT, |_| true);
-        freezer.freeze(master);
+        freezer.set("cgroup.procs", &master.to_string());
+        freezer.set("freezer.state", "FROZEN");
         let lowered = set_memory(&cgroup, 512 * MB);
         let sigttou = 22;
         run.wait("a TTOU pending at the frozen server", secs(10), || {
             pending(master, sigttou).then_some(())
         });
         std::thread::sleep(Duration::from_millis(300));
-        freezer.thaw();
+        freezer.set("freezer.state", "THAWED");
         let workers = || children(master).len();
         run.settles_at(2, lowered, FOLLOWED_WITHIN, workers);
         let change = &run.events("limits_changed")[0];
@@ -278,7 +244,7 @@ fn a_cpu_quota_set_on_a_running_dyno_moves_fan_out_copies_to_a_fresh_boots_count
             return Err("this test needs 2 CPUs or more, for a quota under them".to_owned());
         }
         let memory = MemoryCgroup::create(&["launcher-test-limits-cpu"], 1024 * MB)?;
-        let cpu = CpuCgroup::create("launcher-test-limits-cpu")?;
+        let cpu = V1Cgroup::create("cpu", "cpu.cfs_quota_us", "launcher-test-limits-cpu")?;
         let wrap = |c: &Command| cpu.wrap(&memory.wrap(c));
         let port = free_port();
         let port_text = port.to_string();
@@ -295,7 +261,7 @@ fn a_cpu_quota_set_on_a_running_dyno_moves_fan_out_copies_to_a_fresh_boots_count
 
         // A quota of one CPU: 2*1+1 = 3.
         let before = run.stdout().len();
-        cpu.quota(100_000);
+        cpu.set("cpu.cfs_quota_us", "100000");
         let set = Instant::now();
         assert_eq!(fresh_boot(wrap), 3);
         let took = run.settles_at(3, set, secs(30), copies);
@@ -317,7 +283,7 @@ fn a_cpu_quota_set_on_a_running_dyno_moves_fan_out_copies_to_a_fresh_boots_count
 
         // The quota lifted: the machine's CPUs again, and 4.
         let before = run.stdout().len();
-        cpu.quota(-1);
+        cpu.set("cpu.cfs_quota_us", "-1");
         let lifted = Instant::now();
         assert_eq!(fresh_boot(wrap), 4);
         let took = run.settles_at(4, lifted, secs(30), copies);
