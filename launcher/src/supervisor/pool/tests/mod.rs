@@ -377,6 +377,27 @@ fn fan_out_stops_whole_groups_and_delegate_the_server_alone() {
 }
 
 #[test]
+fn a_fan_out_worker_stopped_while_the_others_serve_is_retired() {
+    let mut h = Harness::new(config(Mode::FanOut, 2));
+    h.at(0.0);
+    h.at(1.0);
+    h.signal(Signal::SIGTTOU);
+    let retire = Action::Retire {
+        pgid: 101,
+        signal: Signal::SIGTERM,
+    };
+    assert!(h.at(1.1).contains(&retire), "out of the accept set first");
+    // At shutdown every worker stops: signalled at once (fan_out_stops_whole_groups_...).
+    let mut delegate = Harness::new(config(Mode::Delegate, 2));
+    delegate.at(0.0);
+    let stop = delegate.pool.resize(1, delegate.now);
+    assert!(
+        stop.iter().all(|a| !matches!(a, Action::Retire { .. })),
+        "a delegated server stops its own workers: {stop:?}"
+    );
+}
+
+#[test]
 fn what_a_stopped_worker_leaves_in_its_group_is_killed_after_the_graceful_timeout() {
     let mut h = Harness::new(config(Mode::FanOut, 2));
     h.at(0.0);
