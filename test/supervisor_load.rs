@@ -5,11 +5,10 @@
 //! (support/http.rs) is bounded in requests and time, and counts every failed request.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::harness::{delegate, fanout, secs, Run, BOOT, LAUNCHER, SECOND, SYSTEM_PATH};
+use support::harness::{delegate, fanout, launcher_as_nobody, secs, Run, BOOT, SECOND};
 use support::http::{get_json, json_pid, percentile, Load};
 use support::logfmt::Event;
 use support::procs::{alive, children, established_connections, signal};
@@ -222,19 +221,9 @@ fn a_supervisor_running_as_nobody_takes_its_workers_out_of_the_accept_set() {
         std::fs::set_permissions(tmp.path(), mode).expect("chmod");
         let server = fixture("node").join("server.js");
         std::fs::copy(server, tmp.path().join("server.js")).expect("copy server.js");
-        let mut launcher = Command::new("setpriv");
+        let mut launcher = launcher_as_nobody(&["run", "--", "node", "server.js"]);
         launcher
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-                LAUNCHER,
-            ])
-            .args(["run", "--", "node", "server.js"])
             .current_dir(tmp.path())
-            .env_clear()
-            .env("PATH", SYSTEM_PATH)
             .env("PORT", free_port().to_string())
             .env("WEB_CONCURRENCY", "2")
             .env("TMPDIR", tmp.path());

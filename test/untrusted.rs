@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use tempfile::TempDir;
 
 mod support;
-use support::harness::{command, secs, Run, BOOT, LAUNCHER, SYSTEM_PATH};
+use support::harness::{command, launcher_as_nobody, secs, Run, BOOT, LAUNCHER, SYSTEM_PATH};
 use support::text;
 use support::{needs_machine, MemoryCgroup};
 
@@ -343,13 +343,8 @@ fn an_unreadable_limit_file_is_named_in_the_notes_for_a_non_root_user() {
             .join("sys/fs/cgroup/memory/memory.limit_in_bytes");
         fs::set_permissions(&limit, fs::Permissions::from_mode(0o000)).expect("chmod");
         fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        let mut size = Command::new("setpriv");
-        size.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(LAUNCHER)
-            .args(["size", "--json", "--root"])
-            .arg(root.path())
-            .env_clear()
-            .env("PATH", SYSTEM_PATH);
+        let mut size = launcher_as_nobody(&["size", "--json", "--root"]);
+        size.arg(root.path());
         let output = Run::output(size, secs(5));
         let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
         assert_eq!(
@@ -600,14 +595,9 @@ fn a_non_root_supervisor_keeps_its_state_beside_roots() {
         // root's directory exists already: nobody's is another one.
         fs::create_dir(tmp.path().join("launcher-0")).expect("mkdir");
         let as_nobody = |args: &[&str]| {
-            let mut command = Command::new("setpriv");
+            let mut command = launcher_as_nobody(args);
             command
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(LAUNCHER)
-                .args(args)
                 .current_dir("/")
-                .env_clear()
-                .env("PATH", SYSTEM_PATH)
                 .env("TMPDIR", tmp.path())
                 .env("WEB_CONCURRENCY", "1")
                 .env("LAUNCHER_SAMPLE_INTERVAL", "0");

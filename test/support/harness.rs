@@ -50,6 +50,24 @@ pub fn command(
     command
 }
 
+/// `launcher ARGS` run as nobody (uid and gid 65534, no supplementary groups), as a dyno runs it
+/// without root, with only PATH in its environment.
+pub fn launcher_as_nobody(args: &[&str]) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            LAUNCHER,
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", SYSTEM_PATH);
+    command
+}
+
 /// `launcher ARGS` serving the fixture `app` with the venv's servers.
 pub fn launcher(venv: &Path, app: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
     command(Some(venv), app, env, LAUNCHER, args)
