@@ -1,14 +1,19 @@
 //! Black-box tests of `launcher run` under load on loopback: a worker killed with keep-alive
 //! connections open, fan-out rolling restarts (SIGHUP) under keep-alive clients and under a new
 //! connection per request (old workers out of the accept set first, also for a launcher running
-//! as nobody), and SIGHUP forwarded to gunicorn, which replaces its own workers. Real uvicorn and gunicorn serve the fixtures; the load generator
-//! (support/http.rs) is bounded in requests and time, and counts every failed request.
+//! as nobody, and stopped at once where a seccomp filter refuses that), and SIGHUP forwarded to
+//! gunicorn, which replaces its own workers. Real uvicorn, Node and gunicorn serve the fixtures;
+//! the load generator (support/http.rs) is bounded in requests and time, and counts every failed
+//! request.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::harness::{delegate, fanout, launcher_as_nobody, secs, Run, BOOT, SECOND};
+use support::harness::{
+    command, delegate, fanout, launcher_as_nobody, refuse_pidfd_getfd, secs, Run, BOOT, LAUNCHER,
+    SECOND,
+};
 use support::http::{get_json, json_pid, percentile, Load};
 use support::logfmt::Event;
 use support::procs::{alive, children, established_connections, signal};
@@ -238,6 +243,41 @@ fn a_supervisor_running_as_nobody_takes_its_workers_out_of_the_accept_set() {
             assert_eq!(drain.get("epoll_sets"), "1", "{}", drain.line);
         }
         assert!(run.events("drain_failed").is_empty(), "\n{}", run.log());
+        Ok(())
+    });
+}
+
+/// Docker's and containerd's default seccomp profiles refuse `pidfd_getfd(2)` to a container
+/// without CAP_SYS_PTRACE: workers are then stopped at once, as before the drain, rolling restarts
+/// go on, and one `drain_failed` line says why, however many workers stop after it.
+#[test]
+fn where_seccomp_refuses_the_drain_rolling_restarts_go_on_and_say_so_once() {
+    needs_machine(|| {
+        let port = free_port().to_string();
+        let env = [("PORT", port.as_str()), ("WEB_CONCURRENCY", "2")];
+        let args = ["run", "--", "node", "server.js"];
+        let mut launcher = command(None, "node", &env, LAUNCHER, &args);
+        refuse_pidfd_getfd(&mut launcher);
+        let run = Run::spawn(launcher);
+        run.wait_ready(2);
+        for round in 1..=2 {
+            signal("HUP", &[run.pid()]);
+            run.wait(&format!("restart {round} done"), secs(30), || {
+                (run.events("restart_done").len() >= round).then_some(())
+            });
+        }
+        assert_eq!(run.events("worker_stop").len(), 4, "\n{}", run.log());
+        assert!(run.events("worker_drain").is_empty(), "\n{}", run.log());
+        let refused = run.events("drain_failed");
+        assert_eq!(refused.len(), 1, "\n{}", run.log());
+        assert_eq!(
+            refused[0].get("error"),
+            "Operation not permitted",
+            "{}",
+            refused[0].line
+        );
+        let first_stop = &run.events("worker_stop")[0];
+        assert_eq!(refused[0].pid(), first_stop.pid(), "{}", refused[0].line);
         Ok(())
     });
 }

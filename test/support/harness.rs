@@ -68,6 +68,33 @@ pub fn launcher_as_nobody(args: &[&str]) -> Command {
     command
 }
 
+/// Makes `command` and everything it starts run under a seccomp filter that refuses
+/// `pidfd_getfd(2)` with EPERM: the one rule of Docker's default profile (and containerd's, which
+/// Kubernetes' `RuntimeDefault` is) that the launcher meets, for a container without
+/// CAP_SYS_PTRACE. The filter stands in for a container runtime, which the tests do not have.
+pub fn refuse_pidfd_getfd(command: &mut Command) {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+    let rules = [(libc::SYS_pidfd_getfd, vec![])].into_iter().collect();
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .expect("an architecture seccompiler knows");
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .expect("a seccomp filter");
+    let program: BpfProgram = filter.try_into().expect("a BPF program");
+    // SAFETY: between fork and exec the closure makes two system calls (prctl, seccomp) and
+    // allocates nothing unless they fail.
+    unsafe {
+        command.pre_exec(move || {
+            seccompiler::apply_filter(&program).map_err(|e| std::io::Error::other(e.to_string()))
+        });
+    }
+}
+
 /// `launcher ARGS` serving the fixture `app` with the venv's servers.
 pub fn launcher(venv: &Path, app: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
     command(Some(venv), app, env, LAUNCHER, args)

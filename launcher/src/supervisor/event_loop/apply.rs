@@ -128,10 +128,11 @@ impl Loop {
                     .with(
                         "message",
                         "the kernel refused to take a stopping worker out of the accept set \
-                         (pidfd_getfd, Linux 5.6, with ptrace rights over the worker): workers \
-                         are stopped at once, and a server that drops the connections it has \
-                         accepted but not read (uvicorn) loses a request now and then in a \
-                         rolling restart or scale-down",
+                         (pidfd_getfd needs Linux 5.6 and ptrace rights over the worker; Docker's \
+                         and containerd's default seccomp profiles allow it only with the \
+                         SYS_PTRACE capability): workers are stopped at once, and a server that \
+                         drops the connections it has accepted but not read (uvicorn) loses a \
+                         request now and then in a rolling restart or scale-down",
                     )
                     .emit();
             }
