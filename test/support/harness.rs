@@ -69,9 +69,9 @@ pub fn launcher_as_nobody(args: &[&str]) -> Command {
 }
 
 /// Makes `command` and everything it starts run under a seccomp filter that refuses
-/// `pidfd_getfd(2)` with EPERM: the one rule of Docker's default profile (and containerd's, which
-/// Kubernetes' `RuntimeDefault` is) that the launcher meets, for a container without
-/// CAP_SYS_PTRACE. The filter stands in for a container runtime, which the tests do not have.
+/// `pidfd_getfd(2)` with EPERM, the rule of Docker's default profile (and containerd's, which
+/// Kubernetes' `RuntimeDefault` is) for a container without CAP_SYS_PTRACE that a worker's drain
+/// meets. The filter stands in for a container runtime, which the tests do not have.
 pub fn refuse_pidfd_getfd(command: &mut Command) {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
     let rules = [(libc::SYS_pidfd_getfd, vec![])].into_iter().collect();
