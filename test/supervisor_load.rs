@@ -180,6 +180,14 @@ fn hup_replaces_every_worker_one_at_a_time_without_a_failed_request() {
 /// Rolling restarts in a row in `rolling_restarts_lose_no_request_on_new_connections`.
 const HUPS: usize = 5;
 
+/// Sends SIGHUP and waits for the run's `round`th `restart_done`.
+fn rolling_restart(run: &Run, round: usize) {
+    signal("HUP", &[run.pid()]);
+    run.wait(&format!("restart {round} done"), secs(30), || {
+        (run.events("restart_done").len() >= round).then_some(())
+    });
+}
+
 #[test]
 fn rolling_restarts_lose_no_request_on_new_connections() {
     needs_machine(|| {
@@ -189,10 +197,7 @@ fn rolling_restarts_lose_no_request_on_new_connections() {
         let load = Load::fresh(port, 8);
         load.wait_more(200, &run);
         for round in 1..=HUPS {
-            signal("HUP", &[run.pid()]);
-            run.wait(&format!("restart {round} done"), secs(30), || {
-                (run.events("restart_done").len() >= round).then_some(())
-            });
+            rolling_restart(&run, round);
             load.wait_more(100, &run);
         }
         let tally = load.finish();
@@ -261,10 +266,7 @@ fn where_seccomp_refuses_the_drain_rolling_restarts_go_on_and_say_so_once() {
         let run = Run::spawn(launcher);
         run.wait_ready(2);
         for round in 1..=2 {
-            signal("HUP", &[run.pid()]);
-            run.wait(&format!("restart {round} done"), secs(30), || {
-                (run.events("restart_done").len() >= round).then_some(())
-            });
+            rolling_restart(&run, round);
         }
         assert_eq!(run.events("worker_stop").len(), 4, "\n{}", run.log());
         assert!(run.events("worker_drain").is_empty(), "\n{}", run.log());

@@ -387,7 +387,8 @@ fn a_fan_out_worker_stopped_while_the_others_serve_is_retired() {
         signal: Signal::SIGTERM,
     };
     assert!(h.at(1.1).contains(&retire), "out of the accept set first");
-    // At shutdown every worker stops: signalled at once (fan_out_stops_whole_groups_...).
+    // A delegated server's workers are its own to stop. (At shutdown fan-out workers are
+    // signalled at once: fan_out_stops_whole_groups_....)
     let mut delegate = Harness::new(config(Mode::Delegate, 2));
     delegate.at(0.0);
     let stop = delegate.pool.resize(1, delegate.now);
