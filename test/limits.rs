@@ -203,11 +203,13 @@ fn pending(pid: u32, signal: u32) -> bool {
 }
 
 /// A resize by two sends a delegated server two scaling signals; a standard signal is pending
-/// once, so two that reach a server before it runs again are one. Held off the CPUs for 300 ms
-/// here, as a server starved of CPU is (gunicorn in the cgroup v2 guest of a loaded host ran 3
-/// workers where 2 were asked, with the signals 50 ms apart); the launcher spaces them 1 s apart.
+/// once, so two that reach a server before it runs again are one. The launcher spaces them 1 s
+/// apart (gunicorn in the cgroup v2 guest of a loaded host ran 3 workers where 2 were asked, with
+/// the signals 50 ms apart), and holds the second back while the first is still pending at a
+/// server that has not run for longer: here one held off the CPUs until the launcher says so.
+/// Before the hold the server was thawed with the two merged, and ran 3 workers.
 #[test]
-fn a_resize_by_two_reaches_a_server_that_did_not_run_for_a_moment() {
+fn a_resize_by_two_reaches_a_server_that_did_not_run_for_a_while() {
     needs_machine(|| {
         let venv = venv(&["gunicorn"])?;
         let cgroup = MemoryCgroup::create(&["launcher-test-limits-spacing"], 1024 * MB)?;
@@ -226,12 +228,20 @@ fn a_resize_by_two_reaches_a_server_that_did_not_run_for_a_moment() {
         run.wait("a TTOU pending at the frozen server", secs(10), || {
             pending(master, sigttou).then_some(())
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // Frozen past the 1 s spacing, until the launcher has held the second TTOU back (or
+        // 5 s, where it would have sent it into the first).
+        let frozen = Instant::now();
+        while run.events("scale_held").is_empty() && frozen.elapsed() < secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         freezer.set("freezer.state", "THAWED");
         let workers = || children(master).len();
         run.settles_at(2, lowered, FOLLOWED_WITHIN, workers);
         let change = &run.events("limits_changed")[0];
         assert_eq!(change.get("workers"), "2", "{}", change.line);
+        let held = run.events("scale_held");
+        assert_eq!(held.len(), 1, "{}", run.log());
+        assert_eq!(held[0].get("signal"), "TTOU", "{}", held[0].line);
         Ok(())
     });
 }

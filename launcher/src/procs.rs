@@ -189,6 +189,29 @@ fn stat_cpu_ticks(stat: &str, count: usize) -> Option<u64> {
     fields.iter().map(|f| f.parse::<u64>().ok()).sum()
 }
 
+/// Whether `signal` was sent to `pid` and not yet delivered: /proc/PID/status's `ShdPnd` (sent
+/// to the process) or `SigPnd` (to its main thread). A process that has not run since it was
+/// sent one (stopped, frozen, starved of CPU) still has it there; a second would merge into it.
+pub fn signal_pending(proc_dir: &Path, pid: i32, signal: i32) -> bool {
+    let path = proc_dir.join(pid.to_string()).join("status");
+    let Ok(status) = read_text(&path, MAX_BYTES) else {
+        return false;
+    };
+    let Some(bit) = u32::try_from(signal - 1)
+        .ok()
+        .and_then(|n| 1u64.checked_shl(n))
+    else {
+        return false;
+    };
+    let masks = status.lines().filter_map(|line| {
+        let mask = line
+            .strip_prefix("ShdPnd:")
+            .or(line.strip_prefix("SigPnd:"))?;
+        u64::from_str_radix(mask.trim(), 16).ok()
+    });
+    masks.fold(0, |all, mask| all | mask) & bit != 0
+}
+
 /// Clock ticks per second, the unit of /proc/PID/stat's CPU times.
 pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a constant.
@@ -243,6 +266,27 @@ mod tests {
         assert!(cpu_ticks(Path::new("/proc"), me).is_some());
         let started = start_time(Path::new("/proc"), me).expect("start time");
         assert!(started > 0 && start_time(Path::new("/proc"), 1) <= Some(started));
+    }
+
+    #[test]
+    fn a_signal_is_pending_where_either_mask_has_its_bit() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let status = |pid: i32, shared: &str, own: &str| {
+            let path = dir.path().join(pid.to_string());
+            std::fs::create_dir(&path).expect("pid dir");
+            let text = format!("Name:\tgunicorn\nSigPnd:\t{own}\nShdPnd:\t{shared}\n");
+            std::fs::write(path.join("status"), text).expect("status");
+        };
+        // SIGTTIN is 21: bit 20, 0x100000. SIGTTOU 22.
+        status(10, "0000000000100000", "0000000000000000");
+        status(11, "0000000000000000", "0000000000100000");
+        status(12, "0000000000200000", "0000000000000000");
+        let pending = |pid| signal_pending(dir.path(), pid, 21);
+        assert_eq!(
+            [10, 11, 12, 13].map(pending),
+            [true, true, false, false],
+            "the process's, its thread's, another signal's, a process that is gone"
+        );
     }
 
     #[test]

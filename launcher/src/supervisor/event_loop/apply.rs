@@ -81,6 +81,14 @@ impl Loop {
             Action::Signal { pid, signal } => {
                 kill::sent(signal::kill(Pid::from_raw(pid), signal), "pid", pid, signal);
             }
+            Action::Scale { pid, signal } => {
+                let proc_dir = self.reader.proc_dir();
+                if crate::procs::signal_pending(&proc_dir, pid, signal as i32) {
+                    self.pool.scale_held(signal, Instant::now());
+                } else {
+                    kill::sent(signal::kill(Pid::from_raw(pid), signal), "pid", pid, signal);
+                }
+            }
             Action::SignalGroup { pgid, signal } => signal_group(pgid, signal),
             Action::Retire { pgid, signal } => self.retire(pgid, signal, Instant::now()),
             Action::Kill { target, report } => {

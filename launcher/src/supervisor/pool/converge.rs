@@ -241,16 +241,79 @@ impl Pool {
             .collect()
     }
 
-    /// The next of a delegated server's scaling signals, when it is due.
-    fn scale_server(&mut self, now: Instant) -> Vec<Action> {
-        let Some((signal, left, at)) = self.scale_queue else {
+    /// A delegated server's next scaling signal towards the count asked for, when it is due: one
+    /// at a time, the same signal not within `SCALE_SPACING` of the last, to the server running.
+    pub(super) fn scale_server(&mut self, now: Instant) -> Vec<Action> {
+        let Some((signal, due)) = self.scale_due(now) else {
+            self.scale_was_held = false;
             return Vec::new();
         };
-        if now < at {
+        let server = self.workers.iter().find(|w| !w.stopping);
+        let (Some(server), true) = (server, now >= due) else {
             return Vec::new();
+        };
+        self.told = self.told_after(signal, 1);
+        self.last_scale = Some((signal, now));
+        vec![Action::Scale {
+            pid: server.pid,
+            signal,
+        }]
+    }
+
+    /// The loop found the last `signal` still pending at the server, which has not run since
+    /// (stopped, frozen, starved of CPU): it was not sent, and is tried again `SCALE_SPACING`
+    /// later. Said once until the count is reached.
+    pub fn scale_held(&mut self, signal: Signal, now: Instant) {
+        self.told = self.told_after(signal, -1);
+        self.last_scale = Some((signal, now));
+        if std::mem::replace(&mut self.scale_was_held, true) {
+            return;
         }
-        self.scale_queue = (left > 1).then_some((signal, left - 1, now + SCALE_SPACING));
-        self.to_all(signal)
+        let name = signal.as_str().trim_start_matches("SIG");
+        self.events.push(
+            Event::info("scale_held")
+                .with("signal", name)
+                .with("workers", self.server_workers)
+                .with(
+                    "reason",
+                    "the server has not taken the last one yet (stopped, frozen or starved of \
+                     CPU): the next is sent once it has, as two would count as one",
+                ),
+        );
+    }
+
+    /// When the next scaling signal is due, for the loop's wait.
+    pub(super) fn next_scale(&self, now: Instant) -> Option<Instant> {
+        self.scale_due(now).map(|(_, due)| due)
+    }
+
+    /// The scaling signal still owed to a delegated server, and from when it may be sent.
+    fn scale_due(&self, now: Instant) -> Option<(Signal, Instant)> {
+        let (more, fewer) = self.config.signals.scale?;
+        if self.phase != Phase::Running || self.config.mode != crate::servers::Mode::Delegate {
+            return None;
+        }
+        let signal = match self.told.cmp(&self.server_workers) {
+            std::cmp::Ordering::Less => more,
+            std::cmp::Ordering::Greater => fewer,
+            std::cmp::Ordering::Equal => return None,
+        };
+        let due = match self.last_scale {
+            Some((last, at)) if last == signal => at + SCALE_SPACING,
+            _ => now,
+        };
+        Some((signal, due.max(now)))
+    }
+
+    /// `told` after `times` of `signal` (negative: taken back).
+    fn told_after(&self, signal: Signal, times: i32) -> u32 {
+        let up = self
+            .config
+            .signals
+            .scale
+            .is_some_and(|(more, _)| more == signal);
+        let step = if up { times } else { -times };
+        self.told.saturating_add_signed(step)
     }
 
     fn respawn_due(&mut self, now: Instant, budget: &mut usize) -> Vec<Action> {

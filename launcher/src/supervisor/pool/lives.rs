@@ -14,7 +14,8 @@ impl Pool {
         let failures = self.take_pending_failures(slot);
         // A new server starts with the count its command and config give it.
         self.server_workers = self.config.workers;
-        self.scale_queue = None;
+        self.told = self.config.workers;
+        self.last_scale = None;
         self.workers.push(Worker {
             slot,
             pid,

@@ -34,11 +34,12 @@ pub const SERVING_CHECK: Duration = Duration::from_millis(100);
 /// A delegated server that runs no worker process of its own (puma in single mode) is ready once
 /// it has been up this long.
 pub const SINGLE_PROCESS_READY: Duration = Duration::from_secs(5);
-/// Between two scaling signals to a delegated server: the first is handled by then, so the
-/// second is not merged into it (a standard signal is pending once, and Python runs a handler
-/// once for a signal delivered twice before it gets to it). 50 ms was too short for a server
-/// starved of CPU: gunicorn in the cgroup v2 guest of a loaded host, and one held frozen for
-/// 300 ms (test/limits.rs), ran 3 workers where 2 were asked.
+/// Between two of the same scaling signal to a delegated server: the first is handled by then,
+/// so the second is not merged into it (a standard signal is pending once, and Python runs a
+/// handler once for a signal delivered twice before it gets to it). 50 ms was too short for a
+/// server starved of CPU: gunicorn in the cgroup v2 guest of a loaded host, and one held frozen
+/// for 300 ms (test/limits.rs), ran 3 workers where 2 were asked. A server that has not run for
+/// longer still has the last one pending: the next waits for it (`Pool::scale_held`).
 pub const SCALE_SPACING: Duration = Duration::from_secs(1);
 
 /// The most workers TTIN may take the count to (`memory::fit::ttin_cap`), and what sets it.
@@ -63,6 +64,10 @@ pub enum Action {
     Spawn { slot: u32 },
     /// A signal to one process: a delegated server, or a signal forwarded as it is.
     Signal { pid: i32, signal: Signal },
+    /// A delegated server's scaling signal (gunicorn's TTIN or TTOU): sent unless the last one
+    /// like it is still pending at the server, which would merge the two; then the loop tells
+    /// the pool (`Pool::scale_held`) and it is sent later.
+    Scale { pid: i32, signal: Signal },
     /// A signal to a worker's whole process group: the worker and everything it started that
     /// stayed in its group (a shell that does not `exec` and its server).
     SignalGroup { pgid: i32, signal: Signal },
@@ -170,11 +175,15 @@ pub struct Pool {
     /// Fan-out: how many copies run. Delegate mode: 1, the server.
     target: u32,
     /// Delegate mode: how many workers the server runs, as the launcher has asked for them (its
-    /// scaling signals, TTIN/TTOU forwarded, a reload that goes back to its config's count).
+    /// sizers' resizes, TTIN/TTOU passed on, a reload that goes back to its config's count).
     server_workers: u32,
-    /// Delegate mode: scaling signals still to send, one per `SCALE_SPACING` (a signal sent
-    /// while the same one is pending is lost), and when the next is due.
-    scale_queue: Option<(Signal, u32, Instant)>,
+    /// Delegate mode: the count the scaling signals sent so far take the server to. The pool
+    /// sends one signal at a time until it is `server_workers`, whatever changes that meanwhile.
+    told: u32,
+    /// Delegate mode: the last scaling signal sent and when (the same one waits `SCALE_SPACING`).
+    last_scale: Option<(Signal, Instant)>,
+    /// Delegate mode: a scaling signal was held back since the count was last reached (said once).
+    scale_was_held: bool,
     /// The most workers TTIN may take the count to, and why.
     cap: Cap,
     workers: Vec<Worker>,
@@ -200,7 +209,9 @@ impl Pool {
         };
         Pool {
             server_workers: config.workers,
-            scale_queue: None,
+            told: config.workers,
+            last_scale: None,
+            scale_was_held: false,
             cap: Cap::default(),
             config,
             target,
@@ -271,7 +282,7 @@ impl Pool {
     }
 
     /// A sizer's new count: in fan-out converging adds or stops copies to reach it; a delegated
-    /// server is sent its scaling signal once per worker of the change (none without one).
+    /// server is sent its scaling signals, one per worker of the change (none without them).
     pub fn resize(&mut self, to: u32, now: Instant) -> Vec<Action> {
         let to = to.clamp(1, MAX_WEB_CONCURRENCY);
         match self.config.mode {
@@ -279,21 +290,11 @@ impl Pool {
                 self.target = to;
                 Vec::new()
             }
-            Mode::Delegate => {
-                let Some((more, fewer)) = self.config.signals.scale else {
-                    return Vec::new();
-                };
-                let from = std::mem::replace(&mut self.server_workers, to);
-                let signal = if to > from { more } else { fewer };
-                match to.abs_diff(from) {
-                    0 => Vec::new(),
-                    steps => {
-                        let next = now + SCALE_SPACING;
-                        self.scale_queue = (steps > 1).then_some((signal, steps - 1, next));
-                        self.to_all(signal)
-                    }
-                }
+            Mode::Delegate if self.config.signals.scale.is_some() => {
+                self.server_workers = to;
+                self.scale_server(now)
             }
+            Mode::Delegate => Vec::new(),
         }
     }
 
@@ -393,7 +394,7 @@ impl Pool {
             Phase::Stopping { deadline, .. } => Some(deadline),
         };
         let all = grace.chain(respawns).chain(kills).chain(left).chain(look);
-        let scale = self.scale_queue.map(|(.., at)| at);
+        let scale = self.next_scale(now);
         let all = all.chain(serving_check).chain(scale);
         all.chain(deadline).min()
     }

@@ -35,6 +35,11 @@ impl Pool {
             _ if stopping => ("ignored", Vec::new()),
             _ if blocked.is_some() => ("blocked", Vec::new()),
             Signal::SIGTTIN if self.wanted() >= self.cap.workers => ("capped", Vec::new()),
+            Signal::SIGTTIN | Signal::SIGTTOU if delegate && signals.scale.is_some() => {
+                // Sent in turn with the sizers' own scaling signals, never into a pending one.
+                self.server_scaled(signal);
+                ("forwarded", self.scale_server(now))
+            }
             Signal::SIGHUP | Signal::SIGTTIN | Signal::SIGTTOU if delegate => {
                 self.server_scaled(signal);
                 ("forwarded", self.to_all(mapped))
@@ -89,7 +94,7 @@ impl Pool {
 
     /// The server's count after a signal forwarded to it: one more or one fewer worker (never
     /// fewer than one), or, after a reload that reads its config again, the count it started with
-    /// (`servers::restart_keeps_count`).
+    /// (`servers::restart_keeps_count`), with any scaling signal still owed dropped.
     fn server_scaled(&mut self, signal: Signal) {
         let restart = self.config.signals.restart;
         let resets = restart.is_some_and(|r| !servers::restart_keeps_count(r));
@@ -99,6 +104,9 @@ impl Pool {
             Signal::SIGHUP if resets => self.config.workers,
             _ => self.server_workers,
         };
+        if resets && signal == Signal::SIGHUP {
+            self.told = self.server_workers;
+        }
     }
 
     /// A signal forwarded as it is goes to each worker's first process alone: a shell wrapper
@@ -137,7 +145,6 @@ impl Pool {
         };
         self.pending.clear();
         self.rolling = None;
-        self.scale_queue = None;
         self.events.push(
             Event::info("shutdown")
                 .with("fast", fast)

@@ -204,3 +204,59 @@ fn ttin_stops_at_the_cap_in_both_modes() {
         assert_eq!(h.pool.wanted(), 2, "{mode:?}: TTOU is never capped");
     }
 }
+
+/// The net change the scaling signals among `actions` ask of gunicorn.
+fn scaled_by(actions: &[Action]) -> i32 {
+    let steps = signals(actions)
+        .into_iter()
+        .map(|(_, signal)| match signal {
+            Signal::SIGTTIN => 1,
+            Signal::SIGTTOU => -1,
+            _ => 0,
+        });
+    steps.sum()
+}
+
+#[test]
+fn a_count_changed_again_before_its_signals_are_all_sent_is_still_reached() {
+    let mut h = Harness::new(config(Mode::Delegate, 2));
+    h.at(0.0);
+    let mut sent = scaled_by(&h.pool.resize(5, h.now));
+    h.now += Duration::from_millis(500);
+    sent += scaled_by(&h.pool.resize(4, h.now));
+    for tenth in 6..60 {
+        sent += scaled_by(&h.at(f64::from(tenth) / 10.0));
+    }
+    assert_eq!(
+        (sent, h.pool.wanted()),
+        (2, 4),
+        "2 -> 5 -> 4: two TTINs in all"
+    );
+}
+
+#[test]
+fn a_scaling_signal_still_pending_at_the_server_holds_the_next_back_saying_so_once() {
+    let mut h = Harness::new(config(Mode::Delegate, 2));
+    h.at(0.0);
+    assert_eq!(scaled_by(&h.pool.resize(4, h.now)), 1, "the first at once");
+    let mut sent = 1;
+    // The loop finds the first TTIN still pending at 1 s and at 2 s: the server has not run.
+    for held_at in [1.0, 2.0] {
+        assert_eq!(scaled_by(&h.at(held_at)), 1, "the second, tried");
+        h.pool.scale_held(Signal::SIGTTIN, h.now);
+        h.events.extend(h.pool.take_events());
+        assert_eq!(scaled_by(&h.at(held_at + 0.5)), 0, "not again within 1 s");
+    }
+    for tenth in 30..60 {
+        sent += scaled_by(&h.at(f64::from(tenth) / 10.0));
+    }
+    assert_eq!(
+        (sent, h.pool.wanted()),
+        (2, 4),
+        "sent once the first was taken"
+    );
+    let held: Vec<_> = h.events.iter().filter(|e| e.name == "scale_held").collect();
+    assert_eq!(held.len(), 1, "said once: {held:?}");
+    assert_eq!(held[0].get("signal"), Some("TTIN"));
+    assert_eq!(held[0].get("workers"), Some("4"));
+}

@@ -95,7 +95,7 @@ fn signals(actions: &[Action]) -> Vec<(i32, Signal)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Signal { pid, signal } => Some((*pid, *signal)),
+            Action::Signal { pid, signal } | Action::Scale { pid, signal } => Some((*pid, *signal)),
             Action::SignalGroup { pgid, signal } | Action::Retire { pgid, signal } => {
                 Some((*pgid, *signal))
             }
