@@ -1,5 +1,5 @@
-//! Threads: gunicorn gthread growing on what waits inside its workers, consent, a user's
-//! `WEB_CONCURRENCY`, a dyno stopped at its peak, and the threads hint.
+//! Threads: gunicorn gthread growing on what waits inside its workers, consent, and the threads
+//! hint.
 
 use super::*;
 
@@ -90,56 +90,6 @@ fn a_sync_app_without_consent_keeps_sync_workers() {
             "{}",
             run.log()
         );
-        Ok(())
-    });
-}
-
-#[test]
-fn a_users_web_concurrency_is_never_changed() {
-    needs_machine(|| {
-        let _serial = serial();
-        let extra = [("WEB_CONCURRENCY", "3")];
-        let (served, master) = gunicorn("launcher-test-adaptive-user", &extra, &[], 3)?;
-        let warning = refused(&served.run);
-        assert!(
-            warning.get("message").contains("set by the user"),
-            "{}",
-            warning.line
-        );
-        // Requests wait: adaptive sizing would grow, were the count the launcher's.
-        load_changes_nothing(&served, "/sleep", || children(master).len(), 3);
-        Ok(())
-    });
-}
-
-#[test]
-fn a_dyno_stopped_at_its_peak_stays_under_its_quota() {
-    needs_machine(|| {
-        let _serial = serial();
-        // No ballast: 15 MB workers, as many as fit, then SIGTERM under load. Each gunicorn
-        // worker copies the pages it shares with the master as it exits (7 MB here): counted in
-        // the fit, the peak stays under the quota; counted by unique memory alone, 27 workers
-        // ran, and the OOM killer ended three of them as they stopped.
-        let (mut served, master) = gunicorn("launcher-test-adaptive-peak", &[], &[], STATIC)?;
-        let load = Load::on(served.port, CLIENTS, "/sleep", secs(120));
-        let (mut seen, mut changed_at) = (0, Instant::now());
-        let count = wait_for("adaptive sizing to reach the fit", secs(90), || {
-            let resizes = served.run.events("resize").len();
-            if resizes != seen {
-                (seen, changed_at) = (resizes, Instant::now());
-            }
-            let count = children(master).len();
-            (changed_at.elapsed() > secs(5) && count > 10).then_some(count)
-        });
-        signal("TERM", &[served.run.pid()]);
-        let status = served.run.wait_exit(secs(40));
-        // Requests sent after the socket closed fail; those in flight were served.
-        load.finish();
-        let log = served.run.log();
-        eprintln!("stopped at {count} workers");
-        assert!(status.success(), "{status:?}\n{log}");
-        assert_eq!(served.cgroup.oom_kills(), 0, "{count} workers\n{log}");
-        assert!(served.run.events("oom_kill").is_empty(), "{log}");
         Ok(())
     });
 }
