@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::harness::{launcher, secs, Run, BOOT, LAUNCHER};
 use support::http::{paced, Load};
 use support::logfmt::Event;
-use support::procs::children;
+use support::procs::{children, signal_pending};
 use support::{free_port, needs_machine, venv, wait_for, MemoryCgroup};
 
 const MB: u64 = 1024 * 1024;
@@ -191,17 +191,6 @@ fn halving_a_running_dynos_memory_sheds_to_a_fresh_boots_count_and_doubling_grow
     });
 }
 
-/// Whether `signal` (its number) is pending at process `pid`, sent to the process and not yet
-/// delivered: /proc/PID/status's `ShdPnd` mask.
-fn pending(pid: u32, signal: u32) -> bool {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("ShdPnd:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
-}
-
 /// A resize by two sends a delegated server two scaling signals; a standard signal is pending
 /// once, so two that reach a server before it runs again are one. The launcher spaces them 1 s
 /// apart (gunicorn in the cgroup v2 guest of a loaded host ran 3 workers where 2 were asked, with
@@ -224,9 +213,8 @@ fn a_resize_by_two_reaches_a_server_that_did_not_run_for_a_while() {
         freezer.set("cgroup.procs", &master.to_string());
         freezer.set("freezer.state", "FROZEN");
         let lowered = set_memory(&cgroup, 512 * MB);
-        let sigttou = 22;
         run.wait("a TTOU pending at the frozen server", secs(10), || {
-            pending(master, sigttou).then_some(())
+            signal_pending(master, libc::SIGTTOU).then_some(())
         });
         // Frozen past the 1 s spacing, until the launcher has held the second TTOU back (or
         // 5 s, where it would have sent it into the first).

@@ -22,7 +22,7 @@ mod stdout;
 mod support;
 use support::harness::{command, launcher, secs, Run, BOOT, LAUNCHER, SECOND, SYSTEM_PATH};
 use support::http::{get_json, json_pid, Conn};
-use support::procs::{alive, descendants, signal};
+use support::procs::{alive, descendants, signal, signal_pending};
 use support::{fixture, free_port, needs_machine, venv, MemoryCgroup};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -321,20 +321,11 @@ fn workers_are_the_oom_killers_choice_before_the_launcher() {
 /// times, each once the launcher has taken the one before (it is no longer pending for the
 /// process, /proc/PID/status `ShdPnd`): signals of one kind pending at once count as one.
 fn flood_with_winch(pid: u32, count: usize) {
-    let bit = 1u64 << (libc::SIGWINCH - 1);
-    let pending = || {
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let mask = status.lines().find_map(|l| l.strip_prefix("ShdPnd:"));
-        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-            .unwrap_or(0)
-            & bit
-            != 0
-    };
     for sent in 0..count {
         // SAFETY: kill(2) has no memory effects.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGWINCH) };
         let taken_by = Instant::now() + secs(2);
-        while pending() {
+        while signal_pending(pid, libc::SIGWINCH) {
             assert!(
                 Instant::now() < taken_by,
                 "the launcher stopped reading signals after {sent}: its loop is stalled"

@@ -56,6 +56,17 @@ pub fn alive(pid: u32) -> bool {
     matches!(stat(pid), Some((state, _)) if state != 'Z')
 }
 
+/// Whether `signal` (its number) was sent to process `pid` and not yet delivered:
+/// /proc/PID/status's `ShdPnd` mask. Signals of one kind pending at once count as one.
+pub fn signal_pending(pid: u32, signal: i32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("ShdPnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
 /// Sends `signal` (a name: TERM, KILL...) to every pid at once, with one kill(1).
 pub fn signal(signal: &str, pids: &[u32]) {
     let status = Command::new("kill")
