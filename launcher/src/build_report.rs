@@ -82,19 +82,7 @@ pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<Strin
         );
         return (details, warnings);
     }
-    for (sizes, dynos) in style.tables() {
-        details.push(format!(
-            "WEB_CONCURRENCY by {sizes} at {web_memory_mb} MB per worker ({}):",
-            web_memory_source(&settings)
-        ));
-        for dyno in dynos {
-            let formula = Formula::new(dyno.memory_mb, dyno.cpus, web_memory_mb, max_workers);
-            details.push(format!(
-                "  {:<22} {:>7} MB {:>3} CPUs  {:>4}",
-                dyno.name, dyno.memory_mb, dyno.cpus, formula.value
-            ));
-        }
-    }
+    details.extend(size_tables(&settings, style, web_memory_mb, max_workers));
     let incoming = Incoming {
         web_concurrency: env.get("WEB_CONCURRENCY"),
         ..Incoming::default()
@@ -121,25 +109,54 @@ pub fn lines(app_dir: &Path, env: &Env, style: Style) -> (Vec<String>, Vec<Strin
         );
     }
     if let Some(web) = crate::web::read(app_dir, env, &settings) {
-        // Only for an app that runs under `launcher run`: the others never meet its modes.
-        if web.launcher_run {
-            details.push(format!(
-                "The web process runs {} under `launcher run`, in {} mode: {}",
-                web.server,
-                web.mode,
-                web.what()
-            ));
-        }
-        details.extend(
-            web.concurrency(workers)
-                .map(|line| format!("{line} on the smallest dyno ({})", smallest.name)),
-        );
+        details.extend(web_lines(&web, workers, smallest.name));
         warnings.extend(web.warnings);
     }
     for found in pinning::scan(app_dir, env) {
         warnings.extend(found.at_build());
     }
     (details, warnings)
+}
+
+/// The worker count by dyno size, one table per family `style` shows.
+fn size_tables(
+    settings: &Settings,
+    style: Style,
+    web_memory_mb: u64,
+    max_workers: Option<u32>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (sizes, dynos) in style.tables() {
+        lines.push(format!(
+            "WEB_CONCURRENCY by {sizes} at {web_memory_mb} MB per worker ({}):",
+            web_memory_source(settings)
+        ));
+        for dyno in dynos {
+            let formula = Formula::new(dyno.memory_mb, dyno.cpus, web_memory_mb, max_workers);
+            lines.push(format!(
+                "  {:<22} {:>7} MB {:>3} CPUs  {:>4}",
+                dyno.name, dyno.memory_mb, dyno.cpus, formula.value
+            ));
+        }
+    }
+    lines
+}
+
+/// What the web process runs, and the concurrency it gets on the smallest dyno.
+fn web_lines(web: &crate::web::WebProcess, workers: u32, smallest: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    // Only for an app that runs under `launcher run`: the others never meet its modes.
+    if web.launcher_run {
+        lines.push(format!(
+            "The web process runs {} under `launcher run`, in {} mode: {}",
+            web.server,
+            web.mode,
+            web.what()
+        ));
+    }
+    let on_smallest = |line| format!("{line} on the smallest dyno ({smallest})");
+    lines.extend(web.concurrency(workers).map(on_smallest));
+    lines
 }
 
 /// Prints the report. A missing or unreadable ENV_DIR is reported and treated as empty.

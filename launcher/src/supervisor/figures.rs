@@ -2,6 +2,7 @@
 //! log-runtime-metrics, and the state file that `launcher size` reads. Both from the last check's
 //! reading and what the policies keep.
 
+use super::log::Event;
 use super::memory::fit::Fit;
 use super::memory::Limits;
 use super::pool::Pool;
@@ -45,32 +46,39 @@ pub fn sample(
     load: &LoadFigures,
     pressure: Option<&Pressure>,
     reader: &Reader,
-) -> crate::supervisor::log::Event {
+) -> Event {
     let (mut workers, mut ready, restarts) = pool.counts();
     if figures.mode == Mode::Delegate {
         // The server's own workers, not the one server process.
         let forked = figures.reading.map_or(0, |r| r.workers.len());
         (workers, ready) = (forked, if ready > 0 { forked } else { 0 });
     }
-    let mut event = crate::supervisor::log::Event::info("sample")
+    let threads = figures.threads.map(|threads| threads as usize * workers);
+    let event = Event::info("sample")
         .with("sample#workers", workers)
         .with("sample#workers_ready", ready)
-        .with("sample#restarts", restarts);
-    if let Some(busy) = figures.busy {
-        event = event.with("sample#workers_busy", busy);
-    }
-    if let Some(threads) = figures.threads {
-        event = event.with("sample#threads", threads as usize * workers);
-    }
-    if let Some(busy) = figures.threads_busy {
-        event = event.with("sample#threads_busy", busy);
-    }
-    if let Some(bound) = figures.gil_bound {
-        event = event.with("sample#workers_gil_bound", bound);
-    }
-    if let Some(waiting) = figures.waiting {
-        event = event.with("sample#requests_waiting", waiting);
-    }
+        .with("sample#restarts", restarts)
+        .with_some("sample#workers_busy", figures.busy)
+        .with_some("sample#threads", threads)
+        .with_some("sample#threads_busy", figures.threads_busy)
+        .with_some("sample#workers_gil_bound", figures.gil_bound)
+        .with_some("sample#requests_waiting", figures.waiting);
+    let event = with_load(event, load);
+    let event = with_memory(event, figures, pressure);
+    let fit = figures.fit.map(|fit| format!("{:.2}", fit.workers));
+    let me = std::process::id() as i32;
+    event
+        .with_some("sample#workers_fit", fit)
+        .with("sample#memory_recycles", figures.recycles)
+        .with("sample#oom_kills", figures.oom_kills)
+        .with(
+            "sample#launcher_rss",
+            mb(procs::rss_bytes(&reader.proc_dir(), me)),
+        )
+}
+
+/// The accept queue and the dyno's CPU, where they are read.
+fn with_load(mut event: Event, load: &LoadFigures) -> Event {
     if let Some(queue) = load.queue {
         event = event
             .with("sample#listen_queue", queue.queued)
@@ -80,9 +88,12 @@ pub fn sample(
             )
             .with("sample#listen_backlog", queue.backlog);
     }
-    if let Some(busy) = load.cpu_busy {
-        event = event.with("sample#cpu_busy", format!("{busy:.2}"));
-    }
+    event.with_some("sample#cpu_busy", load.cpu_busy.map(|b| format!("{b:.2}")))
+}
+
+/// The dyno's memory, the workers' where they are measured, and the dyno's PSI where the kernel
+/// has it (cgroup v2): the share of the time since the last sample, in percent.
+fn with_memory(mut event: Event, figures: &Figures, pressure: Option<&Pressure>) -> Event {
     if let Some(reading) = figures.reading {
         event = event
             .with("sample#memory_total", mb(reading.usage_bytes))
@@ -99,28 +110,19 @@ pub fn sample(
             .with("sample#worker_uss_max", mb(uss.unwrap_or(0)))
             .with("sample#worker_pss_total", mb(pss));
     }
-    // The dyno's PSI where the kernel has it (cgroup v2): the share of the time since the last
-    // sample, in percent.
-    if let Some(memory) = pressure.and_then(|p| p.memory) {
-        event = event.with("sample#memory_pressure_some", format!("{:.2}", memory.some));
-        if let Some(full) = memory.full {
-            event = event.with("sample#memory_pressure_full", format!("{full:.2}"));
-        }
-    }
-    if let Some(cpu) = pressure.and_then(|p| p.cpu) {
-        event = event.with("sample#cpu_pressure_some", format!("{:.2}", cpu.some));
-    }
-    if let Some(fit) = figures.fit {
-        event = event.with("sample#workers_fit", format!("{:.2}", fit.workers));
-    }
-    let me = std::process::id() as i32;
+    let percent = |share: f64| format!("{share:.2}");
+    let memory = pressure.and_then(|p| p.memory);
+    let cpu = pressure.and_then(|p| p.cpu);
     event
-        .with("sample#memory_recycles", figures.recycles)
-        .with("sample#oom_kills", figures.oom_kills)
-        .with(
-            "sample#launcher_rss",
-            mb(procs::rss_bytes(&reader.proc_dir(), me)),
+        .with_some(
+            "sample#memory_pressure_some",
+            memory.map(|m| percent(m.some)),
         )
+        .with_some(
+            "sample#memory_pressure_full",
+            memory.and_then(|m| m.full).map(percent),
+        )
+        .with_some("sample#cpu_pressure_some", cpu.map(|c| percent(c.some)))
 }
 
 /// What `launcher size` shows of this supervisor.

@@ -61,6 +61,14 @@ impl Event {
     }
 
     /// A duration as seconds with one decimal, the unit in the key (`uptime_s=12.3`).
+    /// `with` where there is a value; the event as it was where there is none.
+    pub fn with_some(self, key: &'static str, value: Option<impl Display>) -> Self {
+        match value {
+            Some(value) => self.with(key, value),
+            None => self,
+        }
+    }
+
     pub fn secs(self, key: &'static str, duration: Duration) -> Self {
         self.with(key, format!("{:.1}", duration.as_secs_f64()))
     }

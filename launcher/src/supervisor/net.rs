@@ -20,6 +20,9 @@ pub struct Listener {
     pub fd: OwnedFd,
     /// `[::]:PORT` or `0.0.0.0:PORT`, for the log.
     pub address: String,
+    /// Its inode, as /proc names it in a worker's fds (`socket:[INODE]`): how a worker is seen
+    /// to wait on it, and drained from it.
+    pub inode: Option<u64>,
 }
 
 /// Binds `[::]:port` accepting IPv4 too where the host has IPv6, else `0.0.0.0:port`.
@@ -38,7 +41,8 @@ pub fn listen(port: u16) -> Result<Listener, String> {
     socket::setsockopt(&fd, sockopt::TcpNoDelay, &true).map_err(|e| explain(e, port))?;
     let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
     socket::listen(&fd, backlog).map_err(|e| explain(e, port))?;
-    Ok(Listener { fd, address })
+    let inode = crate::supervisor::reading::serving::socket_inode(&fd);
+    Ok(Listener { fd, address, inode })
 }
 
 /// A listening socket's accept queue: the connections waiting for a worker to accept them, and

@@ -14,7 +14,6 @@ use crate::servers::Mode;
 use crate::supervisor::decide::Decision;
 use crate::supervisor::log::Event;
 use crate::supervisor::pool::{Action, KillTarget};
-use crate::supervisor::reading::serving;
 use crate::supervisor::{drain, kill};
 
 impl Loop {
@@ -115,7 +114,7 @@ impl Loop {
     fn retire(&mut self, pgid: i32, signal: Signal, now: Instant) {
         let proc_dir = self.reader.proc_dir();
         let drained = self.listener.as_ref().and_then(|listener| {
-            let inode = serving::socket_inode(&listener.fd)?;
+            let inode = listener.inode?;
             Some(drain::drain(&proc_dir, pgid, listener.fd.as_fd(), inode))
         });
         match drained {

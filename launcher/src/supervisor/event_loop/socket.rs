@@ -79,10 +79,7 @@ impl Loop {
         }
         let later = (interval * 2).min(SERVING_MOST);
         self.serving_check = Some((pid, now + interval, later));
-        let inode = self
-            .listener
-            .as_ref()
-            .and_then(|l| serving::socket_inode(&l.fd));
+        let inode = self.listener.as_ref().and_then(|l| l.inode);
         let proc_dir = self.reader.proc_dir();
         if inode.is_some_and(|inode| serving::waits_on(&proc_dir, pid, inode)) {
             self.pool.seen_serving(pid, now);

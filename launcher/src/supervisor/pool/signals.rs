@@ -46,18 +46,7 @@ impl Pool {
             }
             Signal::SIGHUP if self.rolling.is_some() => ("ignored", Vec::new()),
             Signal::SIGHUP => {
-                let mut queue: Vec<u32> = self
-                    .workers
-                    .iter()
-                    .filter(|w| !w.stopping)
-                    .map(|w| w.slot)
-                    .collect();
-                queue.sort_unstable();
-                self.rolling = Some(Rolling {
-                    queue: queue.into(),
-                    step: None,
-                    started: now,
-                });
+                self.start_rolling(now);
                 ("rolling_restart", Vec::new())
             }
             Signal::SIGTTIN => {
@@ -70,6 +59,24 @@ impl Pool {
             }
             _ => ("forwarded", self.to_all(signal)),
         };
+        let scaled = matches!(signal, Signal::SIGTTIN | Signal::SIGTTOU) && !delegate && !stopping;
+        let mut event = self.signal_event(signal, action, mapped, blocked);
+        if scaled {
+            event = event.with("workers", self.target);
+        }
+        self.events.insert(mark, event);
+        actions
+    }
+
+    /// The `signal` line: what the launcher did with it, as what it was forwarded, and why it was
+    /// blocked or capped.
+    fn signal_event(
+        &self,
+        signal: Signal,
+        action: &str,
+        mapped: Signal,
+        blocked: Option<&str>,
+    ) -> Event {
         let name = |s: Signal| s.as_str().trim_start_matches("SIG");
         let mut event = Event::info("signal")
             .with("signal", name(signal))
@@ -85,11 +92,23 @@ impl Pool {
                 .with("workers", self.wanted())
                 .with("reason", self.cap.why);
         }
-        if matches!(signal, Signal::SIGTTIN | Signal::SIGTTOU) && !delegate && !stopping {
-            event = event.with("workers", self.target);
-        }
-        self.events.insert(mark, event);
-        actions
+        event
+    }
+
+    /// A rolling restart of every worker running, in slot order.
+    fn start_rolling(&mut self, now: Instant) {
+        let mut queue: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|w| !w.stopping)
+            .map(|w| w.slot)
+            .collect();
+        queue.sort_unstable();
+        self.rolling = Some(Rolling {
+            queue: queue.into(),
+            step: None,
+            started: now,
+        });
     }
 
     /// The server's count after a signal forwarded to it: one more or one fewer worker (never

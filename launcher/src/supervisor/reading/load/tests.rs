@@ -15,7 +15,8 @@ fn listener(backlog: i32) -> (net::Listener, u16) {
         0
     );
     let address = format!("127.0.0.1:{port}");
-    (net::Listener { fd, address }, port)
+    let inode = crate::supervisor::reading::serving::socket_inode(&fd);
+    (net::Listener { fd, address, inode }, port)
 }
 
 fn connect(port: u16) -> Option<TcpStream> {
