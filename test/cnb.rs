@@ -27,6 +27,8 @@ mod launch;
 mod package;
 #[path = "cnb/release.rs"]
 mod release;
+#[path = "cnb/release_used.rs"]
+mod release_used;
 mod support;
 use support::harness::{Run, BOOT, SECOND};
 use support::http::get;
