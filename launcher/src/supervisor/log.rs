@@ -60,7 +60,6 @@ impl Event {
         self
     }
 
-    /// A duration as seconds with one decimal, the unit in the key (`uptime_s=12.3`).
     /// `with` where there is a value; the event as it was where there is none.
     pub fn with_some(self, key: &'static str, value: Option<impl Display>) -> Self {
         match value {
@@ -69,6 +68,7 @@ impl Event {
         }
     }
 
+    /// A duration as seconds with one decimal, the unit in the key (`uptime_s=12.3`).
     pub fn secs(self, key: &'static str, duration: Duration) -> Self {
         self.with(key, format!("{:.1}", duration.as_secs_f64()))
     }

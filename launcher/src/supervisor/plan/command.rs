@@ -14,7 +14,7 @@ pub(super) struct Command<'a> {
     pub found: servers::Identified,
     pub argv: &'a [OsString],
     pub words: Vec<&'a str>,
-    pub config: Option<String>,
+    config: Option<String>,
     app_dir: &'a Path,
 }
 

@@ -113,14 +113,10 @@ impl Plan {
             sized,
             // `none`: sizing is disabled and nothing set WEB_CONCURRENCY, so 1 worker.
             set_by: match report.decision.outcome.web_concurrency() {
-                None => "none".to_owned(),
-                Some(_) => report
-                    .decision
-                    .outcome
-                    .set_by()
-                    .unwrap_or("user")
-                    .to_owned(),
-            },
+                None => "none",
+                Some(_) => report.decision.outcome.set_by().unwrap_or("user"),
+            }
+            .to_owned(),
             argv,
             puma_control,
             rewrite,
