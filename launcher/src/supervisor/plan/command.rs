@@ -89,6 +89,40 @@ impl<'a> Command<'a> {
         })
     }
 
+    /// How the server's workers serve: the threads each runs (gunicorn's gthread, puma), and why the
+    /// requests waiting for them cannot be seen, if they cannot (an event loop holds them). gunicorn
+    /// reads the `GUNICORN_CMD_ARGS` the children get (the launcher's threads in it, where
+    /// `LAUNCHER_THREADS` asks), puma the `RAILS_MAX_THREADS` they get.
+    pub fn served_how(&self, report: &Report, env: &Env) -> (Option<u32>, Option<String>) {
+        let (server, config) = (self.found.server, self.config());
+        let exported = |name: &str| {
+            let ours = report.thread_exports.iter().find(|(n, _)| *n == name);
+            ours.map(|(_, v)| v.as_str()).or_else(|| env.get(name))
+        };
+        match (server, servers::behaviour(server).accepts) {
+            (servers::Server::Gunicorn, _) => {
+                match servers::gunicorn_workers(&self.words, exported("GUNICORN_CMD_ARGS"), config) {
+                    servers::GunicornWorkers::Sync => (None, None),
+                    servers::GunicornWorkers::Threads { threads, .. } => (Some(threads), None),
+                    servers::GunicornWorkers::Other(how) => (
+                        None,
+                        Some(format!(
+                            "its workers ({how}) accept every connection at once on an event loop \
+                             and hold the wait inside the worker, where it cannot be seen; gunicorn's \
+                             sync and gthread workers can be followed"
+                        )),
+                    ),
+                }
+            }
+            (servers::Server::Puma, _) => {
+                let (threads, _) = servers::puma_threads(config, exported("RAILS_MAX_THREADS"));
+                (Some(threads), None)
+            }
+            (_, servers::Accepts::AtOnce(why)) => (None, Some(why.to_owned())),
+            (_, servers::Accepts::WhenFree) => (None, None),
+        }
+    }
+
     /// Whether adaptive sizing reads a delegated puma's own figures through a control app the
     /// launcher adds: puma of more than one thread, whose app has no control app of its own.
     pub fn follows_puma(&self, mode: Mode, adaptive: bool, threads: Option<u32>) -> bool {
@@ -97,45 +131,6 @@ impl<'a> Command<'a> {
             && adaptive
             && threads.is_some_and(|t| t > 1)
             && !puma_has_control(&self.words, self.config())
-    }
-}
-
-/// How the server's workers serve: the threads each runs (gunicorn's gthread, puma), and why the
-/// requests waiting for them cannot be seen, if they cannot (an event loop holds them). gunicorn
-/// reads the `GUNICORN_CMD_ARGS` the children get (the launcher's threads in it, where
-/// `LAUNCHER_THREADS` asks), puma the `RAILS_MAX_THREADS` they get.
-pub(super) fn served_how(
-    server: servers::Server,
-    words: &[&str],
-    report: &Report,
-    env: &Env,
-    config: Option<&str>,
-) -> (Option<u32>, Option<String>) {
-    let exported = |name: &str| {
-        let ours = report.thread_exports.iter().find(|(n, _)| *n == name);
-        ours.map(|(_, v)| v.as_str()).or_else(|| env.get(name))
-    };
-    match (server, servers::behaviour(server).accepts) {
-        (servers::Server::Gunicorn, _) => {
-            match servers::gunicorn_workers(words, exported("GUNICORN_CMD_ARGS"), config) {
-                servers::GunicornWorkers::Sync => (None, None),
-                servers::GunicornWorkers::Threads { threads, .. } => (Some(threads), None),
-                servers::GunicornWorkers::Other(how) => (
-                    None,
-                    Some(format!(
-                        "its workers ({how}) accept every connection at once on an event loop \
-                         and hold the wait inside the worker, where it cannot be seen; gunicorn's \
-                         sync and gthread workers can be followed"
-                    )),
-                ),
-            }
-        }
-        (servers::Server::Puma, _) => {
-            let (threads, _) = servers::puma_threads(config, exported("RAILS_MAX_THREADS"));
-            (Some(threads), None)
-        }
-        (_, servers::Accepts::AtOnce(why)) => (None, Some(why.to_owned())),
-        (_, servers::Accepts::WhenFree) => (None, None),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::sizing::SET_BY;
 mod command;
 mod lines;
 
-use command::{puma_control, served_how, with_control, Command};
+use command::{puma_control, with_control, Command};
 
 /// `PORT`: unset (no socket: a worker dyno), or a port number. Set but empty is an error like any
 /// other value that is not a port: a web process that silently got no socket would serve nothing.
@@ -96,8 +96,7 @@ impl Plan {
             .flatten();
         let workers = pinned.as_ref().and_then(|p| p.workers()).unwrap_or(sized);
         let (signals, restart_reason, binds_itself) = command.signals(mode, workers);
-        let (threads, queue_blind) =
-            served_how(found.server, &command.words, report, env, command.config());
+        let (threads, queue_blind) = command.served_how(report, env);
         let capped = command.capped(threads, report, env);
         let adaptive = settings.sizing == crate::sizing::Sizing::Adaptive;
         let follows_puma = command.follows_puma(mode, adaptive, threads);
